@@ -1,0 +1,202 @@
+//! The resources onstage keeps, as the domain sees them. Wire names and SQL columns
+//! live in the API and store crates; these types only say what a thing is.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::Arn;
+use crate::time_fmt::UnixMillis;
+
+pub type Tags = BTreeMap<String, String>;
+pub type Attributes = BTreeMap<String, String>;
+
+/// Where participants of a stage connect. Derived from the deployment's public URL,
+/// never from a request's Host header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageEndpoints {
+    pub whip: String,
+    pub events: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stage {
+    pub arn: Arn,
+    pub name: String,
+    pub tags: Tags,
+    pub auto_participant_recording: Option<AutoParticipantRecording>,
+    pub active_session_id: Option<String>,
+    pub endpoints: StageEndpoints,
+    pub created_at: UnixMillis,
+}
+
+/// `autoParticipantRecordingConfiguration`, with the model's documented defaults
+/// filled in, as IVS returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoParticipantRecording {
+    pub storage_configuration_arn: String,
+    pub media_types: Vec<String>,
+    pub thumbnail: ThumbnailSettings,
+    pub recording_reconnect_window_seconds: i64,
+    pub hls_target_segment_duration_seconds: i64,
+    pub record_participant_replicas: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThumbnailSettings {
+    pub target_interval_seconds: i64,
+    pub storage: Vec<String>,
+    pub recording_mode: String,
+}
+
+impl Default for ThumbnailSettings {
+    fn default() -> Self {
+        ThumbnailSettings {
+            target_interval_seconds: 60,
+            storage: vec!["SEQUENTIAL".into()],
+            recording_mode: "DISABLED".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicKey {
+    pub arn: Arn,
+    pub name: String,
+    pub material: String,
+    pub fingerprint: String,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageConfiguration {
+    pub arn: Arn,
+    pub name: String,
+    pub s3_bucket_name: String,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncoderConfiguration {
+    pub arn: Arn,
+    pub name: String,
+    pub video: Video,
+    pub tags: Tags,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Video {
+    pub width: i64,
+    pub height: i64,
+    pub framerate: f64,
+    pub bitrate: i64,
+}
+
+impl Default for Video {
+    fn default() -> Self {
+        Video { width: 1280, height: 720, framerate: 30.0, bitrate: 2_500_000 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageSession {
+    pub session_id: String,
+    pub start_time: UnixMillis,
+    pub end_time: Option<UnixMillis>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ParticipantState {
+    Connected,
+    Disconnected,
+}
+
+impl ParticipantState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ParticipantState::Connected => "CONNECTED",
+            ParticipantState::Disconnected => "DISCONNECTED",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "CONNECTED" => Some(ParticipantState::Connected),
+            "DISCONNECTED" => Some(ParticipantState::Disconnected),
+            _ => None,
+        }
+    }
+}
+
+/// One participant id in one session of one stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Participant {
+    pub participant_id: String,
+    pub user_id: Option<String>,
+    pub state: ParticipantState,
+    pub first_join_time: UnixMillis,
+    pub attributes: Attributes,
+    pub published: bool,
+    pub client: ClientAttributes,
+    pub recording_state: String,
+    pub protocol: String,
+    pub replication_type: String,
+    pub replication_state: Option<String>,
+    pub source_stage_arn: Option<String>,
+    pub source_session_id: Option<String>,
+}
+
+/// What a client says about itself, sanitised to the model's pattern.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientAttributes {
+    pub isp_name: Option<String>,
+    pub os_name: Option<String>,
+    pub os_version: Option<String>,
+    pub browser_name: Option<String>,
+    pub browser_version: Option<String>,
+    pub sdk_version: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParticipantEvent {
+    pub name: String,
+    pub participant_id: String,
+    pub event_time: UnixMillis,
+    pub remote_participant_id: Option<String>,
+    pub error_code: Option<String>,
+    pub destination_stage_arn: Option<String>,
+    pub destination_session_id: Option<String>,
+    pub replica: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParticipantReplica {
+    pub source_stage_arn: String,
+    pub participant_id: String,
+    pub source_session_id: String,
+    pub destination_stage_arn: String,
+    pub destination_session_id: String,
+    pub replication_state: String,
+}
+
+/// A page of a list, and the position after its last item when more follow.
+#[derive(Clone, Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<i64>,
+}
+
+impl<T> Page<T> {
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page { items: self.items.into_iter().map(f).collect(), next: self.next }
+    }
+}
+
+/// The at-most-one filter of ListParticipants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParticipantFilter {
+    None,
+    UserId(String),
+    Published(bool),
+    State(ParticipantState),
+    RecordingState(String),
+}

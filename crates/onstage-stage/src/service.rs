@@ -1,0 +1,791 @@
+//! The control plane: every IVS Real-Time operation as a domain call.
+//!
+//! Each method takes the caller's [`Account`] and typed, already shape-validated
+//! input (the API crate has enforced the model's constraints), applies the rules the
+//! model cannot express — cross-resource references, quotas, uniqueness, account
+//! isolation — and talks to the [`Store`]. Nothing here knows how a request arrived.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::DomainError;
+use crate::ids::{self, Account, Arn, ResourceKind};
+use crate::model::{
+    Attributes, AutoParticipantRecording, EncoderConfiguration, Page, Participant, ParticipantEvent,
+    ParticipantFilter, ParticipantReplica, PublicKey, Stage, StageEndpoints, StageSession,
+    StorageConfiguration, Tags, ThumbnailSettings, Video,
+};
+use crate::store::{DeleteOutcome, InsertOutcome, ResourceRecord, Store, TagOutcome};
+use crate::time_fmt::{UnixMillis, now_millis};
+use crate::token::{Capabilities, ParticipantClaims, TokenSigner, parse_p384_public_key};
+
+/// At most this many tags on one resource.
+pub const MAX_TAGS: usize = 50;
+/// At most this many imported public keys per account and region.
+pub const MAX_PUBLIC_KEYS: u32 = 3;
+/// Participant and token attributes: at most 1 KB of keys plus values (UTF-8 bytes).
+pub const MAX_ATTRIBUTES_BYTES: usize = 1024;
+/// Token lifetime when the request names none: 12 hours.
+pub const DEFAULT_TOKEN_DURATION_MINUTES: i64 = 720;
+
+const SIGNING_KEY_SECRET: &str = "token-signing-key-pkcs8";
+
+/// Deployment facts the control plane hands out.
+#[derive(Clone, Debug)]
+pub struct ControlPlaneConfig {
+    /// `endpoints.whip` of every stage, and the `whip_url` claim.
+    pub whip_url: String,
+    /// `endpoints.events` of every stage, and the `events_url` claim.
+    pub events_url: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capability {
+    Publish,
+    Subscribe,
+}
+
+impl Capability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Publish => "PUBLISH",
+            Capability::Subscribe => "SUBSCRIBE",
+        }
+    }
+}
+
+/// What a caller asks of a participant token; `None` means the documented default.
+#[derive(Clone, Debug, Default)]
+pub struct TokenRequest {
+    pub duration_minutes: Option<i64>,
+    pub user_id: Option<String>,
+    pub attributes: Option<Attributes>,
+    pub capabilities: Option<Vec<Capability>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct IssuedToken {
+    pub participant_id: String,
+    pub token: String,
+    pub user_id: Option<String>,
+    pub attributes: Option<Attributes>,
+    pub duration_minutes: i64,
+    pub capabilities: Vec<Capability>,
+    pub expiration_time: UnixMillis,
+}
+
+/// `autoParticipantRecordingConfiguration` as a request gives it.
+#[derive(Clone, Debug, Default)]
+pub struct AutoRecordingRequest {
+    pub storage_configuration_arn: String,
+    pub media_types: Option<Vec<String>>,
+    pub thumbnail_target_interval_seconds: Option<i64>,
+    pub thumbnail_storage: Option<Vec<String>>,
+    pub thumbnail_recording_mode: Option<String>,
+    pub recording_reconnect_window_seconds: Option<i64>,
+    pub hls_target_segment_duration_seconds: Option<i64>,
+    pub record_participant_replicas: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct NewStage {
+    pub name: Option<String>,
+    pub tags: Tags,
+    pub auto_participant_recording: Option<AutoRecordingRequest>,
+    pub participant_tokens: Vec<TokenRequest>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct VideoRequest {
+    pub width: Option<i64>,
+    pub height: Option<i64>,
+    pub framerate: Option<f64>,
+    pub bitrate: Option<i64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ReplicationRequest {
+    pub source_stage_arn: String,
+    pub destination_stage_arn: String,
+    pub participant_id: String,
+    pub reconnect_window_seconds: Option<i64>,
+    pub attributes: Option<Attributes>,
+}
+
+// Stored documents. Their field names are a storage format: change with care.
+#[derive(Serialize, Deserialize)]
+struct StageDoc {
+    name: String,
+    #[serde(default)]
+    auto_participant_recording: Option<AutoParticipantRecording>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PublicKeyDoc {
+    name: String,
+    material: String,
+    fingerprint: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StorageDoc {
+    name: String,
+    s3_bucket_name: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct EncoderDoc {
+    name: String,
+    video: Video,
+}
+
+pub struct ControlPlane {
+    store: Arc<dyn Store>,
+    signer: TokenSigner,
+    config: ControlPlaneConfig,
+}
+
+impl ControlPlane {
+    /// Loads (or, on first start, creates and stores) the token-signing key.
+    pub async fn open(store: Arc<dyn Store>, config: ControlPlaneConfig) -> Result<Self, DomainError> {
+        let candidate = TokenSigner::generate_pkcs8()?;
+        let pkcs8 = store.secret(SIGNING_KEY_SECRET, &candidate).await?;
+        let signer = TokenSigner::from_pkcs8(&pkcs8)?;
+        Ok(ControlPlane { store, signer, config })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn jwks(&self) -> serde_json::Value {
+        self.signer.jwks()
+    }
+
+    fn endpoints(&self) -> StageEndpoints {
+        StageEndpoints { whip: self.config.whip_url.clone(), events: self.config.events_url.clone() }
+    }
+
+    // ----- stages -------------------------------------------------------------
+
+    pub async fn create_stage(&self, account: &Account, req: NewStage) -> Result<(Stage, Vec<IssuedToken>), DomainError> {
+        check_tags("tags", &req.tags)?;
+        for (i, t) in req.participant_tokens.iter().enumerate() {
+            check_token_request(&format!("participantTokenConfigurations.{}", i + 1), t)?;
+        }
+        let recording = match req.auto_participant_recording {
+            Some(r) => self.resolve_recording(account, r).await?,
+            None => None,
+        };
+        let arn = Arn::new(account, ResourceKind::Stage, ids::new_resource_id());
+        let refers_to = recording.as_ref().map(|r| r.storage_configuration_arn.clone());
+        let doc = StageDoc { name: req.name.unwrap_or_default(), auto_participant_recording: recording };
+        let record = ResourceRecord {
+            arn: arn.clone(),
+            tags: req.tags,
+            created_at: now_millis(),
+            body: to_doc(&doc)?,
+            unique_key: None,
+            refers_to,
+            active_session_id: None,
+        };
+        self.insert(&record, None).await?;
+        let stage = self.stage_from(record)?;
+        let tokens = req
+            .participant_tokens
+            .into_iter()
+            .map(|t| self.issue_token(&stage, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((stage, tokens))
+    }
+
+    pub async fn get_stage(&self, account: &Account, arn: &str) -> Result<Stage, DomainError> {
+        let arn = parse_arn(account, "arn", arn, ResourceKind::Stage)?;
+        let record = self.load(&arn).await?;
+        self.stage_from(record)
+    }
+
+    pub async fn update_stage(
+        &self,
+        account: &Account,
+        arn: &str,
+        name: Option<String>,
+        recording: Option<AutoRecordingRequest>,
+    ) -> Result<Stage, DomainError> {
+        let arn = parse_arn(account, "arn", arn, ResourceKind::Stage)?;
+        let record = self.load(&arn).await?;
+        let mut doc: StageDoc = from_doc(&record.body)?;
+        if let Some(name) = name {
+            doc.name = name;
+        }
+        if let Some(r) = recording {
+            doc.auto_participant_recording = self.resolve_recording(account, r).await?;
+        }
+        let refers_to = doc.auto_participant_recording.as_ref().map(|r| r.storage_configuration_arn.clone());
+        let body = to_doc(&doc)?;
+        if !self.store.update_resource(&arn, &body, refers_to.as_deref()).await? {
+            return Err(not_found(&arn));
+        }
+        self.stage_from(ResourceRecord { body, refers_to, ..record })
+    }
+
+    pub async fn delete_stage(&self, account: &Account, arn: &str) -> Result<(), DomainError> {
+        let arn = parse_arn(account, "arn", arn, ResourceKind::Stage)?;
+        self.delete(&arn).await
+    }
+
+    pub async fn list_stages(&self, account: &Account, after: Option<i64>, limit: u32) -> Result<Page<Stage>, DomainError> {
+        let page = self.store.list_resources(account, ResourceKind::Stage, after, limit).await?;
+        let items = page.items.into_iter().map(|r| self.stage_from(r)).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page { items, next: page.next })
+    }
+
+    fn stage_from(&self, r: ResourceRecord) -> Result<Stage, DomainError> {
+        let doc: StageDoc = from_doc(&r.body)?;
+        Ok(Stage {
+            arn: r.arn,
+            name: doc.name,
+            tags: r.tags,
+            auto_participant_recording: doc.auto_participant_recording,
+            active_session_id: r.active_session_id,
+            endpoints: self.endpoints(),
+            created_at: r.created_at,
+        })
+    }
+
+    /// Applies the model's documented defaults; an empty storage ARN disables
+    /// recording. A named storage configuration must exist in the caller's account
+    /// (ValidationException: CreateStage has no ResourceNotFound in the model).
+    async fn resolve_recording(
+        &self,
+        account: &Account,
+        r: AutoRecordingRequest,
+    ) -> Result<Option<AutoParticipantRecording>, DomainError> {
+        const FIELD: &str = "autoParticipantRecordingConfiguration.storageConfigurationArn";
+        if r.storage_configuration_arn.is_empty() {
+            return Ok(None);
+        }
+        let missing = || {
+            DomainError::Validation(format!(
+                "{FIELD}: storage configuration {} does not exist",
+                r.storage_configuration_arn
+            ))
+        };
+        let arn = match Arn::parse(&r.storage_configuration_arn) {
+            Some(a) if a.kind == ResourceKind::StorageConfiguration && a.is_in(account) => a,
+            _ => return Err(missing()),
+        };
+        if self.store.get_resource(&arn).await?.is_none() {
+            return Err(missing());
+        }
+        let default_thumbnail = ThumbnailSettings::default();
+        Ok(Some(AutoParticipantRecording {
+            storage_configuration_arn: arn.to_string(),
+            media_types: r.media_types.filter(|m| !m.is_empty()).unwrap_or_else(|| vec!["AUDIO_VIDEO".into()]),
+            thumbnail: ThumbnailSettings {
+                target_interval_seconds: r
+                    .thumbnail_target_interval_seconds
+                    .unwrap_or(default_thumbnail.target_interval_seconds),
+                storage: r.thumbnail_storage.filter(|s| !s.is_empty()).unwrap_or(default_thumbnail.storage),
+                recording_mode: r.thumbnail_recording_mode.unwrap_or(default_thumbnail.recording_mode),
+            },
+            recording_reconnect_window_seconds: r.recording_reconnect_window_seconds.unwrap_or(0),
+            hls_target_segment_duration_seconds: r.hls_target_segment_duration_seconds.unwrap_or(6),
+            record_participant_replicas: r.record_participant_replicas.unwrap_or(true),
+        }))
+    }
+
+    // ----- participant tokens ----------------------------------------------------
+
+    pub async fn create_participant_token(
+        &self,
+        account: &Account,
+        stage_arn: &str,
+        req: TokenRequest,
+    ) -> Result<IssuedToken, DomainError> {
+        check_token_request("", &req)?;
+        let stage = self.get_stage_as(account, "stageArn", stage_arn).await?;
+        self.issue_token(&stage, req)
+    }
+
+    fn issue_token(&self, stage: &Stage, req: TokenRequest) -> Result<IssuedToken, DomainError> {
+        let duration = req.duration_minutes.unwrap_or(DEFAULT_TOKEN_DURATION_MINUTES);
+        let mut capabilities = req.capabilities.unwrap_or_else(|| vec![Capability::Publish, Capability::Subscribe]);
+        capabilities.dedup();
+        let granted = Capabilities {
+            allow_publish: capabilities.contains(&Capability::Publish),
+            allow_subscribe: capabilities.contains(&Capability::Subscribe),
+        };
+        let now = now_millis();
+        let iat = now / 1000;
+        let exp = iat + duration * 60;
+        let participant_id = ids::new_participant_id();
+        let attributes = req.attributes.filter(|a| !a.is_empty());
+        let claims = ParticipantClaims {
+            exp,
+            iat,
+            jti: participant_id.clone(),
+            resource: stage.arn.to_string(),
+            topic: stage.arn.id.clone(),
+            events_url: stage.endpoints.events.clone(),
+            whip_url: stage.endpoints.whip.clone(),
+            user_id: req.user_id.clone(),
+            attributes: attributes.clone(),
+            capabilities: granted,
+            version: "0.0".into(),
+        };
+        let token = self.signer.sign(&claims)?;
+        Ok(IssuedToken {
+            participant_id,
+            token,
+            user_id: req.user_id,
+            attributes,
+            duration_minutes: duration,
+            capabilities,
+            expiration_time: exp * 1000,
+        })
+    }
+
+    async fn get_stage_as(&self, account: &Account, field: &str, arn: &str) -> Result<Stage, DomainError> {
+        let arn = parse_arn(account, field, arn, ResourceKind::Stage)?;
+        let record = self.load(&arn).await?;
+        self.stage_from(record)
+    }
+
+    // ----- public keys -------------------------------------------------------
+
+    pub async fn import_public_key(
+        &self,
+        account: &Account,
+        material: &str,
+        name: Option<String>,
+        tags: Tags,
+    ) -> Result<PublicKey, DomainError> {
+        check_tags("tags", &tags)?;
+        let (_der, fingerprint) = parse_p384_public_key(material)?;
+        let arn = Arn::new(account, ResourceKind::PublicKey, ids::new_resource_id());
+        let doc = PublicKeyDoc { name: name.unwrap_or_default(), material: material.to_owned(), fingerprint: fingerprint.clone() };
+        let record = ResourceRecord {
+            arn,
+            tags,
+            created_at: now_millis(),
+            body: to_doc(&doc)?,
+            unique_key: Some(fingerprint),
+            refers_to: None,
+            active_session_id: None,
+        };
+        self.insert(&record, Some(MAX_PUBLIC_KEYS)).await?;
+        public_key_from(record)
+    }
+
+    pub async fn get_public_key(&self, account: &Account, arn: &str) -> Result<PublicKey, DomainError> {
+        let arn = parse_arn(account, "arn", arn, ResourceKind::PublicKey)?;
+        public_key_from(self.load(&arn).await?)
+    }
+
+    pub async fn delete_public_key(&self, account: &Account, arn: &str) -> Result<(), DomainError> {
+        let arn = parse_arn(account, "arn", arn, ResourceKind::PublicKey)?;
+        self.delete(&arn).await
+    }
+
+    pub async fn list_public_keys(&self, account: &Account, after: Option<i64>, limit: u32) -> Result<Page<PublicKey>, DomainError> {
+        self.list(account, ResourceKind::PublicKey, after, limit, public_key_from).await
+    }
+
+    // ----- storage configurations ---------------------------------------------
+
+    pub async fn create_storage_configuration(
+        &self,
+        account: &Account,
+        name: Option<String>,
+        s3_bucket_name: String,
+        tags: Tags,
+    ) -> Result<StorageConfiguration, DomainError> {
+        check_tags("tags", &tags)?;
+        let doc = StorageDoc { name: name.unwrap_or_default(), s3_bucket_name };
+        let record = ResourceRecord {
+            arn: Arn::new(account, ResourceKind::StorageConfiguration, ids::new_resource_id()),
+            tags,
+            created_at: now_millis(),
+            body: to_doc(&doc)?,
+            unique_key: None,
+            refers_to: None,
+            active_session_id: None,
+        };
+        self.insert(&record, None).await?;
+        storage_from(record)
+    }
+
+    pub async fn get_storage_configuration(&self, account: &Account, arn: &str) -> Result<StorageConfiguration, DomainError> {
+        let arn = parse_arn(account, "arn", arn, ResourceKind::StorageConfiguration)?;
+        storage_from(self.load(&arn).await?)
+    }
+
+    pub async fn delete_storage_configuration(&self, account: &Account, arn: &str) -> Result<(), DomainError> {
+        let arn = parse_arn(account, "arn", arn, ResourceKind::StorageConfiguration)?;
+        self.delete(&arn).await
+    }
+
+    pub async fn list_storage_configurations(
+        &self,
+        account: &Account,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<StorageConfiguration>, DomainError> {
+        self.list(account, ResourceKind::StorageConfiguration, after, limit, storage_from).await
+    }
+
+    // ----- encoder configurations ---------------------------------------------
+
+    pub async fn create_encoder_configuration(
+        &self,
+        account: &Account,
+        name: Option<String>,
+        video: Option<VideoRequest>,
+        tags: Tags,
+    ) -> Result<EncoderConfiguration, DomainError> {
+        check_tags("tags", &tags)?;
+        let v = video.unwrap_or_default();
+        let d = Video::default();
+        let video = Video {
+            width: v.width.unwrap_or(d.width),
+            height: v.height.unwrap_or(d.height),
+            framerate: v.framerate.unwrap_or(d.framerate),
+            bitrate: v.bitrate.unwrap_or(d.bitrate),
+        };
+        if video.width % 2 != 0 {
+            return Err(DomainError::Validation(format!("video.width: must be an even number, got {}", video.width)));
+        }
+        if video.height % 2 != 0 {
+            return Err(DomainError::Validation(format!("video.height: must be an even number, got {}", video.height)));
+        }
+        if video.width * video.height > 1920 * 1080 {
+            return Err(DomainError::Validation(format!(
+                "video: width x height must be at most 2073600 pixels (1920x1080), got {}x{}",
+                video.width, video.height
+            )));
+        }
+        let doc = EncoderDoc { name: name.unwrap_or_default(), video };
+        let record = ResourceRecord {
+            arn: Arn::new(account, ResourceKind::EncoderConfiguration, ids::new_resource_id()),
+            tags,
+            created_at: now_millis(),
+            body: to_doc(&doc)?,
+            unique_key: None,
+            refers_to: None,
+            active_session_id: None,
+        };
+        self.insert(&record, None).await?;
+        encoder_from(record)
+    }
+
+    pub async fn get_encoder_configuration(&self, account: &Account, arn: &str) -> Result<EncoderConfiguration, DomainError> {
+        let arn = parse_arn(account, "arn", arn, ResourceKind::EncoderConfiguration)?;
+        encoder_from(self.load(&arn).await?)
+    }
+
+    /// Encoder configurations are referenced only by compositions, which onstage
+    /// does not run yet, so they always delete.
+    pub async fn delete_encoder_configuration(&self, account: &Account, arn: &str) -> Result<(), DomainError> {
+        let arn = parse_arn(account, "arn", arn, ResourceKind::EncoderConfiguration)?;
+        self.delete(&arn).await
+    }
+
+    pub async fn list_encoder_configurations(
+        &self,
+        account: &Account,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<EncoderConfiguration>, DomainError> {
+        self.list(account, ResourceKind::EncoderConfiguration, after, limit, encoder_from).await
+    }
+
+    // ----- tags --------------------------------------------------------------
+
+    pub async fn tag_resource(&self, account: &Account, arn: &str, tags: Tags) -> Result<(), DomainError> {
+        check_tags("tags", &tags)?;
+        let arn = parse_taggable(account, arn)?;
+        self.change_tags(&arn, &tags, &[]).await
+    }
+
+    pub async fn untag_resource(&self, account: &Account, arn: &str, keys: &[String]) -> Result<(), DomainError> {
+        let arn = parse_taggable(account, arn)?;
+        self.change_tags(&arn, &Tags::new(), keys).await
+    }
+
+    pub async fn list_tags(&self, account: &Account, arn: &str) -> Result<Tags, DomainError> {
+        let arn = parse_taggable(account, arn)?;
+        Ok(self.load(&arn).await?.tags)
+    }
+
+    async fn change_tags(&self, arn: &Arn, add: &Tags, remove: &[String]) -> Result<(), DomainError> {
+        match self.store.change_tags(arn, add, remove, MAX_TAGS).await? {
+            TagOutcome::Changed => Ok(()),
+            TagOutcome::NotFound => Err(not_found(arn)),
+            TagOutcome::TooMany => Err(DomainError::Validation(format!(
+                "tags: a resource can have at most {MAX_TAGS} tags; {arn} would have more"
+            ))),
+        }
+    }
+
+    // ----- sessions, participants, events ----------------------------------------
+
+    /// Lists of live data answer an unknown or foreign stage with an empty page, as
+    /// the model gives these operations no ResourceNotFound.
+    fn visible_stage(account: &Account, arn: &str) -> Option<Arn> {
+        Arn::parse(arn).filter(|a| a.kind == ResourceKind::Stage && a.is_in(account))
+    }
+
+    pub async fn list_stage_sessions(
+        &self,
+        account: &Account,
+        stage_arn: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<StageSession>, DomainError> {
+        match Self::visible_stage(account, stage_arn) {
+            Some(arn) => Ok(self.store.list_sessions(&arn, after, limit).await?),
+            None => Ok(empty_page()),
+        }
+    }
+
+    pub async fn get_stage_session(&self, account: &Account, stage_arn: &str, session_id: &str) -> Result<StageSession, DomainError> {
+        let arn = parse_arn(account, "stageArn", stage_arn, ResourceKind::Stage)?;
+        self.load(&arn).await?;
+        self.store
+            .get_session(&arn, session_id)
+            .await?
+            .ok_or_else(|| DomainError::NotFound(format!("session {session_id} of stage {arn} does not exist")))
+    }
+
+    pub async fn list_participants(
+        &self,
+        account: &Account,
+        stage_arn: &str,
+        session_id: &str,
+        filter: &ParticipantFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<Participant>, DomainError> {
+        match Self::visible_stage(account, stage_arn) {
+            Some(arn) => Ok(self.store.list_participants(&arn, session_id, filter, after, limit).await?),
+            None => Ok(empty_page()),
+        }
+    }
+
+    pub async fn get_participant(
+        &self,
+        account: &Account,
+        stage_arn: &str,
+        session_id: &str,
+        participant_id: &str,
+    ) -> Result<Participant, DomainError> {
+        let arn = parse_arn(account, "stageArn", stage_arn, ResourceKind::Stage)?;
+        self.load(&arn).await?;
+        self.store.get_participant(&arn, session_id, participant_id).await?.ok_or_else(|| {
+            DomainError::NotFound(format!("participant {participant_id} of session {session_id} of stage {arn} does not exist"))
+        })
+    }
+
+    pub async fn list_participant_events(
+        &self,
+        account: &Account,
+        stage_arn: &str,
+        session_id: &str,
+        participant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<ParticipantEvent>, DomainError> {
+        match Self::visible_stage(account, stage_arn) {
+            Some(arn) => Ok(self.store.list_events(&arn, session_id, participant_id, after, limit).await?),
+            None => Ok(empty_page()),
+        }
+    }
+
+    /// Until the media plane connects participants, nobody is connected: the answer
+    /// is the model's ResourceNotFound for a participant that is not connected.
+    pub async fn disconnect_participant(
+        &self,
+        account: &Account,
+        stage_arn: &str,
+        participant_id: &str,
+        _reason: Option<String>,
+    ) -> Result<(), DomainError> {
+        let arn = parse_arn(account, "stageArn", stage_arn, ResourceKind::Stage)?;
+        self.load(&arn).await?;
+        Err(DomainError::NotFound(format!("participant {participant_id} is not connected to stage {arn}")))
+    }
+
+    // ----- participant replication ---------------------------------------------
+
+    /// Checks the preconditions of SPEC §6 in order. Without a media plane no
+    /// participant publishes, so a valid request ends at precondition 3.
+    pub async fn start_participant_replication(&self, account: &Account, req: ReplicationRequest) -> Result<(), DomainError> {
+        if req.source_stage_arn == req.destination_stage_arn {
+            return Err(DomainError::Validation(
+                "destinationStageArn: must differ from sourceStageArn".into(),
+            ));
+        }
+        if let Some(a) = &req.attributes {
+            check_attributes("attributes", a)?;
+        }
+        let source = parse_arn(account, "sourceStageArn", &req.source_stage_arn, ResourceKind::Stage)?;
+        let destination = parse_arn(account, "destinationStageArn", &req.destination_stage_arn, ResourceKind::Stage)?;
+        self.load(&source).await?;
+        self.load(&destination).await?;
+        Err(DomainError::Conflict(format!(
+            "participant {} is not publishing in {}",
+            req.participant_id, source
+        )))
+    }
+
+    pub async fn stop_participant_replication(
+        &self,
+        account: &Account,
+        source_stage_arn: &str,
+        destination_stage_arn: &str,
+        participant_id: &str,
+    ) -> Result<(), DomainError> {
+        let source = parse_arn(account, "sourceStageArn", source_stage_arn, ResourceKind::Stage)?;
+        let destination = parse_arn(account, "destinationStageArn", destination_stage_arn, ResourceKind::Stage)?;
+        Err(DomainError::NotFound(format!(
+            "no active replication of participant {participant_id} from {source} to {destination}"
+        )))
+    }
+
+    pub async fn list_participant_replicas(
+        &self,
+        account: &Account,
+        source_stage_arn: &str,
+        participant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<ParticipantReplica>, DomainError> {
+        match Self::visible_stage(account, source_stage_arn) {
+            Some(arn) => Ok(self.store.list_replicas(&arn, participant_id, after, limit).await?),
+            None => Ok(empty_page()),
+        }
+    }
+
+    // ----- shared plumbing ---------------------------------------------------
+
+    async fn load(&self, arn: &Arn) -> Result<ResourceRecord, DomainError> {
+        self.store.get_resource(arn).await?.ok_or_else(|| not_found(arn))
+    }
+
+    async fn insert(&self, record: &ResourceRecord, quota: Option<u32>) -> Result<(), DomainError> {
+        match self.store.insert_resource(record, quota).await? {
+            InsertOutcome::Inserted => Ok(()),
+            InsertOutcome::DuplicateKey => Err(DomainError::Conflict(format!(
+                "a {} with the same key material already exists",
+                record.arn.kind.label()
+            ))),
+            InsertOutcome::QuotaExceeded => Err(DomainError::QuotaExceeded(format!(
+                "at most {} {}s per account and region",
+                quota.unwrap_or_default(),
+                record.arn.kind.label()
+            ))),
+        }
+    }
+
+    async fn delete(&self, arn: &Arn) -> Result<(), DomainError> {
+        match self.store.delete_resource(arn).await? {
+            DeleteOutcome::Deleted => Ok(()),
+            DeleteOutcome::NotFound => Err(not_found(arn)),
+            DeleteOutcome::InUseBy(user) => Err(DomainError::Conflict(format!(
+                "{} {arn} is in use by {user}",
+                arn.kind.label()
+            ))),
+        }
+    }
+
+    async fn list<T>(
+        &self,
+        account: &Account,
+        kind: ResourceKind,
+        after: Option<i64>,
+        limit: u32,
+        convert: fn(ResourceRecord) -> Result<T, DomainError>,
+    ) -> Result<Page<T>, DomainError> {
+        let page = self.store.list_resources(account, kind, after, limit).await?;
+        let items = page.items.into_iter().map(convert).collect::<Result<Vec<_>, _>>()?;
+        Ok(Page { items, next: page.next })
+    }
+}
+
+fn empty_page<T>() -> Page<T> {
+    Page { items: Vec::new(), next: None }
+}
+
+fn not_found(arn: &Arn) -> DomainError {
+    DomainError::NotFound(format!("{} {arn} does not exist", arn.kind.label()))
+}
+
+/// Parses an ARN the API has already matched against the model's pattern. Another
+/// account's or region's resource answers exactly like a missing one.
+fn parse_arn(account: &Account, field: &str, s: &str, kind: ResourceKind) -> Result<Arn, DomainError> {
+    let arn = Arn::parse(s)
+        .filter(|a| a.kind == kind)
+        .ok_or_else(|| DomainError::Validation(format!("{field}: {s} is not a {} ARN", kind.label())))?;
+    if arn.is_in(account) { Ok(arn) } else { Err(not_found(&arn)) }
+}
+
+/// Tagging takes any ARN; one of a kind onstage does not keep cannot exist.
+fn parse_taggable(account: &Account, s: &str) -> Result<Arn, DomainError> {
+    match Arn::parse(s) {
+        Some(arn) if arn.is_in(account) => Ok(arn),
+        _ => Err(DomainError::NotFound(format!("resource {s} does not exist"))),
+    }
+}
+
+fn check_tags(field: &str, tags: &Tags) -> Result<(), DomainError> {
+    if tags.len() > MAX_TAGS {
+        return Err(DomainError::Validation(format!("{field}: at most {MAX_TAGS} tags, got {}", tags.len())));
+    }
+    match tags.keys().find(|k| k.starts_with("aws:")) {
+        Some(k) => Err(DomainError::Validation(format!("{field}: tag key {k} uses the reserved prefix aws:"))),
+        None => Ok(()),
+    }
+}
+
+fn check_attributes(field: &str, attributes: &Attributes) -> Result<(), DomainError> {
+    let bytes: usize = attributes.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_ATTRIBUTES_BYTES {
+        return Err(DomainError::Validation(format!(
+            "{field}: must be at most 1 KB ({MAX_ATTRIBUTES_BYTES} bytes of keys and values), got {bytes} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_token_request(prefix: &str, t: &TokenRequest) -> Result<(), DomainError> {
+    match &t.attributes {
+        Some(a) if prefix.is_empty() => check_attributes("attributes", a),
+        Some(a) => check_attributes(&format!("{prefix}.attributes"), a),
+        None => Ok(()),
+    }
+}
+
+fn to_doc<T: Serialize>(doc: &T) -> Result<serde_json::Value, DomainError> {
+    serde_json::to_value(doc).map_err(|e| DomainError::Internal(e.to_string()))
+}
+
+fn from_doc<T: for<'de> Deserialize<'de>>(v: &serde_json::Value) -> Result<T, DomainError> {
+    serde_json::from_value(v.clone()).map_err(|e| DomainError::Store(e.into()))
+}
+
+fn public_key_from(r: ResourceRecord) -> Result<PublicKey, DomainError> {
+    let d: PublicKeyDoc = from_doc(&r.body)?;
+    Ok(PublicKey { arn: r.arn, name: d.name, material: d.material, fingerprint: d.fingerprint, tags: r.tags })
+}
+
+fn storage_from(r: ResourceRecord) -> Result<StorageConfiguration, DomainError> {
+    let d: StorageDoc = from_doc(&r.body)?;
+    Ok(StorageConfiguration { arn: r.arn, name: d.name, s3_bucket_name: d.s3_bucket_name, tags: r.tags })
+}
+
+fn encoder_from(r: ResourceRecord) -> Result<EncoderConfiguration, DomainError> {
+    let d: EncoderDoc = from_doc(&r.body)?;
+    Ok(EncoderConfiguration { arn: r.arn, name: d.name, video: d.video, tags: r.tags })
+}

@@ -1,0 +1,89 @@
+//! The persistence boundary. The domain states what it needs; `onstage-store`
+//! implements it on SQLite (and, for a cluster, PostgreSQL).
+//!
+//! Configuration resources (stages, public keys, storage and encoder configurations)
+//! share one shape — an ARN, tags, a creation order and a small document — so they
+//! are stored as [`ResourceRecord`]s. Every check that must be atomic with a write
+//! (quota, unique key material, "in use by") is a parameter of the write itself, so
+//! concurrent requests can never both pass it.
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::ids::{Account, Arn, ResourceKind};
+use crate::model::{Page, Participant, ParticipantEvent, ParticipantFilter, ParticipantReplica, StageSession, Tags};
+use crate::time_fmt::UnixMillis;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResourceRecord {
+    pub arn: Arn,
+    pub tags: Tags,
+    pub created_at: UnixMillis,
+    /// The resource's own fields, as a JSON document the domain reads back.
+    pub body: serde_json::Value,
+    /// A value unique among resources of the same kind in the same account and
+    /// region (a public key's fingerprint).
+    pub unique_key: Option<String>,
+    /// The ARN of a resource this one depends on; that resource cannot be deleted
+    /// while the reference stands.
+    pub refers_to: Option<String>,
+    /// For stages: the session running now. Filled in by the store on reads.
+    pub active_session_id: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Inserted,
+    /// Another resource of the kind already has this `unique_key`.
+    DuplicateKey,
+    /// The account already holds `quota` resources of this kind in this region.
+    QuotaExceeded,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    NotFound,
+    /// Another resource refers to this one (its ARN is given).
+    InUseBy(String),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum TagOutcome {
+    Changed,
+    NotFound,
+    /// The change would leave more than the allowed number of tags.
+    TooMany,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Inserts a new resource. With `quota`, refuses when the account already holds
+    /// that many of the kind; with a `unique_key`, refuses a duplicate.
+    async fn insert_resource(&self, record: &ResourceRecord, quota: Option<u32>) -> Result<InsertOutcome, StoreError>;
+    async fn get_resource(&self, arn: &Arn) -> Result<Option<ResourceRecord>, StoreError>;
+    /// Replaces a resource's document; `false` when it does not exist.
+    async fn update_resource(&self, arn: &Arn, body: &serde_json::Value, refers_to: Option<&str>) -> Result<bool, StoreError>;
+    /// Deletes a resource unless another refers to it. Deleting a stage removes its
+    /// sessions, participants and events with it.
+    async fn delete_resource(&self, arn: &Arn) -> Result<DeleteOutcome, StoreError>;
+    /// Resources of one kind in creation order, starting after position `after`.
+    async fn list_resources(&self, account: &Account, kind: ResourceKind, after: Option<i64>, limit: u32) -> Result<Page<ResourceRecord>, StoreError>;
+    /// Adds or overwrites `add`, then removes `remove`, refusing to leave more than
+    /// `max_tags`.
+    async fn change_tags(&self, arn: &Arn, add: &Tags, remove: &[String], max_tags: usize) -> Result<TagOutcome, StoreError>;
+
+    /// Returns the secret stored under `name`, storing `candidate` first if there is
+    /// none. Every node and every restart gets the same value.
+    async fn secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
+
+    /// Sessions of a stage, newest first, starting after position `after`.
+    async fn list_sessions(&self, stage: &Arn, after: Option<i64>, limit: u32) -> Result<Page<StageSession>, StoreError>;
+    async fn get_session(&self, stage: &Arn, session_id: &str) -> Result<Option<StageSession>, StoreError>;
+    async fn list_participants(&self, stage: &Arn, session_id: &str, filter: &ParticipantFilter, after: Option<i64>, limit: u32) -> Result<Page<Participant>, StoreError>;
+    async fn get_participant(&self, stage: &Arn, session_id: &str, participant_id: &str) -> Result<Option<Participant>, StoreError>;
+    /// A participant's events in one session, newest first.
+    async fn list_events(&self, stage: &Arn, session_id: &str, participant_id: &str, after: Option<i64>, limit: u32) -> Result<Page<ParticipantEvent>, StoreError>;
+    /// Replications of a participant out of a source stage, oldest first.
+    async fn list_replicas(&self, source_stage: &Arn, participant_id: &str, after: Option<i64>, limit: u32) -> Result<Page<ParticipantReplica>, StoreError>;
+}

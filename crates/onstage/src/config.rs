@@ -1,0 +1,233 @@
+//! Configuration: command-line flags, `ONSTAGE_*` environment variables and an
+//! optional TOML file, in that order of precedence, over embedded defaults that let
+//! `onstage serve` run with nothing configured.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+pub const DEFAULT_MEDIA_PORT: u16 = 7701;
+pub const DEFAULT_DATA_DIR: &str = "./onstage-data";
+pub const DEFAULT_REGION: &str = "us-east-1";
+pub const DEFAULT_ACCOUNT_ID: &str = "000000000000";
+pub const DEV_ACCESS_KEY_ID: &str = "onstage";
+pub const DEV_SECRET_ACCESS_KEY: &str = "onstage-secret";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "onstage",
+    version,
+    about = "A self-hostable real-time video stage server whose API is the Amazon IVS Real-Time API.",
+    long_about = "onstage serves the Amazon IVS Real-Time (\"stages\") API, so code written for IVS — boto3, \
+the AWS CLI, aws-sdk-rust — works against it with an endpoint override.\n\n\
+Start it with `onstage serve`; every setting has a working default."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server: the HTTP API (and later WHIP and stage events) on one TCP port,
+    /// media on one UDP port, state in an embedded database.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (flags and environment win over it).
+    #[arg(long, env = "ONSTAGE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address of the HTTP API (and, later, WHIP and stage events) [default: 127.0.0.1:7700]
+    #[arg(long, env = "ONSTAGE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// UDP port of the media plane [default: 7701]
+    #[arg(long, env = "ONSTAGE_MEDIA_PORT", value_name = "PORT")]
+    pub media_port: Option<u16>,
+    /// Directory of the embedded database [default: ./onstage-data]
+    #[arg(long, env = "ONSTAGE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Base URL of the endpoints handed out in stages and tokens [default: http://<listen>]
+    #[arg(long, env = "ONSTAGE_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// AWS region this deployment answers as; requests must be signed for it [default: us-east-1]
+    #[arg(long, env = "ONSTAGE_REGION")]
+    pub region: Option<String>,
+    /// Account id of the primary access key [default: 000000000000]
+    #[arg(long, env = "ONSTAGE_ACCOUNT_ID")]
+    pub account_id: Option<String>,
+    /// Primary access key id [default: onstage, for development]
+    #[arg(long, env = "ONSTAGE_ACCESS_KEY_ID")]
+    pub access_key_id: Option<String>,
+    /// Secret of the primary access key [default: onstage-secret, for development]
+    #[arg(long, env = "ONSTAGE_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub secret_access_key: Option<String>,
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "ONSTAGE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The optional TOML file. Same names as the flags, with underscores.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub media_port: Option<u16>,
+    pub data_dir: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub region: Option<String>,
+    pub account_id: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub log_format: Option<LogFormat>,
+    /// Further access keys, each mapped to an account.
+    #[serde(default)]
+    pub access_keys: Vec<AccessKeyConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKeyConfig {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    #[serde(default = "default_account")]
+    pub account_id: String,
+}
+
+fn default_account() -> String {
+    DEFAULT_ACCOUNT_ID.to_owned()
+}
+
+/// The settings in force, after flags, environment, file and defaults.
+#[derive(Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub media_port: u16,
+    pub data_dir: PathBuf,
+    pub public_url: String,
+    pub region: String,
+    pub access_keys: Vec<AccessKeyConfig>,
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    pub fn resolve(args: ServeArgs) -> anyhow::Result<Settings> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen = match args.listen.or(file.listen) {
+            Some(l) => l,
+            None => DEFAULT_LISTEN.parse().context("default listen address")?,
+        };
+        let public_url = args
+            .public_url
+            .or(file.public_url)
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_owned();
+        if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+            bail!("--public-url must start with http:// or https://, got {public_url}");
+        }
+        let region = args.region.or(file.region).unwrap_or_else(|| DEFAULT_REGION.to_owned());
+        if region.is_empty() || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            bail!("--region must be of [a-z0-9-], got {region:?}");
+        }
+        let account_id = args.account_id.or(file.account_id).unwrap_or_else(default_account);
+        let primary = AccessKeyConfig {
+            access_key_id: args.access_key_id.or(file.access_key_id).unwrap_or_else(|| DEV_ACCESS_KEY_ID.to_owned()),
+            secret_access_key: args
+                .secret_access_key
+                .or(file.secret_access_key)
+                .unwrap_or_else(|| DEV_SECRET_ACCESS_KEY.to_owned()),
+            account_id,
+        };
+        let mut access_keys = vec![primary];
+        access_keys.extend(file.access_keys);
+        for k in &access_keys {
+            if k.account_id.len() != 12 || !k.account_id.bytes().all(|b| b.is_ascii_digit()) {
+                bail!("account id of access key {} must be 12 digits, got {:?}", k.access_key_id, k.account_id);
+            }
+            if k.access_key_id.is_empty() || k.secret_access_key.is_empty() {
+                bail!("access key ids and secrets must not be empty");
+            }
+        }
+        Ok(Settings {
+            listen,
+            media_port: args.media_port.or(file.media_port).unwrap_or(DEFAULT_MEDIA_PORT),
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            public_url,
+            region,
+            access_keys,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+
+    /// `endpoints.whip` of every stage.
+    pub fn whip_url(&self) -> String {
+        format!("{}/whip", self.public_url)
+    }
+
+    /// `endpoints.events`: the same origin over WebSocket.
+    pub fn events_url(&self) -> String {
+        let ws = if let Some(rest) = self.public_url.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else {
+            format!("ws://{}", self.public_url.trim_start_matches("http://"))
+        };
+        format!("{ws}/events")
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_nothing() {
+        let s = Settings::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.whip_url(), "http://127.0.0.1:7700/whip");
+        assert_eq!(s.events_url(), "ws://127.0.0.1:7700/events");
+        assert_eq!(s.access_keys.len(), 1);
+        assert_eq!(s.access_keys[0].access_key_id, DEV_ACCESS_KEY_ID);
+    }
+
+    #[test]
+    fn file_adds_accounts_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("onstage.toml");
+        std::fs::write(
+            &path,
+            "region = \"eu-west-1\"\npublic_url = \"https://stage.example.com/\"\n[[access_keys]]\naccess_key_id = \"A2\"\nsecret_access_key = \"s2\"\naccount_id = \"111111111111\"\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(ServeArgs {
+            config: Some(path),
+            region: Some("us-west-2".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.region, "us-west-2");
+        assert_eq!(s.events_url(), "wss://stage.example.com/events");
+        assert_eq!(s.access_keys[1].account_id, "111111111111");
+    }
+}

@@ -1,0 +1,124 @@
+//! The `onstage` binary: reads the configuration, opens the store, wires the
+//! control plane to the HTTP API and serves until told to stop.
+
+mod config;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use onstage_api::{AccessKey, ApiState, Credentials};
+use onstage_stage::{ControlPlane, ControlPlaneConfig};
+use onstage_store::SqliteStore;
+use tracing_subscriber::EnvFilter;
+
+use config::{Cli, Command, DEV_SECRET_ACCESS_KEY, LogFormat, Settings};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = Settings::resolve(args)?;
+            init_logging(settings.log_format);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("onstage")
+                .build()
+                .context("starting the async runtime")?
+                .block_on(serve(settings))
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("ONSTAGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let store = SqliteStore::open(&settings.data_dir)
+        .await
+        .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
+    let control = ControlPlane::open(
+        Arc::new(store),
+        ControlPlaneConfig { whip_url: settings.whip_url(), events_url: settings.events_url() },
+    )
+    .await
+    .context("loading the token-signing key")?;
+
+    let mut credentials = Credentials::new();
+    for k in &settings.access_keys {
+        credentials.insert(
+            k.access_key_id.clone(),
+            AccessKey { secret: k.secret_access_key.clone(), account_id: k.account_id.clone() },
+        );
+    }
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || prometheus.render());
+    let state = ApiState::new(Arc::new(control), credentials, settings.region.clone(), Some(render))
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let app = onstage_api::router(Arc::new(state));
+
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    print_banner(&settings, listener.local_addr().unwrap_or(settings.listen));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn print_banner(settings: &Settings, bound: std::net::SocketAddr) {
+    let api = format!("http://{bound}");
+    println!("onstage {} — Amazon IVS Real-Time API", env!("CARGO_PKG_VERSION"));
+    println!("  API endpoint    {api}   (aws ivs-realtime --endpoint-url {api} ...)");
+    println!("  public URL      {}  (whip {}, events {})", settings.public_url, settings.whip_url(), settings.events_url());
+    println!("  region          {}", settings.region);
+    for k in &settings.access_keys {
+        let secret = if k.secret_access_key == DEV_SECRET_ACCESS_KEY {
+            format!("{} (development default)", k.secret_access_key)
+        } else {
+            mask(&k.secret_access_key)
+        };
+        println!("  credentials     {} / {}  → account {}", k.access_key_id, secret, k.account_id);
+    }
+    println!("  data directory  {}", settings.data_dir.display());
+    println!("  media (UDP)     port {} (reserved for the media plane)", settings.media_port);
+    println!("  JWKS            {api}/.well-known/jwks.json   metrics {api}/metrics");
+}
+
+fn mask(secret: &str) -> String {
+    let shown: String = secret.chars().take(2).collect();
+    format!("{shown}{}", "*".repeat(secret.chars().count().saturating_sub(2).min(16)))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}
