@@ -1,0 +1,82 @@
+//! The boundary between the domain and the media plane.
+//!
+//! The domain decides *who* may publish or subscribe and records what happens; the
+//! media plane (the `onstage-media` crate, a WebRTC SFU) moves the packets. The
+//! domain sees WebRTC only as opaque SDP text and ids.
+//!
+//! Media flows from a **source** — a publishing slot, one per publishing
+//! participant (and, for replication, shared by its replicas) — to subscribers.
+//! A publisher peer *feeds* a source; a new publish to the same source replaces the
+//! feeding peer without disturbing the source's subscribers, which is how a
+//! reconnecting publisher resumes for everyone at once.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+/// A publishing slot in the media plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId(pub u64);
+
+/// One WebRTC peer connection (a publish or a subscribe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Why the media plane refused an offer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MediaRefusal {
+    #[error("the SDP offer is not valid: {0}")]
+    InvalidOffer(String),
+    #[error("the offer has no acceptable video codec (H.264 constrained baseline/baseline with packetization-mode 1, or VP8)")]
+    InvalidVideoCodec,
+    #[error("the offer has no acceptable audio codec (Opus)")]
+    InvalidAudioCodec,
+    #[error("the source is not publishing")]
+    NoSuchSource,
+    #[error("media plane failure: {0}")]
+    Internal(String),
+}
+
+/// Why a peer connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// Closed on request (DELETE, replacement, disconnect, stage deletion).
+    Requested,
+    /// ICE or DTLS timed out: the peer vanished without a goodbye.
+    Timeout,
+    /// The remote end closed DTLS or failed.
+    RemoteClosed,
+    /// A subscriber whose source was closed.
+    SourceClosed,
+}
+
+/// What the media plane reports about peers, in order per peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaSignal {
+    /// ICE and DTLS are up: media can flow.
+    Connected(PeerId),
+    /// The peer is gone; no further signals for it.
+    Closed(PeerId, CloseCause),
+}
+
+#[async_trait]
+pub trait MediaPlane: Send + Sync + 'static {
+    /// A new, empty publishing slot.
+    fn new_source(&self) -> SourceId;
+    /// Answers a publisher's offer; the new peer feeds `source`, replacing (and
+    /// closing) the peer that fed it before.
+    async fn publish(&self, source: SourceId, offer_sdp: String) -> Result<(PeerId, String), MediaRefusal>;
+    /// Answers a subscriber's (recvonly) offer with the source's audio and video.
+    /// The media plane asks the source's publisher for a keyframe.
+    async fn subscribe(&self, source: SourceId, offer_sdp: String) -> Result<(PeerId, String), MediaRefusal>;
+    /// Closes one peer; a `Closed(peer, Requested)` signal follows.
+    fn close_peer(&self, peer: PeerId);
+    /// Closes a source: its feeding peer and all its subscribers.
+    fn close_source(&self, source: SourceId);
+}
