@@ -122,6 +122,19 @@ fn parse_amz_date(s: &str) -> Option<OffsetDateTime> {
         .map(PrimitiveDateTime::assume_utc)
 }
 
+fn parse_http_date(s: &str) -> Option<OffsetDateTime> {
+    PrimitiveDateTime::parse(
+        s.trim(),
+        format_description!("[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"),
+    )
+    .ok()
+    .map(PrimitiveDateTime::assume_utc)
+}
+
+fn format_amz_date(t: OffsetDateTime) -> String {
+    t.format(format_description!("[year][month][day]T[hour][minute][second]Z")).unwrap_or_default()
+}
+
 /// Verifies the request's signature and returns the caller it identifies.
 pub fn verify(
     req: &SignedRequest<'_>,
@@ -134,12 +147,26 @@ pub fn verify(
         denied(ErrorKind::MissingAuthenticationToken, "Missing Authentication Token: the request is not signed with AWS Signature Version 4")
     })?;
     let auth = parse_authorization(authorization)?;
-    let amz_date = header("x-amz-date").ok_or_else(|| {
-        denied(ErrorKind::IncompleteSignature, "Authorization requires the X-Amz-Date header")
-    })?;
-    let signed_at = parse_amz_date(amz_date).ok_or_else(|| {
-        denied(ErrorKind::IncompleteSignature, format!("X-Amz-Date '{amz_date}' is not of the form YYYYMMDDTHHMMSSZ"))
-    })?;
+    // SigV4 takes the signing time from X-Amz-Date, or else from Date (botocore
+    // signs with Date when a request carries one).
+    let (signed_at, amz_date) = match header("x-amz-date") {
+        Some(v) => {
+            let t = parse_amz_date(v).ok_or_else(|| {
+                denied(ErrorKind::IncompleteSignature, format!("X-Amz-Date '{v}' is not of the form YYYYMMDDTHHMMSSZ"))
+            })?;
+            (t, v.to_owned())
+        }
+        None => {
+            let v = header("date").ok_or_else(|| {
+                denied(ErrorKind::IncompleteSignature, "Authorization requires the X-Amz-Date or Date header")
+            })?;
+            let t = parse_http_date(v).ok_or_else(|| {
+                denied(ErrorKind::IncompleteSignature, format!("Date '{v}' is not an RFC 1123 date"))
+            })?;
+            (t, format_amz_date(t))
+        }
+    };
+    let amz_date = amz_date.as_str();
 
     let key = credentials.get(auth.access_key_id).ok_or_else(|| {
         denied(ErrorKind::UnrecognizedClient, "The security token included in the request is invalid: unknown access key id")
@@ -359,6 +386,14 @@ mod tests {
 
         let req = signed("POST", "/GetStage", b"{}", "secret", now - Duration::from_secs(16 * 60));
         assert_eq!(check(&req, now).unwrap_err().kind, ErrorKind::InvalidSignature);
+    }
+
+    #[test]
+    fn reads_the_signing_time_from_date_without_x_amz_date() {
+        assert_eq!(
+            parse_http_date("Fri, 27 Nov 2026 16:43:19 GMT").map(format_amz_date).as_deref(),
+            Some("20261127T164319Z")
+        );
     }
 
     #[test]
