@@ -10,8 +10,10 @@
 pub mod error;
 mod handlers;
 pub mod headers;
+pub mod join;
 pub mod model;
 pub mod pagination;
+pub mod participants;
 pub mod sigv4;
 mod wire;
 
@@ -30,6 +32,7 @@ use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
 pub use error::{ApiError, ErrorKind};
+pub use participants::participant_router;
 pub use sigv4::{AccessKey, Credentials};
 
 use pagination::PageTokens;
@@ -82,9 +85,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
 }
 
 async fn jwks(State(state): State<Arc<ApiState>>) -> Response {
-    let mut r = axum::Json(state.control.jwks()).into_response();
-    r.headers_mut().insert("cache-control", http::HeaderValue::from_static("max-age=300"));
-    r
+    axum::Json(state.control.jwks()).into_response()
 }
 
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {

@@ -266,7 +266,7 @@ impl Driver {
 
     fn close_peer(&mut self, id: PeerId, cause: CloseCause) {
         let Some(mut peer) = self.peers.remove(&id) else { return };
-        peer.rtc.disconnect();
+        self.say_goodbye(id, &mut peer.rtc);
         if let Some(remote) = peer.remote {
             self.by_remote.remove(&remote);
         }
@@ -285,6 +285,29 @@ impl Driver {
             }
         }
         let _ = self.signals.send(MediaSignal::Closed(id, cause));
+    }
+
+    /// Sends RTCP BYE and DTLS close_notify so the remote end learns at once that
+    /// the connection is over (a replaced publisher, a disconnected participant),
+    /// instead of after its consent checks time out.
+    fn say_goodbye(&self, id: PeerId, rtc: &mut Rtc) {
+        if rtc.is_alive() && rtc.close().is_ok() {
+            // Closing only queues datagrams; a few polls flush them.
+            for _ in 0..64 {
+                if !rtc.is_alive() {
+                    break;
+                }
+                match rtc.poll_output() {
+                    Ok(Output::Transmit(t)) => {
+                        let _ = self.socket.try_send_to(&t.contents, t.destination);
+                    }
+                    Ok(Output::Event(_)) => {}
+                    Ok(Output::Timeout(_)) | Err(_) => break,
+                }
+            }
+        }
+        tracing::debug!(peer = %id, "peer closed");
+        rtc.disconnect();
     }
 
     /// Drains one peer's output: datagrams go out now, events become work.
@@ -320,6 +343,9 @@ impl Driver {
                         if let Role::Subscriber { source, .. } = peer.role {
                             self.work.push_back(Work::Keyframe { source });
                         }
+                    }
+                    Event::Closed => {
+                        self.work.push_back(Work::Close { peer: id, cause: CloseCause::RemoteClosed });
                     }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                         self.work.push_back(Work::Close { peer: id, cause: CloseCause::Timeout });

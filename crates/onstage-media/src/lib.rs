@@ -13,8 +13,9 @@ mod driver;
 mod sdp_check;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -49,6 +50,17 @@ struct Inner {
     candidate: SocketAddr,
     crypto: Arc<CryptoProvider>,
     dtls_cert: str0m::config::DtlsCert,
+    /// The video codec each source's publisher negotiated. Subscribers are offered
+    /// only that codec, since frames are forwarded, not transcoded. Touched on
+    /// publish and subscribe only, never per packet.
+    source_video: Mutex<HashMap<SourceId, VideoCodec>>,
+}
+
+/// The video codec families onstage forwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VideoCodec {
+    Vp8,
+    H264,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +101,7 @@ impl MediaServer {
                 candidate,
                 crypto,
                 dtls_cert,
+                source_video: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -100,7 +113,9 @@ impl MediaServer {
 
     /// Builds a peer for `offer` and its answer. The SDP work happens on the caller's
     /// task, not in the forwarding loop.
-    fn answer(&self, offer_sdp: &str) -> Result<(Rtc, String), MediaRefusal> {
+    /// `video`: the codec families to accept (a subscriber gets only its
+    /// publisher's).
+    fn answer(&self, offer_sdp: &str, video: &[VideoCodec]) -> Result<(Rtc, String), MediaRefusal> {
         let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| MediaRefusal::InvalidOffer(e.to_string()))?;
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
@@ -108,10 +123,12 @@ impl MediaServer {
             .set_dtls_cert(self.inner.dtls_cert.clone())
             .clear_codecs()
             .enable_opus(true, false)
-            .enable_vp8(true);
-        // H.264 as IVS takes it: Baseline and Constrained Baseline, packetization-mode 1.
-        config.codec_config().add_h264(127.into(), Some(121.into()), true, 0x42001f);
-        config.codec_config().add_h264(108.into(), Some(109.into()), true, 0x42e01f);
+            .enable_vp8(video.contains(&VideoCodec::Vp8));
+        if video.contains(&VideoCodec::H264) {
+            // H.264 as IVS takes it: Baseline and Constrained Baseline, packetization-mode 1.
+            config.codec_config().add_h264(127.into(), Some(121.into()), true, 0x42001f);
+            config.codec_config().add_h264(108.into(), Some(109.into()), true, 0x42e01f);
+        }
         let mut rtc = config.build(Instant::now());
         let candidate = Candidate::host(self.inner.candidate, "udp")
             .map_err(|e| MediaRefusal::Internal(format!("host candidate: {e}")))?;
@@ -145,14 +162,32 @@ impl MediaPlane for MediaServer {
 
     async fn publish(&self, source: SourceId, offer_sdp: String) -> Result<(PeerId, String), MediaRefusal> {
         check_offer(&offer_sdp)?;
-        let (rtc, answer) = self.answer(&offer_sdp)?;
+        let (rtc, answer) = self.answer(&offer_sdp, &[VideoCodec::H264, VideoCodec::Vp8])?;
+        let chosen = negotiated_video(&answer);
         let id = self.add(rtc, driver::NewRole::Publisher { source }).await?;
+        let mut codecs = self.inner.source_video.lock().unwrap_or_else(PoisonError::into_inner);
+        match chosen {
+            Some(codec) => codecs.insert(source, codec),
+            None => codecs.remove(&source),
+        };
         Ok((id, answer))
     }
 
     async fn subscribe(&self, source: SourceId, offer_sdp: String) -> Result<(PeerId, String), MediaRefusal> {
-        check_offer(&offer_sdp)?;
-        let (rtc, answer) = self.answer(&offer_sdp)?;
+        let summary = check_offer(&offer_sdp)?;
+        let publisher_video = self.inner.source_video.lock().unwrap_or_else(PoisonError::into_inner).get(&source).copied();
+        let video = match publisher_video {
+            Some(codec) => vec![codec],
+            None => vec![VideoCodec::H264, VideoCodec::Vp8],
+        };
+        let (rtc, answer) = self.answer(&offer_sdp, &video)?;
+        if let (Some(codec), true) = (publisher_video, summary.video_lines > 0) {
+            if negotiated_video(&answer) != Some(codec) {
+                return Err(MediaRefusal::InvalidOffer(format!(
+                    "the publisher sends {codec:?} video, which the offer does not accept"
+                )));
+            }
+        }
         let id = self.add(rtc, driver::NewRole::Subscriber { source }).await?;
         Ok((id, answer))
     }
@@ -162,6 +197,24 @@ impl MediaPlane for MediaServer {
     }
 
     fn close_source(&self, source: SourceId) {
+        self.inner.source_video.lock().unwrap_or_else(PoisonError::into_inner).remove(&source);
         let _ = self.inner.commands.send(driver::Command::CloseSource(source));
+    }
+}
+
+/// The video codec an answer settled on: the first payload type of its active
+/// video line.
+fn negotiated_video(answer_sdp: &str) -> Option<VideoCodec> {
+    let section = answer_sdp.split("\nm=").skip(1).find(|s| s.starts_with("video") && !s.starts_with("video 0 "))?;
+    let first_pt = section.lines().next()?.split_whitespace().nth(3)?;
+    let codec = section.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("a=rtpmap:")?;
+        let (pt, codec) = rest.split_once(' ')?;
+        (pt == first_pt).then(|| codec.split('/').next().unwrap_or_default().to_ascii_uppercase())
+    })?;
+    match codec.as_str() {
+        "VP8" => Some(VideoCodec::Vp8),
+        "H264" => Some(VideoCodec::H264),
+        _ => None,
     }
 }

@@ -8,6 +8,8 @@
 
 pub mod error;
 pub mod ids;
+pub mod live;
+pub mod media;
 pub mod model;
 pub mod service;
 pub mod store;
@@ -16,5 +18,6 @@ pub mod token;
 
 pub use error::{DomainError, StoreError};
 pub use ids::{Account, Arn, ResourceKind};
-pub use service::{ControlPlane, ControlPlaneConfig};
+pub use live::LivePlane;
+pub use service::{ControlPlane, ControlPlaneConfig, LiveStages};
 pub use store::Store;

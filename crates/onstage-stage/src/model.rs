@@ -200,3 +200,79 @@ pub enum ParticipantFilter {
     State(ParticipantState),
     RecordingState(String),
 }
+
+/// `EventName` of the model: what happened to a participant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventName {
+    Joined,
+    Left,
+    PublishStarted,
+    PublishStopped,
+    SubscribeStarted,
+    SubscribeStopped,
+    PublishError,
+    SubscribeError,
+    JoinError,
+    ReplicationStarted,
+    ReplicationStopped,
+    TokenExchanged,
+}
+
+impl EventName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventName::Joined => "JOINED",
+            EventName::Left => "LEFT",
+            EventName::PublishStarted => "PUBLISH_STARTED",
+            EventName::PublishStopped => "PUBLISH_STOPPED",
+            EventName::SubscribeStarted => "SUBSCRIBE_STARTED",
+            EventName::SubscribeStopped => "SUBSCRIBE_STOPPED",
+            EventName::PublishError => "PUBLISH_ERROR",
+            EventName::SubscribeError => "SUBSCRIBE_ERROR",
+            EventName::JoinError => "JOIN_ERROR",
+            EventName::ReplicationStarted => "REPLICATION_STARTED",
+            EventName::ReplicationStopped => "REPLICATION_STOPPED",
+            EventName::TokenExchanged => "TOKEN_EXCHANGED",
+        }
+    }
+}
+
+/// `EventErrorCode` of the model: why a join, publish or subscribe failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventErrorCode {
+    InsufficientCapabilities,
+    QuotaExceeded,
+    PublisherNotFound,
+    BitrateExceeded,
+    ResolutionExceeded,
+    StreamDurationExceeded,
+    InvalidAudioCodec,
+    InvalidVideoCodec,
+    InvalidProtocol,
+    InvalidStreamKey,
+    ReuseOfStreamKey,
+    BFramePresent,
+    InvalidInput,
+    InternalServerException,
+}
+
+impl EventErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventErrorCode::InsufficientCapabilities => "INSUFFICIENT_CAPABILITIES",
+            EventErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
+            EventErrorCode::PublisherNotFound => "PUBLISHER_NOT_FOUND",
+            EventErrorCode::BitrateExceeded => "BITRATE_EXCEEDED",
+            EventErrorCode::ResolutionExceeded => "RESOLUTION_EXCEEDED",
+            EventErrorCode::StreamDurationExceeded => "STREAM_DURATION_EXCEEDED",
+            EventErrorCode::InvalidAudioCodec => "INVALID_AUDIO_CODEC",
+            EventErrorCode::InvalidVideoCodec => "INVALID_VIDEO_CODEC",
+            EventErrorCode::InvalidProtocol => "INVALID_PROTOCOL",
+            EventErrorCode::InvalidStreamKey => "INVALID_STREAM_KEY",
+            EventErrorCode::ReuseOfStreamKey => "REUSE_OF_STREAM_KEY",
+            EventErrorCode::BFramePresent => "B_FRAME_PRESENT",
+            EventErrorCode::InvalidInput => "INVALID_INPUT",
+            EventErrorCode::InternalServerException => "INTERNAL_SERVER_EXCEPTION",
+        }
+    }
+}

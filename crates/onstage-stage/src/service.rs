@@ -5,8 +5,9 @@
 //! model cannot express — cross-resource references, quotas, uniqueness, account
 //! isolation — and talks to the [`Store`]. Nothing here knows how a request arrived.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::DomainError;
@@ -18,7 +19,10 @@ use crate::model::{
 };
 use crate::store::{DeleteOutcome, InsertOutcome, ResourceRecord, Store, TagOutcome};
 use crate::time_fmt::{UnixMillis, now_millis};
-use crate::token::{Capabilities, ParticipantClaims, TokenSigner, parse_p384_public_key};
+use crate::token::{
+    self, Capabilities, ParticipantClaims, TokenCheck, TokenIssuer, TokenRejection, TokenSigner, UnverifiedToken,
+    parse_p384_public_key,
+};
 
 /// At most this many tags on one resource.
 pub const MAX_TAGS: usize = 50;
@@ -140,10 +144,48 @@ struct EncoderDoc {
     video: Video,
 }
 
+/// What the control plane needs from whatever holds the live connections of
+/// stages (the live plane): the two operations that act on connected participants.
+#[async_trait]
+pub trait LiveStages: Send + Sync {
+    /// Ends every connection of a participant at once and refuses its id on the stage
+    /// from now on. `false` when the participant is not connected.
+    async fn disconnect_participant(&self, stage: &Arn, participant_id: &str, reason: Option<&str>) -> Result<bool, DomainError>;
+    /// Disconnects everyone in a stage that is about to be deleted, and refuses new
+    /// connections to it until [`LiveStages::stage_deletion_finished`].
+    async fn stage_deletion_started(&self, stage: &Arn);
+    /// The deletion of the stage is over (done or failed): connections to it are
+    /// judged by the store again.
+    async fn stage_deletion_finished(&self, stage: &Arn);
+}
+
+/// A participant token that passed every check of SPEC §3 for its stage.
+#[derive(Clone, Debug)]
+pub struct VerifiedToken {
+    pub stage: Stage,
+    pub claims: ParticipantClaims,
+    pub issuer: TokenIssuer,
+}
+
+/// Why [`ControlPlane::verify_participant_token`] did not accept a token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenVerificationError {
+    /// The token does not authenticate its holder (HTTP 401). `claimed` is what the
+    /// token said about itself, unverified: where the refusal may be recorded.
+    #[error("{rejection}")]
+    Rejected { rejection: TokenRejection, claimed: Option<UnverifiedToken> },
+    /// The check itself failed (the store, a corrupt stored key).
+    #[error(transparent)]
+    Internal(#[from] DomainError),
+}
+
 pub struct ControlPlane {
     store: Arc<dyn Store>,
     signer: TokenSigner,
     config: ControlPlaneConfig,
+    /// Set once the live plane exists; weak, because the live plane holds the control
+    /// plane.
+    live: OnceLock<Weak<dyn LiveStages>>,
 }
 
 impl ControlPlane {
@@ -152,7 +194,17 @@ impl ControlPlane {
         let candidate = TokenSigner::generate_pkcs8()?;
         let pkcs8 = store.secret(SIGNING_KEY_SECRET, &candidate).await?;
         let signer = TokenSigner::from_pkcs8(&pkcs8)?;
-        Ok(ControlPlane { store, signer, config })
+        Ok(ControlPlane { store, signer, config, live: OnceLock::new() })
+    }
+
+    /// Connects the live plane, which DisconnectParticipant and DeleteStage act
+    /// through. Only the first call has an effect.
+    pub fn attach_live_stages(&self, live: Weak<dyn LiveStages>) {
+        let _ = self.live.set(live);
+    }
+
+    fn live(&self) -> Option<Arc<dyn LiveStages>> {
+        self.live.get().and_then(Weak::upgrade)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -230,9 +282,27 @@ impl ControlPlane {
         self.stage_from(ResourceRecord { body, refers_to, ..record })
     }
 
+    /// Disconnects everyone in the stage first (SPEC §5), then deletes it with its
+    /// sessions, participants and events.
     pub async fn delete_stage(&self, account: &Account, arn: &str) -> Result<(), DomainError> {
         let arn = parse_arn(account, "arn", arn, ResourceKind::Stage)?;
-        self.delete(&arn).await
+        let Some(live) = self.live() else {
+            return self.delete(&arn).await;
+        };
+        self.load(&arn).await?;
+        live.stage_deletion_started(&arn).await;
+        let deleted = self.delete(&arn).await;
+        live.stage_deletion_finished(&arn).await;
+        deleted
+    }
+
+    /// The stage a participant connection is for, by ARN; `None` when it does not
+    /// exist.
+    pub async fn find_stage(&self, arn: &Arn) -> Result<Option<Stage>, DomainError> {
+        match self.store.get_resource(arn).await? {
+            Some(record) if record.arn.kind == ResourceKind::Stage => Ok(Some(self.stage_from(record)?)),
+            _ => Ok(None),
+        }
     }
 
     pub async fn list_stages(&self, account: &Account, after: Option<i64>, limit: u32) -> Result<Page<Stage>, DomainError> {
@@ -351,6 +421,56 @@ impl ControlPlane {
         let arn = parse_arn(account, field, arn, ResourceKind::Stage)?;
         let record = self.load(&arn).await?;
         self.stage_from(record)
+    }
+
+    /// Checks a participant token presented to the media plane (SPEC §3): its
+    /// signature under the server key or under the imported public key its `kid`
+    /// names (in the stage's account; a deleted key verifies nothing), its expiry, its
+    /// claims, and that its stage exists — and, when the URL names a stage
+    /// (`presented_to`, a stage id), that it is that stage.
+    pub async fn verify_participant_token(
+        &self,
+        token: &str,
+        presented_to: Option<&str>,
+        now_secs: i64,
+    ) -> Result<VerifiedToken, TokenVerificationError> {
+        let unverified = token::inspect(token).map_err(|rejection| TokenVerificationError::Rejected { rejection, claimed: None })?;
+        let reject = |rejection: TokenRejection| TokenVerificationError::Rejected { rejection, claimed: Some(unverified.clone()) };
+        let issuer = unverified.issuer(self.signer.kid()).map_err(reject)?;
+        let Some(stage_arn) = unverified.stage_arn.clone() else {
+            return Err(reject(TokenRejection::Malformed("resource must be a stage ARN".into())));
+        };
+        if let Some(expected) = presented_to
+            && expected != stage_arn.id
+        {
+            return Err(reject(TokenRejection::WrongStage(format!(
+                "the token is for stage {}, not {expected}",
+                stage_arn.id
+            ))));
+        }
+        let Some(stage) = self.find_stage(&stage_arn).await? else {
+            return Err(reject(TokenRejection::WrongStage(format!("stage {stage_arn} does not exist"))));
+        };
+        let customer_key;
+        let key = match &issuer {
+            TokenIssuer::Server => self.signer.decoding_key(),
+            TokenIssuer::PublicKey(key_arn) => {
+                let unknown = || reject(TokenRejection::UnknownKey(key_arn.to_string()));
+                if key_arn.account != stage_arn.account || key_arn.region != stage_arn.region {
+                    return Err(unknown());
+                }
+                let Some(record) = self.store.get_resource(key_arn).await.map_err(DomainError::from)? else {
+                    return Err(unknown());
+                };
+                let doc: PublicKeyDoc = from_doc(&record.body)?;
+                customer_key = jsonwebtoken::DecodingKey::from_ec_pem(doc.material.as_bytes())
+                    .map_err(|e| DomainError::Internal(format!("stored public key {key_arn} is unreadable: {e}")))?;
+                &customer_key
+            }
+        };
+        let check = TokenCheck { issuer: &issuer, key, stage_arn: &stage.arn, endpoints: &stage.endpoints, now: now_secs };
+        let claims = token::verify(token, &check).map_err(reject)?;
+        Ok(VerifiedToken { stage, claims, issuer })
     }
 
     // ----- public keys -------------------------------------------------------
@@ -603,18 +723,26 @@ impl ControlPlane {
         }
     }
 
-    /// Until the media plane connects participants, nobody is connected: the answer
-    /// is the model's ResourceNotFound for a participant that is not connected.
+    /// Ends the participant's connections at once and revokes its id on the stage
+    /// (SPEC §5). A participant that is not connected is ResourceNotFound.
     pub async fn disconnect_participant(
         &self,
         account: &Account,
         stage_arn: &str,
         participant_id: &str,
-        _reason: Option<String>,
+        reason: Option<String>,
     ) -> Result<(), DomainError> {
         let arn = parse_arn(account, "stageArn", stage_arn, ResourceKind::Stage)?;
         self.load(&arn).await?;
-        Err(DomainError::NotFound(format!("participant {participant_id} is not connected to stage {arn}")))
+        let disconnected = match self.live() {
+            Some(live) => live.disconnect_participant(&arn, participant_id, reason.as_deref()).await?,
+            None => false,
+        };
+        if disconnected {
+            Ok(())
+        } else {
+            Err(DomainError::NotFound(format!("participant {participant_id} is not connected to stage {arn}")))
+        }
     }
 
     // ----- participant replication ---------------------------------------------

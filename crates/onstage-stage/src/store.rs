@@ -6,6 +6,11 @@
 //! are stored as [`ResourceRecord`]s. Every check that must be atomic with a write
 //! (quota, unique key material, "in use by") is a parameter of the write itself, so
 //! concurrent requests can never both pass it.
+//!
+//! What happens on stages (sessions, participants, events, revocations) is written
+//! by the live plane alone, as batches of [`LiveWrite`]s: one batch per change of a
+//! stage, applied in one transaction, so a reader never sees a participant without
+//! its session or a JOINED without its participant.
 
 use async_trait::async_trait;
 
@@ -29,6 +34,33 @@ pub struct ResourceRecord {
     pub refers_to: Option<String>,
     /// For stages: the session running now. Filled in by the store on reads.
     pub active_session_id: Option<String>,
+}
+
+/// One change to the record of what happens on a stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LiveWrite {
+    /// A session starts. The stage has no running session (the live plane ends one
+    /// before it starts the next).
+    StartSession { session_id: String, start_time: UnixMillis },
+    /// The running session ends.
+    EndSession { session_id: String, end_time: UnixMillis },
+    /// Inserts the participant's record in the session, or updates the one there:
+    /// the stored `first_join_time` is kept and `published` never turns back to
+    /// false; every other field is overwritten.
+    UpsertParticipant { session_id: String, participant: Box<Participant> },
+    /// Appends an event to the session.
+    AppendEvent { session_id: String, event: ParticipantEvent },
+    /// The participant id may never connect to the stage again
+    /// (DisconnectParticipant); the reason is kept.
+    RevokeParticipant { participant_id: String, reason: Option<String>, at: UnixMillis },
+}
+
+/// What [`Store::close_interrupted_sessions`] found and closed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InterruptedSessions {
+    pub sessions: u64,
+    pub participants: u64,
+    pub replications: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -86,4 +118,14 @@ pub trait Store: Send + Sync + 'static {
     async fn list_events(&self, stage: &Arn, session_id: &str, participant_id: &str, after: Option<i64>, limit: u32) -> Result<Page<ParticipantEvent>, StoreError>;
     /// Replications of a participant out of a source stage, oldest first.
     async fn list_replicas(&self, source_stage: &Arn, participant_id: &str, after: Option<i64>, limit: u32) -> Result<Page<ParticipantReplica>, StoreError>;
+
+    /// Applies changes to a stage's live record in order, all or none. Writes for a
+    /// stage that no longer exists are dropped.
+    async fn write_live(&self, stage: &Arn, writes: &[LiveWrite]) -> Result<(), StoreError>;
+    /// Whether DisconnectParticipant revoked this participant id on this stage.
+    async fn is_participant_revoked(&self, stage: &Arn, participant_id: &str) -> Result<bool, StoreError>;
+    /// At start-up: whatever a previous process left running is over. Ends running
+    /// sessions at `at`, marks their connected participants DISCONNECTED with a
+    /// `LEFT` event, and stops active replications.
+    async fn close_interrupted_sessions(&self, at: UnixMillis) -> Result<InterruptedSessions, StoreError>;
 }

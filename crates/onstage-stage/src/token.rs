@@ -3,17 +3,37 @@
 //! IVS signs its tokens with a non-standard `alg: KMS`; onstage signs with standard
 //! ES384 under a P-384 key generated once and kept in the store, and publishes the
 //! public half as a JWKS so a backend can verify tokens itself.
+//!
+//! Verification (SPEC §3) is split in two: [`inspect`] reads what a token *claims*
+//! without trusting it (which key, which stage, which participant), so the caller
+//! can look the key and the stage up; [`verify`] then checks the signature and every
+//! claim rule against them. Both are pure; the lookups live in the control plane.
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::DomainError;
-use crate::model::Attributes;
+use crate::ids::{Arn, ResourceKind};
+use crate::model::{Attributes, EventErrorCode, StageEndpoints};
+use crate::time_fmt::iso8601;
+
+/// `version` of the tokens onstage issues.
+pub const SERVER_TOKEN_VERSION: &str = "0.0";
+/// `version` of self-signed tokens (signed with an imported public key's private half).
+pub const SELF_SIGNED_TOKEN_VERSION: &str = "1.0";
+/// A self-signed token may live at most 14 days: `exp` ≤ `iat` + this.
+pub const MAX_SELF_SIGNED_LIFETIME_SECS: i64 = 14 * 24 * 3600;
+/// How far ahead of our clock a self-signed token's `iat` may be.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 300;
+/// Longest participant id (`jti`) a self-signed token may carry.
+pub const MAX_PARTICIPANT_ID_LEN: usize = 64;
+/// Longest `user_id`, as CreateParticipantToken allows it.
+pub const MAX_USER_ID_LEN: usize = 128;
 
 /// The claim set of a participant token, as IVS uses it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +68,13 @@ pub struct Capabilities {
 /// The server's token-signing key.
 pub struct TokenSigner {
     kid: String,
-    encoding_key: EncodingKey,
+    /// Parsed once: re-reading the PKCS#8 document for every token costs more than
+    /// the signature itself.
+    key_pair: EcdsaKeyPair,
+    /// `base64url({"alg":"ES384","typ":"JWT","kid":…})`, the same for every token.
+    encoded_header: String,
+    rng: SystemRandom,
+    decoding_key: DecodingKey,
     public_jwk: serde_json::Value,
 }
 
@@ -81,24 +107,225 @@ impl TokenSigner {
             "x": URL_SAFE_NO_PAD.encode(x),
             "y": URL_SAFE_NO_PAD.encode(y),
         });
-        Ok(TokenSigner { kid, encoding_key: EncodingKey::from_ec_der(pkcs8), public_jwk })
+        let decoding_key = DecodingKey::from_ec_der(point);
+        let header = serde_json::json!({ "alg": "ES384", "typ": "JWT", "kid": kid });
+        let encoded_header = URL_SAFE_NO_PAD.encode(header.to_string());
+        Ok(TokenSigner { kid, key_pair: pair, encoded_header, rng: SystemRandom::new(), decoding_key, public_jwk })
     }
 
     pub fn kid(&self) -> &str {
         &self.kid
     }
 
+    /// A compact JWS (RFC 7515): header, claims and the ES384 signature, which for
+    /// P-384 is the fixed 96-byte `r || s` that `ECDSA_P384_SHA384_FIXED` produces.
     pub fn sign(&self, claims: &ParticipantClaims) -> Result<String, DomainError> {
-        let mut header = Header::new(Algorithm::ES384);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding_key)
-            .map_err(|e| DomainError::Internal(format!("could not sign a participant token: {e}")))
+        let claims = serde_json::to_vec(claims)
+            .map_err(|e| DomainError::Internal(format!("could not encode token claims: {e}")))?;
+        let mut token = String::with_capacity(self.encoded_header.len() + claims.len() * 4 / 3 + 140);
+        token.push_str(&self.encoded_header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&claims, &mut token);
+        let signature = self
+            .key_pair
+            .sign(&self.rng, token.as_bytes())
+            .map_err(|_| DomainError::Internal("could not sign a participant token".into()))?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
+        Ok(token)
     }
 
     /// The JSON Web Key Set published at `/.well-known/jwks.json`.
     pub fn jwks(&self) -> serde_json::Value {
         serde_json::json!({ "keys": [self.public_jwk] })
     }
+
+    /// The public half, for verifying the tokens this signer issued.
+    pub fn decoding_key(&self) -> &DecodingKey {
+        &self.decoding_key
+    }
+}
+
+/// Why a participant token was not accepted. Every variant means the token does not
+/// authenticate its holder for the stage: HTTP 401 (SPEC §3).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRejection {
+    #[error("the participant token is malformed: {0}")]
+    Malformed(String),
+    #[error("the participant token's signature is not valid")]
+    BadSignature,
+    #[error("the participant token expired at {0}")]
+    Expired(String),
+    #[error("the participant token is signed with a key that does not exist (unknown or deleted): {0}")]
+    UnknownKey(String),
+    #[error("the participant token is not valid for this stage: {0}")]
+    WrongStage(String),
+}
+
+impl TokenRejection {
+    /// The HTTP status of a refused connection.
+    pub const HTTP_STATUS: u16 = 401;
+
+    /// The `errorCode` recorded with the `JOIN_ERROR`: the model has no code for a
+    /// bad token; the token is the participant's input.
+    pub fn error_code(&self) -> EventErrorCode {
+        EventErrorCode::InvalidInput
+    }
+}
+
+/// What a token claims before anything about it is trusted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnverifiedToken {
+    /// The `kid` header: the server key's id, or an imported public key's ARN.
+    pub kid: String,
+    /// The `resource` claim, when it is a stage ARN.
+    pub stage_arn: Option<Arn>,
+    /// The `jti` claim, when it has the shape of a participant id.
+    pub participant_id: Option<String>,
+}
+
+/// Who signed a token, as far as its `kid` tells.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenIssuer {
+    /// This deployment's signing key ([`TokenSigner`]).
+    Server,
+    /// A customer's key imported with ImportPublicKey; the `kid` is its ARN.
+    PublicKey(Arn),
+}
+
+/// Decodes the header and claims without verifying anything, so the caller can
+/// find the verification key and the stage. Only ES384 is ever accepted.
+pub fn inspect(token: &str) -> Result<UnverifiedToken, TokenRejection> {
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|e| TokenRejection::Malformed(format!("cannot decode the JWT header: {e}")))?;
+    if header.alg != Algorithm::ES384 {
+        return Err(TokenRejection::Malformed(format!("alg must be ES384, got {:?}", header.alg)));
+    }
+    let kid = header.kid.ok_or_else(|| TokenRejection::Malformed("the JWT header has no kid".into()))?;
+    let claims: serde_json::Value = jsonwebtoken::dangerous::insecure_decode_claims(token)
+        .map_err(|e| TokenRejection::Malformed(format!("cannot decode the JWT claims: {e}")))?;
+    let stage_arn = claims
+        .get("resource")
+        .and_then(|v| v.as_str())
+        .and_then(Arn::parse)
+        .filter(|a| a.kind == ResourceKind::Stage);
+    let participant_id = claims
+        .get("jti")
+        .and_then(|v| v.as_str())
+        .filter(|j| is_participant_id(j))
+        .map(str::to_owned);
+    Ok(UnverifiedToken { kid, stage_arn, participant_id })
+}
+
+impl UnverifiedToken {
+    /// Who signed the token, judged by its `kid` alone.
+    pub fn issuer(&self, server_kid: &str) -> Result<TokenIssuer, TokenRejection> {
+        if self.kid == server_kid {
+            return Ok(TokenIssuer::Server);
+        }
+        match Arn::parse(&self.kid) {
+            Some(arn) if arn.kind == ResourceKind::PublicKey => Ok(TokenIssuer::PublicKey(arn)),
+            _ => Err(TokenRejection::UnknownKey(self.kid.clone())),
+        }
+    }
+}
+
+/// The facts a token is checked against.
+pub struct TokenCheck<'a> {
+    pub issuer: &'a TokenIssuer,
+    /// The issuer's public key.
+    pub key: &'a DecodingKey,
+    /// The stage the token is presented to.
+    pub stage_arn: &'a Arn,
+    pub endpoints: &'a StageEndpoints,
+    /// Seconds since the Unix epoch.
+    pub now: i64,
+}
+
+/// Verifies the signature and the claim rules of SPEC §3. Tokens onstage issued
+/// carry `version` 0.0; self-signed ones `version` 1.0, every claim but `user_id`
+/// and `attributes`, a lifetime of at most 14 days and exactly this stage's id, ARN
+/// and endpoints.
+pub fn verify(token: &str, check: &TokenCheck<'_>) -> Result<ParticipantClaims, TokenRejection> {
+    use jsonwebtoken::errors::ErrorKind;
+    let mut validation = Validation::new(Algorithm::ES384);
+    // Expiry is checked below, against the caller's clock and without leeway.
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let claims = match jsonwebtoken::decode::<ParticipantClaims>(token, check.key, &validation) {
+        Ok(data) => data.claims,
+        Err(e) => {
+            return Err(match e.kind() {
+                ErrorKind::InvalidSignature | ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidKeyFormat => {
+                    TokenRejection::BadSignature
+                }
+                ErrorKind::Json(inner) => TokenRejection::Malformed(format!("claims: {inner}")),
+                _ => TokenRejection::Malformed(e.to_string()),
+            });
+        }
+    };
+    let self_signed = matches!(check.issuer, TokenIssuer::PublicKey(_));
+    let version = if self_signed { SELF_SIGNED_TOKEN_VERSION } else { SERVER_TOKEN_VERSION };
+    if claims.version != version {
+        return Err(TokenRejection::Malformed(format!(
+            "version must be \"{version}\" for a token signed with this key, got \"{}\"",
+            claims.version
+        )));
+    }
+    if !is_participant_id(&claims.jti) {
+        return Err(TokenRejection::Malformed(format!(
+            "jti must be 1 to {MAX_PARTICIPANT_ID_LEN} characters of [a-zA-Z0-9_-]"
+        )));
+    }
+    if claims.exp <= check.now {
+        return Err(TokenRejection::Expired(iso8601(claims.exp.saturating_mul(1000))));
+    }
+    if self_signed {
+        if claims.iat > check.now + MAX_CLOCK_SKEW_SECS {
+            return Err(TokenRejection::Malformed(format!("iat lies in the future ({})", iso8601(claims.iat.saturating_mul(1000)))));
+        }
+        if claims.exp > claims.iat.saturating_add(MAX_SELF_SIGNED_LIFETIME_SECS) {
+            return Err(TokenRejection::Malformed("exp must be at most 14 days after iat".into()));
+        }
+        if claims.user_id.as_ref().is_some_and(|u| u.chars().count() > MAX_USER_ID_LEN) {
+            return Err(TokenRejection::Malformed(format!("user_id must be at most {MAX_USER_ID_LEN} characters")));
+        }
+        let attribute_bytes: usize = claims.attributes.iter().flatten().map(|(k, v)| k.len() + v.len()).sum();
+        if attribute_bytes > crate::service::MAX_ATTRIBUTES_BYTES {
+            return Err(TokenRejection::Malformed("attributes must be at most 1 KB".into()));
+        }
+    }
+    let stage_arn = check.stage_arn.to_string();
+    if claims.resource != stage_arn {
+        return Err(TokenRejection::WrongStage(format!("resource is {}, not {stage_arn}", claims.resource)));
+    }
+    if claims.topic != check.stage_arn.id {
+        return Err(TokenRejection::WrongStage(format!("topic is {}, not {}", claims.topic, check.stage_arn.id)));
+    }
+    if self_signed {
+        if claims.whip_url != check.endpoints.whip {
+            return Err(TokenRejection::WrongStage(format!(
+                "whip_url must be the stage's WHIP endpoint {}",
+                check.endpoints.whip
+            )));
+        }
+        if claims.events_url != check.endpoints.events {
+            return Err(TokenRejection::WrongStage(format!(
+                "events_url must be the stage's events endpoint {}",
+                check.endpoints.events
+            )));
+        }
+    }
+    Ok(claims)
+}
+
+/// A participant id: what onstage issues (12 alphanumerics) or what a self-signer
+/// chose, at most 64 of `[a-zA-Z0-9_-]`.
+pub fn is_participant_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_PARTICIPANT_ID_LEN
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Parses a customer's public key for self-signed tokens: PEM, SubjectPublicKeyInfo,

@@ -14,6 +14,7 @@ pub const DEFAULT_MEDIA_PORT: u16 = 7701;
 pub const DEFAULT_DATA_DIR: &str = "./onstage-data";
 pub const DEFAULT_REGION: &str = "us-east-1";
 pub const DEFAULT_ACCOUNT_ID: &str = "000000000000";
+pub const DEFAULT_MAX_SUBSCRIBERS: usize = 10_000;
 pub const DEV_ACCESS_KEY_ID: &str = "onstage";
 pub const DEV_SECRET_ACCESS_KEY: &str = "onstage-secret";
 
@@ -67,6 +68,13 @@ pub struct ServeArgs {
     /// Secret of the primary access key [default: onstage-secret, for development]
     #[arg(long, env = "ONSTAGE_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub secret_access_key: Option<String>,
+    /// Address peers reach the media port at, put in ICE candidates [default: the
+    /// listen address; required when listening on a wildcard address]
+    #[arg(long, env = "ONSTAGE_PUBLIC_IP", value_name = "IP")]
+    pub public_ip: Option<std::net::IpAddr>,
+    /// Most subscribers one stage accepts at once [default: 10000, as IVS]
+    #[arg(long, env = "ONSTAGE_MAX_SUBSCRIBERS", value_name = "N")]
+    pub max_subscribers: Option<usize>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "ONSTAGE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -92,6 +100,8 @@ pub struct FileConfig {
     pub account_id: Option<String>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    pub public_ip: Option<std::net::IpAddr>,
+    pub max_subscribers: Option<usize>,
     pub log_format: Option<LogFormat>,
     /// Further access keys, each mapped to an account.
     #[serde(default)]
@@ -120,6 +130,8 @@ pub struct Settings {
     pub public_url: String,
     pub region: String,
     pub access_keys: Vec<AccessKeyConfig>,
+    pub public_ip: Option<std::net::IpAddr>,
+    pub max_subscribers: usize,
     pub log_format: LogFormat,
 }
 
@@ -172,8 +184,15 @@ impl Settings {
             public_url,
             region,
             access_keys,
+            public_ip: args.public_ip.or(file.public_ip),
+            max_subscribers: args.max_subscribers.or(file.max_subscribers).unwrap_or(DEFAULT_MAX_SUBSCRIBERS),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
+    }
+
+    /// Where the media plane binds: the listen address's IP, the media port.
+    pub fn media_bind(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.listen.ip(), self.media_port)
     }
 
     /// `endpoints.whip` of every stage.

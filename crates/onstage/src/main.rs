@@ -8,6 +8,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use onstage_api::{AccessKey, ApiState, Credentials};
+use onstage_media::{MediaConfig, MediaServer};
+use onstage_stage::live::{LiveConfig, LivePlane};
 use onstage_stage::{ControlPlane, ControlPlaneConfig};
 use onstage_store::SqliteStore;
 use tracing_subscriber::EnvFilter;
@@ -49,9 +51,27 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     )
     .await
     .context("loading the token-signing key")?;
+    let control = Arc::new(control);
+
+    let (signals, signal_receiver) = tokio::sync::mpsc::unbounded_channel();
+    let media = MediaServer::start(
+        MediaConfig { bind: settings.media_bind(), candidate_ip: settings.public_ip },
+        signals,
+    )
+    .context("starting the media plane")?;
+    let media_candidate = media.candidate_addr();
+    let live = LivePlane::open(
+        control.clone(),
+        Arc::new(media),
+        LiveConfig { max_subscribers: settings.max_subscribers, ..LiveConfig::default() },
+    )
+    .await
+    .context("starting the live plane")?;
+    live.spawn_media_signals(signal_receiver);
 
     let mut credentials = Credentials::new();
-    for k in &settings.access_keys {
+    const SHOWN_KEYS: usize = 3;
+    for k in settings.access_keys.iter().take(SHOWN_KEYS) {
         credentials.insert(
             k.access_key_id.clone(),
             AccessKey { secret: k.secret_access_key.clone(), account_id: k.account_id.clone() },
@@ -61,15 +81,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || prometheus.render());
-    let state = ApiState::new(Arc::new(control), credentials, settings.region.clone(), Some(render))
+    let state = ApiState::new(control, credentials, settings.region.clone(), Some(render))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let app = onstage_api::router(Arc::new(state));
+    let app = onstage_api::router(Arc::new(state))
+        .merge(onstage_api::participant_router(live))
+        .merge(onstage_api::join::join_router());
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
-    print_banner(&settings, listener.local_addr().unwrap_or(settings.listen));
+    print_banner(&settings, listener.local_addr().unwrap_or(settings.listen), media_candidate);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
@@ -78,13 +100,14 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_banner(settings: &Settings, bound: std::net::SocketAddr) {
+fn print_banner(settings: &Settings, bound: std::net::SocketAddr, media: std::net::SocketAddr) {
     let api = format!("http://{bound}");
     println!("onstage {} — Amazon IVS Real-Time API", env!("CARGO_PKG_VERSION"));
     println!("  API endpoint    {api}   (aws ivs-realtime --endpoint-url {api} ...)");
     println!("  public URL      {}  (whip {}, events {})", settings.public_url, settings.whip_url(), settings.events_url());
     println!("  region          {}", settings.region);
-    for k in &settings.access_keys {
+    const SHOWN_KEYS: usize = 3;
+    for k in settings.access_keys.iter().take(SHOWN_KEYS) {
         let secret = if k.secret_access_key == DEV_SECRET_ACCESS_KEY {
             format!("{} (development default)", k.secret_access_key)
         } else {
@@ -92,8 +115,12 @@ fn print_banner(settings: &Settings, bound: std::net::SocketAddr) {
         };
         println!("  credentials     {} / {}  → account {}", k.access_key_id, secret, k.account_id);
     }
+    if settings.access_keys.len() > SHOWN_KEYS {
+        println!("                  … and {} more access keys from the configuration", settings.access_keys.len() - SHOWN_KEYS);
+    }
     println!("  data directory  {}", settings.data_dir.display());
-    println!("  media (UDP)     port {} (reserved for the media plane)", settings.media_port);
+    println!("  media (UDP)     {media}  (ICE host candidate)");
+    println!("  join page       {api}/join?token=<participant token>");
     println!("  JWKS            {api}/.well-known/jwks.json   metrics {api}/metrics");
 }
 

@@ -1,0 +1,182 @@
+//! The live plane: who is on a stage right now, and the record of it (SPEC §3–§5).
+//!
+//! Participants reach a stage through three kinds of connection — a WHIP publish, a
+//! subscribe to one publisher, the stage-events socket — each authenticated by a
+//! participant token. This module decides whether a connection is accepted, what it
+//! replaces, when a participant joins and leaves, when a stage session starts and
+//! ends, and what is written to the store and told to the stage's events sockets.
+//!
+//! It is split the way str0m is:
+//!
+//! - [`machine::StageMachine`] holds the rules for one stage as a plain state
+//!   machine: inputs are admissions, accepted connections, closed connections and
+//!   peers, DisconnectParticipant and stage deletion, each with the time; outputs are
+//!   [`machine::Effects`] — store writes, media peers and sources to close, events
+//!   sockets to close. No I/O, no clock, no tasks: every rule is unit-tested without
+//!   a socket.
+//! - [`LivePlane`] is the thin driver: it verifies tokens through the
+//!   [`ControlPlane`](crate::ControlPlane), asks the [`MediaPlane`](crate::media::MediaPlane)
+//!   for SDP answers, feeds the machine, and carries out its effects. One lock per
+//!   stage serialises that stage's changes, so admission and acceptance see the same
+//!   state and the store receives a stage's writes in order; stages never wait for
+//!   each other.
+//!
+//! Room left for what comes later: a replicated participant (SPEC §6) is a
+//! participant whose publishing slot is fed by another stage's source rather than by
+//! a peer of its own, and a reconnect window is a publishing slot whose feeding peer
+//! is gone but whose source stays open until the window passes. Both are states of
+//! the publishing slot in the machine; the driver and the media boundary already
+//! treat sources and the peers feeding them separately.
+
+pub mod client;
+pub mod machine;
+mod plane;
+
+use crate::media::MediaRefusal;
+use crate::model::{Attributes, ClientAttributes, EventErrorCode, EventName};
+use crate::token::{Capabilities, TokenRejection};
+
+pub use machine::{Admission, ConnectionId, Effects, EventsClose, StageLimits, StageMachine};
+pub use plane::{Accepted, EventsSubscription, EventsUpdate, LiveConfig, LivePlane};
+
+/// At most this many publishers per stage (IVS's quota), replicas included.
+pub const MAX_PUBLISHERS_PER_STAGE: usize = 12;
+/// Subscribing participants per stage when the operator sets no limit (IVS's quota).
+pub const DEFAULT_MAX_SUBSCRIBERS_PER_STAGE: usize = 10_000;
+
+/// Someone connecting to a stage: what their verified token says, and what their
+/// client says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Joiner {
+    pub participant_id: String,
+    pub user_id: Option<String>,
+    pub attributes: Attributes,
+    pub capabilities: Capabilities,
+    pub client: ClientAttributes,
+}
+
+/// What a connection is for; it decides which error event a refusal records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Publish,
+    Subscribe,
+    /// The stage-events socket.
+    Events,
+}
+
+/// Why a connection was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// The token does not authenticate its holder for the stage.
+    Token(TokenRejection),
+    /// DisconnectParticipant removed this participant id from the stage.
+    Revoked,
+    /// The token does not grant what the connection needs.
+    MissingCapability,
+    /// 13th publisher, or the subscriber limit.
+    QuotaExceeded,
+    /// Subscribing to someone who is not publishing.
+    PublisherNotFound,
+    /// The SDP offer could not be used.
+    InvalidOffer,
+    InvalidVideoCodec,
+    InvalidAudioCodec,
+    /// Something on our side failed.
+    Internal,
+}
+
+/// A refused connection: the HTTP status to answer, the plain-text reason, and the
+/// `errorCode` to record (SPEC §3).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(kind: RefusalKind, message: impl Into<String>) -> Self {
+        Refusal {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn token(rejection: TokenRejection) -> Self {
+        let message = rejection.to_string();
+        Refusal {
+            kind: RefusalKind::Token(rejection),
+            message,
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Refusal::new(RefusalKind::Internal, message)
+    }
+
+    pub fn from_media(refusal: MediaRefusal) -> Self {
+        let kind = match &refusal {
+            MediaRefusal::InvalidOffer(_) => RefusalKind::InvalidOffer,
+            MediaRefusal::InvalidVideoCodec => RefusalKind::InvalidVideoCodec,
+            MediaRefusal::InvalidAudioCodec => RefusalKind::InvalidAudioCodec,
+            MediaRefusal::NoSuchSource => RefusalKind::PublisherNotFound,
+            MediaRefusal::Internal(_) => RefusalKind::Internal,
+        };
+        Refusal {
+            kind,
+            message: refusal.to_string(),
+        }
+    }
+
+    /// The HTTP status of the refused request.
+    pub fn http_status(&self) -> u16 {
+        match self.kind {
+            RefusalKind::Token(_) => TokenRejection::HTTP_STATUS,
+            RefusalKind::Revoked | RefusalKind::MissingCapability | RefusalKind::QuotaExceeded => 403,
+            RefusalKind::PublisherNotFound => 404,
+            RefusalKind::InvalidOffer | RefusalKind::InvalidVideoCodec | RefusalKind::InvalidAudioCodec => 400,
+            RefusalKind::Internal => 500,
+        }
+    }
+
+    /// The `errorCode` of the error event.
+    pub fn error_code(&self) -> EventErrorCode {
+        match &self.kind {
+            RefusalKind::Token(rejection) => rejection.error_code(),
+            RefusalKind::Revoked | RefusalKind::MissingCapability => EventErrorCode::InsufficientCapabilities,
+            RefusalKind::QuotaExceeded => EventErrorCode::QuotaExceeded,
+            RefusalKind::PublisherNotFound => EventErrorCode::PublisherNotFound,
+            RefusalKind::InvalidOffer => EventErrorCode::InvalidInput,
+            RefusalKind::InvalidVideoCodec => EventErrorCode::InvalidVideoCodec,
+            RefusalKind::InvalidAudioCodec => EventErrorCode::InvalidAudioCodec,
+            RefusalKind::Internal => EventErrorCode::InternalServerException,
+        }
+    }
+
+    /// The error event to record: a refused token or a revoked participant could
+    /// not join at all (`JOIN_ERROR`); anything else failed the publish or the
+    /// subscribe it was for.
+    pub fn event_name(&self, action: Action) -> EventName {
+        match (&self.kind, action) {
+            (RefusalKind::Token(_) | RefusalKind::Revoked, _) | (_, Action::Events) => EventName::JoinError,
+            (_, Action::Publish) => EventName::PublishError,
+            (_, Action::Subscribe) => EventName::SubscribeError,
+        }
+    }
+}
+
+/// What the stage-events socket sends as `STAGE_STATE`: who is on the stage and who
+/// publishes, in the order they joined.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StageState {
+    pub stage_id: String,
+    pub participants: Vec<StageStateParticipant>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StageStateParticipant {
+    pub id: String,
+    pub user_id: Option<String>,
+    pub attributes: Attributes,
+    pub is_publishing: bool,
+}

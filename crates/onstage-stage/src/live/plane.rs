@@ -1,0 +1,793 @@
+//! The driver of the stage machines: tokens in, SDP through the media plane,
+//! effects out to the store, the media plane and the events sockets.
+//!
+//! Each stage has a slot with its [`StageMachine`] behind an async lock. A request
+//! takes the lock, asks the machine, calls the media plane if admitted, records the
+//! result and carries out the effects — store writes included — before it lets go,
+//! so a stage's writes reach the store in the order they happened and a `201` is
+//! only sent once the join is recorded. A slot exists only while its stage has
+//! someone on it (or is being deleted); an idle slot is retired and dropped.
+//!
+//! Every operation runs in a task of its own: an HTTP client that hangs up halfway
+//! cannot leave a peer open in the media plane that the machine never heard of.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as SyncMutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot, watch};
+
+use crate::error::{DomainError, StoreError};
+use crate::ids::Arn;
+use crate::media::{CloseCause, MediaPlane, MediaSignal, PeerId};
+use crate::service::{ControlPlane, LiveStages, TokenVerificationError, VerifiedToken};
+use crate::time_fmt::now_millis;
+
+use super::client;
+use super::machine::{Admission, ConnectionId, Effects, EventsClose, StageLimits, StageMachine};
+use super::{Action, DEFAULT_MAX_SUBSCRIBERS_PER_STAGE, Joiner, MAX_PUBLISHERS_PER_STAGE, Refusal, StageState};
+
+/// How long the close of a peer the live plane has not registered yet is remembered
+/// (the media plane may report it before `publish`/`subscribe` has returned).
+const EARLY_CLOSE_MEMORY: Duration = Duration::from_secs(60);
+
+/// Limits of the live plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveConfig {
+    /// Publishers per stage (IVS: 12).
+    pub max_publishers: usize,
+    /// Participants subscribing per stage (IVS: 10,000).
+    pub max_subscribers: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        LiveConfig {
+            max_publishers: MAX_PUBLISHERS_PER_STAGE,
+            max_subscribers: DEFAULT_MAX_SUBSCRIBERS_PER_STAGE,
+        }
+    }
+}
+
+/// A publish or subscribe the server accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub participant_id: String,
+    /// The SDP answer for the `201`.
+    pub answer_sdp: String,
+    /// The unguessable id of the WHIP resource: `DELETE` on its URL ends the
+    /// connection ([`LivePlane::end_connection`]).
+    pub resource_id: String,
+    /// The stage's WHIP endpoint (`endpoints.whip`), which resource URLs extend.
+    pub whip_endpoint: String,
+}
+
+/// An accepted events socket: the stage's state as it changes, and the server's
+/// request to close the socket. Dropping it closes the connection on the stage.
+pub struct EventsSubscription {
+    participant_id: String,
+    states: watch::Receiver<Arc<StageState>>,
+    closed: oneshot::Receiver<EventsClose>,
+    /// Why the server closed the socket, once it has (the receiver is spent then).
+    close_reason: Option<EventsClose>,
+    _registration: EventsRegistration,
+}
+
+impl EventsSubscription {
+    pub fn participant_id(&self) -> &str {
+        &self.participant_id
+    }
+
+    /// The stage's state: `borrow_and_update` for the current one, `changed` to wait
+    /// for the next.
+    pub fn states(&mut self) -> &mut watch::Receiver<Arc<StageState>> {
+        &mut self.states
+    }
+
+    /// Resolves when the server ends the socket (replaced, disconnected, stage
+    /// deleted, shutdown).
+    pub async fn closed(&mut self) -> EventsClose {
+        if let Some(why) = &self.close_reason {
+            return why.clone();
+        }
+        let why = (&mut self.closed).await.unwrap_or(EventsClose::ServerShutdown);
+        self.close_reason = Some(why.clone());
+        why
+    }
+
+    /// The next thing to tell the socket: a new stage state, or that the server
+    /// closes it. Cancel-safe, for use in `select!`.
+    pub async fn next_update(&mut self) -> EventsUpdate {
+        if let Some(why) = &self.close_reason {
+            return EventsUpdate::Closed(why.clone());
+        }
+        tokio::select! {
+            why = &mut self.closed => {
+                let why = why.unwrap_or(EventsClose::ServerShutdown);
+                self.close_reason = Some(why.clone());
+                EventsUpdate::Closed(why)
+            }
+            changed = self.states.changed() => match changed {
+                Ok(()) => EventsUpdate::State(self.states.borrow_and_update().clone()),
+                Err(_) => EventsUpdate::Closed(EventsClose::ServerShutdown),
+            },
+        }
+    }
+}
+
+/// See [`EventsSubscription::next_update`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventsUpdate {
+    State(Arc<StageState>),
+    Closed(EventsClose),
+}
+
+/// Closes the events connection on the stage when the subscription goes away,
+/// however the socket ended.
+struct EventsRegistration {
+    plane: Weak<LivePlane>,
+    stage: Arn,
+    conn: ConnectionId,
+}
+
+impl Drop for EventsRegistration {
+    fn drop(&mut self) {
+        let (Some(plane), Ok(runtime)) = (self.plane.upgrade(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let (stage, conn) = (self.stage.clone(), self.conn);
+        runtime.spawn(async move { plane.events_closed(&stage, conn).await });
+    }
+}
+
+/// One stage's machine, the senders that close its events sockets, and the state
+/// its sockets watch.
+struct StageSlot {
+    inner: Arc<Mutex<StageInner>>,
+    state: watch::Sender<Arc<StageState>>,
+}
+
+struct StageInner {
+    machine: StageMachine,
+    events_sockets: HashMap<ConnectionId, oneshot::Sender<EventsClose>>,
+    /// Dropped from the map: whoever waited for this lock must look again.
+    retired: bool,
+}
+
+type LockedStage = (Arc<StageSlot>, OwnedMutexGuard<StageInner>);
+
+/// Where connections and peers live, for DELETEs and media signals.
+#[derive(Default)]
+struct Routes {
+    /// WHIP resource id → stage and connection.
+    resources: HashMap<String, (Arn, ConnectionId)>,
+    resource_of: HashMap<ConnectionId, String>,
+    /// Peer → its stage.
+    peers: HashMap<PeerId, Arn>,
+    /// Closes reported for peers nobody had registered yet.
+    early_closes: HashMap<PeerId, (CloseCause, Instant)>,
+}
+
+/// The live plane: participants' connections to stages (SPEC §3–§5).
+pub struct LivePlane {
+    me: Weak<LivePlane>,
+    control: Arc<ControlPlane>,
+    media: Arc<dyn MediaPlane>,
+    limits: StageLimits,
+    stages: SyncMutex<HashMap<Arn, Arc<StageSlot>>>,
+    routes: SyncMutex<Routes>,
+    next_connection: AtomicU64,
+}
+
+fn lock<T>(m: &SyncMutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl LivePlane {
+    /// Closes what a previous process left running (SPEC §7: live connections end
+    /// with the process, and are recorded as ended), then connects itself to the
+    /// control plane for DisconnectParticipant and DeleteStage.
+    pub async fn open(
+        control: Arc<ControlPlane>,
+        media: Arc<dyn MediaPlane>,
+        config: LiveConfig,
+    ) -> Result<Arc<LivePlane>, DomainError> {
+        let closed = control.store().close_interrupted_sessions(now_millis()).await?;
+        if closed.sessions > 0 || closed.participants > 0 || closed.replications > 0 {
+            tracing::info!(
+                sessions = closed.sessions,
+                participants = closed.participants,
+                replications = closed.replications,
+                "ended what the previous run left open"
+            );
+        }
+        let limits = StageLimits {
+            max_publishers: config.max_publishers,
+            max_subscribers: config.max_subscribers,
+        };
+        let live = Arc::new_cyclic(|me| LivePlane {
+            me: me.clone(),
+            control: control.clone(),
+            media,
+            limits,
+            stages: SyncMutex::new(HashMap::new()),
+            routes: SyncMutex::new(Routes::default()),
+            next_connection: AtomicU64::new(1),
+        });
+        let hook: Weak<LivePlane> = Arc::downgrade(&live);
+        control.attach_live_stages(hook);
+        Ok(live)
+    }
+
+    /// Feeds the media plane's signals in until the channel closes. Each signal is
+    /// handled on its own task, so a busy stage does not hold up the others.
+    pub fn spawn_media_signals(
+        self: &Arc<Self>,
+        mut signals: mpsc::UnboundedReceiver<MediaSignal>,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(signal) = signals.recv().await {
+                let Some(plane) = me.upgrade() else { break };
+                tokio::spawn(async move { plane.on_media_signal(signal).await });
+            }
+        })
+    }
+
+    /// One signal from the media plane: a closed peer ends its connection (a peer
+    /// that vanished is recorded like one that said goodbye).
+    pub async fn on_media_signal(&self, signal: MediaSignal) {
+        match signal {
+            MediaSignal::Connected(peer) => tracing::debug!(%peer, "peer connected"),
+            MediaSignal::Closed(peer, cause) => {
+                let stage = {
+                    let mut routes = lock(&self.routes);
+                    match routes.peers.get(&peer) {
+                        Some(stage) => stage.clone(),
+                        None => {
+                            routes.remember_early_close(peer, cause);
+                            return;
+                        }
+                    }
+                };
+                let Some((slot, mut inner)) = self.lock_existing_stage(&stage).await else {
+                    return;
+                };
+                let fx = inner.machine.peer_closed(peer, cause, now_millis());
+                let _ = self.execute(&slot, &mut inner, fx).await;
+                self.release(&stage, &slot, inner);
+            }
+        }
+    }
+
+    /// WHIP publish: verifies the token, admits the publish, gets the answer.
+    pub async fn publish(
+        &self,
+        token: String,
+        offer_sdp: String,
+        user_agent: Option<String>,
+    ) -> Result<Accepted, Refusal> {
+        let plane = self.arc()?;
+        run_detached(async move {
+            plane
+                .connect_media(token, Action::Publish, None, offer_sdp, user_agent)
+                .await
+        })
+        .await
+    }
+
+    /// Subscribe to `publisher_id`'s media with a recvonly offer.
+    pub async fn subscribe(
+        &self,
+        token: String,
+        publisher_id: String,
+        offer_sdp: String,
+        user_agent: Option<String>,
+    ) -> Result<Accepted, Refusal> {
+        let plane = self.arc()?;
+        run_detached(async move {
+            plane
+                .connect_media(token, Action::Subscribe, Some(publisher_id), offer_sdp, user_agent)
+                .await
+        })
+        .await
+    }
+
+    /// `DELETE` on a WHIP resource: ends that publish or subscribe. `false` when
+    /// there is no such resource (any more).
+    pub async fn end_connection(&self, resource_id: &str) -> bool {
+        let Ok(plane) = self.arc() else { return false };
+        let resource_id = resource_id.to_owned();
+        run_detached(async move {
+            let found = lock(&plane.routes).resources.get(&resource_id).cloned();
+            let Some((stage, conn)) = found else { return Ok(false) };
+            let Some((slot, mut inner)) = plane.lock_existing_stage(&stage).await else {
+                return Ok(false);
+            };
+            let fx = inner.machine.connection_closed(conn, now_millis());
+            let _ = plane.execute(&slot, &mut inner, fx).await;
+            plane.release(&stage, &slot, inner);
+            Ok(true)
+        })
+        .await
+        .unwrap_or(false)
+    }
+
+    /// Opens the stage-events socket of a participant on the stage `stage_id` (the
+    /// `{topic}` of its URL).
+    pub async fn open_events(
+        &self,
+        token: String,
+        stage_id: String,
+        user_agent: Option<String>,
+    ) -> Result<EventsSubscription, Refusal> {
+        let plane = self.arc()?;
+        run_detached(async move { plane.connect_events(token, stage_id, user_agent).await }).await
+    }
+
+    /// Ends every connection on every stage, recording everyone as gone and every
+    /// session as ended, and refuses new connections: for a graceful shutdown.
+    pub async fn shutdown(&self) {
+        let stages: Vec<Arn> = lock(&self.stages).keys().cloned().collect();
+        for stage in stages {
+            if let Some((slot, mut inner)) = self.lock_existing_stage(&stage).await {
+                let fx = inner
+                    .machine
+                    .close_stage(EventsClose::ServerShutdown, true, now_millis());
+                let _ = self.execute(&slot, &mut inner, fx).await;
+            }
+        }
+    }
+
+    /// The current STAGE_STATE of a stage with someone on it.
+    pub fn stage_state(&self, stage: &Arn) -> Option<Arc<StageState>> {
+        lock(&self.stages).get(stage).map(|slot| slot.state.borrow().clone())
+    }
+
+    /// Stages with someone on them (or being deleted).
+    pub fn live_stage_count(&self) -> usize {
+        lock(&self.stages).len()
+    }
+
+    // ----- the operations ----------------------------------------------------
+
+    fn arc(&self) -> Result<Arc<LivePlane>, Refusal> {
+        self.me
+            .upgrade()
+            .ok_or_else(|| Refusal::internal("the live plane has stopped"))
+    }
+
+    async fn connect_media(
+        self: Arc<Self>,
+        token: String,
+        action: Action,
+        publisher: Option<String>,
+        offer_sdp: String,
+        user_agent: Option<String>,
+    ) -> Result<Accepted, Refusal> {
+        let verified = self.verify(&token, None, action).await?;
+        let joiner = joiner(&verified, user_agent.as_deref());
+        let stage = verified.stage.arn;
+        let (slot, mut inner) = self.lock_stage(&stage).await;
+        let result = self
+            .connect_media_locked(&slot, &mut inner, &joiner, action, publisher.as_deref(), offer_sdp)
+            .await;
+        self.release(&stage, &slot, inner);
+        result.map(|accepted| Accepted {
+            whip_endpoint: verified.stage.endpoints.whip,
+            ..accepted
+        })
+    }
+
+    async fn connect_media_locked(
+        &self,
+        slot: &StageSlot,
+        inner: &mut StageInner,
+        joiner: &Joiner,
+        action: Action,
+        publisher: Option<&str>,
+        offer_sdp: String,
+    ) -> Result<Accepted, Refusal> {
+        let admission = self.admit(inner, joiner, action, publisher).await;
+        let admission = match admission {
+            Ok(a) => a,
+            Err(refusal) => {
+                return Err(self
+                    .refuse_locked(slot, inner, &joiner.participant_id, action, publisher, refusal)
+                    .await);
+            }
+        };
+        let conn = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
+        let (peer, answer_sdp, fx) = match admission {
+            Admission::Publish { source } => {
+                let (source, fresh) = match source {
+                    Some(existing) => (existing, false),
+                    None => (self.media.new_source(), true),
+                };
+                match self.media.publish(source, offer_sdp).await {
+                    Ok((peer, answer)) => {
+                        let fx = inner.machine.publish_accepted(joiner, conn, peer, source, now_millis());
+                        (peer, answer, fx)
+                    }
+                    Err(refused) => {
+                        if fresh {
+                            self.media.close_source(source);
+                        }
+                        let refusal = Refusal::from_media(refused);
+                        return Err(self
+                            .refuse_locked(slot, inner, &joiner.participant_id, action, publisher, refusal)
+                            .await);
+                    }
+                }
+            }
+            Admission::Subscribe { source } => match self.media.subscribe(source, offer_sdp).await {
+                Ok((peer, answer)) => {
+                    let publisher = publisher.unwrap_or_default();
+                    let fx = inner
+                        .machine
+                        .subscribe_accepted(joiner, publisher, conn, peer, now_millis());
+                    (peer, answer, fx)
+                }
+                Err(refused) => {
+                    let refusal = Refusal::from_media(refused);
+                    return Err(self
+                        .refuse_locked(slot, inner, &joiner.participant_id, action, publisher, refusal)
+                        .await);
+                }
+            },
+            Admission::Events => return Err(Refusal::internal("an events admission for a media connection")),
+        };
+        let stage = inner.machine.stage().clone();
+        let (resource_id, early_close) = self.register(&stage, conn, peer);
+        let _ = self.execute(slot, inner, fx).await;
+        if let Some(cause) = early_close {
+            let fx = inner.machine.peer_closed(peer, cause, now_millis());
+            let _ = self.execute(slot, inner, fx).await;
+        }
+        Ok(Accepted {
+            participant_id: joiner.participant_id.clone(),
+            answer_sdp,
+            resource_id,
+            whip_endpoint: String::new(),
+        })
+    }
+
+    async fn connect_events(
+        self: Arc<Self>,
+        token: String,
+        stage_id: String,
+        user_agent: Option<String>,
+    ) -> Result<EventsSubscription, Refusal> {
+        let verified = self.verify(&token, Some(&stage_id), Action::Events).await?;
+        let joiner = joiner(&verified, user_agent.as_deref());
+        let stage = verified.stage.arn;
+        let (slot, mut inner) = self.lock_stage(&stage).await;
+        let admitted = self.admit(&mut inner, &joiner, Action::Events, None).await;
+        if let Err(refusal) = admitted {
+            let refusal = self
+                .refuse_locked(&slot, &mut inner, &joiner.participant_id, Action::Events, None, refusal)
+                .await;
+            self.release(&stage, &slot, inner);
+            return Err(refusal);
+        }
+        let conn = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
+        let (close, closed) = oneshot::channel();
+        inner.events_sockets.insert(conn, close);
+        let fx = inner.machine.events_opened(&joiner, conn, now_millis());
+        let _ = self.execute(&slot, &mut inner, fx).await;
+        let states = slot.state.subscribe();
+        self.release(&stage, &slot, inner);
+        Ok(EventsSubscription {
+            participant_id: joiner.participant_id,
+            states,
+            closed,
+            close_reason: None,
+            _registration: EventsRegistration {
+                plane: self.me.clone(),
+                stage,
+                conn,
+            },
+        })
+    }
+
+    async fn events_closed(&self, stage: &Arn, conn: ConnectionId) {
+        let Some((slot, mut inner)) = self.lock_existing_stage(stage).await else {
+            return;
+        };
+        inner.events_sockets.remove(&conn);
+        let fx = inner.machine.connection_closed(conn, now_millis());
+        let _ = self.execute(&slot, &mut inner, fx).await;
+        self.release(stage, &slot, inner);
+    }
+
+    /// The revocation check needs the store; it runs under the stage's lock so a
+    /// DisconnectParticipant cannot slip between it and the join.
+    async fn admit(
+        &self,
+        inner: &mut StageInner,
+        joiner: &Joiner,
+        action: Action,
+        publisher: Option<&str>,
+    ) -> Result<Admission, Refusal> {
+        let revoked = self
+            .control
+            .store()
+            .is_participant_revoked(inner.machine.stage(), &joiner.participant_id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not check revocations");
+                Refusal::internal("internal error")
+            })?;
+        inner.machine.admit(joiner, action, publisher, revoked)
+    }
+
+    /// Verifies a token; a rejected one is recorded as a `JOIN_ERROR` where the
+    /// connection was aimed: the stage in the URL if there is one, else the stage
+    /// the token names.
+    async fn verify(&self, token: &str, presented_to: Option<&str>, action: Action) -> Result<VerifiedToken, Refusal> {
+        match self
+            .control
+            .verify_participant_token(token, presented_to, now_millis() / 1000)
+            .await
+        {
+            Ok(verified) => Ok(verified),
+            Err(TokenVerificationError::Internal(e)) => {
+                tracing::error!(error = %e, "could not verify a participant token");
+                Err(Refusal::internal("internal error"))
+            }
+            Err(TokenVerificationError::Rejected { rejection, claimed }) => {
+                let refusal = Refusal::token(rejection);
+                let stage = match presented_to {
+                    Some(id) => self.live_stage_by_id(id),
+                    None => claimed.as_ref().and_then(|c| c.stage_arn.clone()),
+                };
+                let participant = claimed.and_then(|c| c.participant_id);
+                tracing::info!(stage = ?stage.as_ref().map(ToString::to_string), ?participant, ?action, reason = %refusal, "participant token refused");
+                if let (Some(stage), Some(participant)) = (stage, participant)
+                    && let Some((slot, mut inner)) = self.lock_existing_stage(&stage).await
+                {
+                    let fx = inner
+                        .machine
+                        .refused(&participant, action, None, &refusal, now_millis());
+                    let _ = self.execute(&slot, &mut inner, fx).await;
+                    self.release(&stage, &slot, inner);
+                }
+                Err(refusal)
+            }
+        }
+    }
+
+    async fn refuse_locked(
+        &self,
+        slot: &StageSlot,
+        inner: &mut StageInner,
+        participant: &str,
+        action: Action,
+        publisher: Option<&str>,
+        refusal: Refusal,
+    ) -> Refusal {
+        tracing::info!(stage = %inner.machine.stage(), participant, ?action, ?publisher, status = refusal.http_status(), reason = %refusal, "connection refused");
+        let fx = inner
+            .machine
+            .refused(participant, action, publisher, &refusal, now_millis());
+        let _ = self.execute(slot, inner, fx).await;
+        refusal
+    }
+
+    // ----- slots, routes, effects --------------------------------------------
+
+    /// The stage's slot, locked; created if the stage has none.
+    async fn lock_stage(&self, stage: &Arn) -> LockedStage {
+        loop {
+            let slot = lock(&self.stages)
+                .entry(stage.clone())
+                .or_insert_with(|| Arc::new(StageSlot::new(stage.clone(), self.limits)))
+                .clone();
+            let inner = slot.inner.clone().lock_owned().await;
+            if !inner.retired {
+                return (slot, inner);
+            }
+        }
+    }
+
+    /// The stage's slot, locked, if anyone is on the stage.
+    async fn lock_existing_stage(&self, stage: &Arn) -> Option<LockedStage> {
+        loop {
+            let slot = lock(&self.stages).get(stage).cloned()?;
+            let inner = slot.inner.clone().lock_owned().await;
+            if !inner.retired {
+                return Some((slot, inner));
+            }
+        }
+    }
+
+    /// Unlocks a slot, dropping it when its stage has gone idle.
+    fn release(&self, stage: &Arn, slot: &Arc<StageSlot>, mut inner: OwnedMutexGuard<StageInner>) {
+        if inner.machine.is_idle() {
+            retire(&mut lock(&self.stages), stage, slot, &mut inner);
+        }
+    }
+
+    fn live_stage_by_id(&self, stage_id: &str) -> Option<Arn> {
+        lock(&self.stages).keys().find(|arn| arn.id == stage_id).cloned()
+    }
+
+    /// Gives a new media connection its WHIP resource id and routes its peer; returns
+    /// a close the media plane reported before this.
+    fn register(&self, stage: &Arn, conn: ConnectionId, peer: PeerId) -> (String, Option<CloseCause>) {
+        let resource_id: String = rand::rng()
+            .sample_iter(&Alphanumeric)
+            .take(24)
+            .map(char::from)
+            .collect();
+        let mut routes = lock(&self.routes);
+        routes.resources.insert(resource_id.clone(), (stage.clone(), conn));
+        routes.resource_of.insert(conn, resource_id.clone());
+        routes.peers.insert(peer, stage.clone());
+        let early = routes.early_closes.remove(&peer).map(|(cause, _)| cause);
+        (resource_id, early)
+    }
+
+    /// Carries out a machine's effects: media first (cut at once), then events
+    /// sockets, routes, the store, and the new STAGE_STATE.
+    async fn execute(&self, slot: &StageSlot, inner: &mut StageInner, fx: Effects) -> Result<(), StoreError> {
+        for peer in &fx.close_peers {
+            self.media.close_peer(*peer);
+        }
+        for source in &fx.close_sources {
+            self.media.close_source(*source);
+        }
+        for (conn, why) in fx.close_events {
+            if let Some(close) = inner.events_sockets.remove(&conn) {
+                let _ = close.send(why);
+            }
+        }
+        if !fx.ended.is_empty() {
+            let mut routes = lock(&self.routes);
+            for (conn, peer) in &fx.ended {
+                inner.events_sockets.remove(conn);
+                if let Some(resource_id) = routes.resource_of.remove(conn) {
+                    routes.resources.remove(&resource_id);
+                }
+                if let Some(peer) = peer {
+                    routes.peers.remove(peer);
+                }
+            }
+        }
+        let stored = if fx.writes.is_empty() {
+            Ok(())
+        } else {
+            self.control.store().write_live(inner.machine.stage(), &fx.writes).await
+        };
+        if let Err(e) = &stored {
+            tracing::error!(stage = %inner.machine.stage(), error = %e, writes = ?fx.writes, "could not record what happened on a stage");
+        }
+        let snapshot = inner.machine.snapshot();
+        slot.state.send_if_modified(|current| {
+            if **current == snapshot {
+                false
+            } else {
+                *current = Arc::new(snapshot);
+                true
+            }
+        });
+        stored
+    }
+}
+
+fn retire(stages: &mut HashMap<Arn, Arc<StageSlot>>, stage: &Arn, slot: &Arc<StageSlot>, inner: &mut StageInner) {
+    if stages.get(stage).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+        stages.remove(stage);
+    }
+    inner.retired = true;
+}
+
+impl StageSlot {
+    fn new(stage: Arn, limits: StageLimits) -> Self {
+        let machine = StageMachine::new(stage, limits);
+        let (state, _) = watch::channel(Arc::new(machine.snapshot()));
+        StageSlot {
+            inner: Arc::new(Mutex::new(StageInner {
+                machine,
+                events_sockets: HashMap::new(),
+                retired: false,
+            })),
+            state,
+        }
+    }
+}
+
+impl Routes {
+    fn remember_early_close(&mut self, peer: PeerId, cause: CloseCause) {
+        let now = Instant::now();
+        if self.early_closes.len() >= 256 {
+            self.early_closes
+                .retain(|_, (_, at)| now.duration_since(*at) < EARLY_CLOSE_MEMORY);
+        }
+        self.early_closes.insert(peer, (cause, now));
+    }
+}
+
+fn joiner(verified: &VerifiedToken, user_agent: Option<&str>) -> Joiner {
+    Joiner {
+        participant_id: verified.claims.jti.clone(),
+        user_id: verified.claims.user_id.clone(),
+        attributes: verified.claims.attributes.clone().unwrap_or_default(),
+        capabilities: verified.claims.capabilities,
+        client: client::from_user_agent(user_agent),
+    }
+}
+
+/// Runs an operation on its own task, so that it completes even if the caller
+/// (an HTTP request) is dropped.
+async fn run_detached<T: Send + 'static>(
+    op: impl Future<Output = Result<T, Refusal>> + Send + 'static,
+) -> Result<T, Refusal> {
+    match tokio::spawn(op).await {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!(error = %e, "a live-plane operation failed");
+            Err(Refusal::internal("internal error"))
+        }
+    }
+}
+
+#[async_trait]
+impl LiveStages for LivePlane {
+    async fn disconnect_participant(
+        &self,
+        stage: &Arn,
+        participant_id: &str,
+        reason: Option<&str>,
+    ) -> Result<bool, DomainError> {
+        let plane = self
+            .me
+            .upgrade()
+            .ok_or_else(|| DomainError::Internal("the live plane has stopped".into()))?;
+        let (stage, participant_id, reason) = (stage.clone(), participant_id.to_owned(), reason.map(str::to_owned));
+        let outcome = tokio::spawn(async move {
+            let Some((slot, mut inner)) = plane.lock_existing_stage(&stage).await else {
+                return Ok(false);
+            };
+            let Some(fx) = inner
+                .machine
+                .disconnect(&participant_id, reason.as_deref(), now_millis())
+            else {
+                plane.release(&stage, &slot, inner);
+                return Ok(false);
+            };
+            tracing::info!(%stage, participant = %participant_id, ?reason, "disconnecting a participant");
+            let stored = plane.execute(&slot, &mut inner, fx).await;
+            plane.release(&stage, &slot, inner);
+            stored.map(|()| true).map_err(DomainError::from)
+        })
+        .await;
+        outcome.map_err(|e| DomainError::Internal(format!("disconnecting failed: {e}")))?
+    }
+
+    async fn stage_deletion_started(&self, stage: &Arn) {
+        let Some(plane) = self.me.upgrade() else { return };
+        let stage = stage.clone();
+        let _ = tokio::spawn(async move {
+            let (slot, mut inner) = plane.lock_stage(&stage).await;
+            let fx = inner.machine.close_stage(EventsClose::StageDeleted, true, now_millis());
+            let _ = plane.execute(&slot, &mut inner, fx).await;
+        })
+        .await;
+    }
+
+    async fn stage_deletion_finished(&self, stage: &Arn) {
+        let Some(plane) = self.me.upgrade() else { return };
+        let stage = stage.clone();
+        let _ = tokio::spawn(async move {
+            if let Some((slot, mut inner)) = plane.lock_existing_stage(&stage).await {
+                retire(&mut lock(&plane.stages), &stage, &slot, &mut inner);
+            }
+        })
+        .await;
+    }
+}

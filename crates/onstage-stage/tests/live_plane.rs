@@ -1,0 +1,506 @@
+//! The live plane driven end to end without sockets: real tokens from the control
+//! plane, an in-memory store, and a fake media plane that answers every offer.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{FakeMedia, MediaCall, MemoryStore, account, control_plane};
+use onstage_stage::live::{EventsClose, LiveConfig, LivePlane, RefusalKind};
+use onstage_stage::media::{CloseCause, MediaRefusal, MediaSignal, PeerId, SourceId};
+use onstage_stage::model::{ParticipantState, Stage};
+use onstage_stage::service::{Capability, NewStage, TokenRequest};
+use onstage_stage::{ControlPlane, DomainError};
+
+struct World {
+    store: Arc<MemoryStore>,
+    media: Arc<FakeMedia>,
+    control: Arc<ControlPlane>,
+    live: Arc<LivePlane>,
+    stage: Stage,
+}
+
+async fn world() -> World {
+    world_with(LiveConfig::default()).await
+}
+
+async fn world_with(config: LiveConfig) -> World {
+    let store = Arc::new(MemoryStore::default());
+    let media = Arc::new(FakeMedia::default());
+    let control = control_plane(store.clone()).await;
+    let live = LivePlane::open(control.clone(), media.clone(), config).await.unwrap();
+    let (stage, _) = control.create_stage(&account(), NewStage::default()).await.unwrap();
+    World {
+        store,
+        media,
+        control,
+        live,
+        stage,
+    }
+}
+
+impl World {
+    /// A token for the stage: (participant id, token).
+    async fn token(&self, capabilities: &[Capability]) -> (String, String) {
+        let issued = self
+            .control
+            .create_participant_token(
+                &account(),
+                &self.stage.arn.to_string(),
+                TokenRequest {
+                    user_id: Some("someone".into()),
+                    capabilities: Some(capabilities.to_vec()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        (issued.participant_id, issued.token)
+    }
+
+    async fn both(&self) -> (String, String) {
+        self.token(&[Capability::Publish, Capability::Subscribe]).await
+    }
+}
+
+/// Waits for a condition that a spawned task makes true.
+async fn eventually(mut condition: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("condition never became true");
+}
+
+#[tokio::test]
+async fn publish_subscribe_and_leave() {
+    let w = world().await;
+    let (alice, alice_token) = w.both().await;
+    let (bob, bob_token) = w.both().await;
+
+    let published = w
+        .live
+        .publish(
+            alice_token.clone(),
+            "offer".into(),
+            Some("Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0.0.0 Safari/537.36".into()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(published.participant_id, alice);
+    assert!(published.answer_sdp.starts_with("answer-"));
+    assert_eq!(published.resource_id.len(), 24);
+    let session = w.store.running_session(&w.stage.arn).expect("a session started");
+    // The control plane sees it as the stage's active session.
+    let stage = w.control.get_stage(&account(), &w.stage.arn.to_string()).await.unwrap();
+    assert_eq!(stage.active_session_id.as_deref(), Some(session.as_str()));
+    let record = w.store.participant(&alice).unwrap();
+    assert_eq!(record.client.browser_name.as_deref(), Some("Chrome"));
+    assert!(record.published);
+
+    let subscribed = w
+        .live
+        .subscribe(bob_token, alice.clone(), "recvonly offer".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(w.media.calls()[1], MediaCall::Subscribe(SourceId(1), w.media.peer(1)));
+    let sub_event = w
+        .store
+        .events()
+        .into_iter()
+        .find(|e| e.name == "SUBSCRIBE_STARTED")
+        .unwrap();
+    assert_eq!(
+        (
+            sub_event.participant_id.as_str(),
+            sub_event.remote_participant_id.as_deref()
+        ),
+        (bob.as_str(), Some(alice.as_str()))
+    );
+
+    // DELETE of the subscribe: bob leaves, alice stays.
+    assert!(w.live.end_connection(&subscribed.resource_id).await);
+    assert!(
+        !w.live.end_connection(&subscribed.resource_id).await,
+        "a resource is deleted once"
+    );
+    assert_eq!(
+        w.store.events_of(&bob),
+        ["JOINED", "SUBSCRIBE_STARTED", "SUBSCRIBE_STOPPED", "LEFT"]
+    );
+    assert!(w.media.closed_peers().contains(&w.media.peer(1)));
+
+    // DELETE of the publish: alice leaves and the session ends.
+    assert!(w.live.end_connection(&published.resource_id).await);
+    assert_eq!(
+        w.store.events_of(&alice),
+        ["JOINED", "PUBLISH_STARTED", "PUBLISH_STOPPED", "LEFT"]
+    );
+    assert_eq!(w.media.closed_sources(), [SourceId(1)]);
+    assert_eq!(
+        w.store.participant(&alice).unwrap().state,
+        ParticipantState::Disconnected
+    );
+    assert_eq!(w.store.running_session(&w.stage.arn), None);
+    assert_eq!(w.live.live_stage_count(), 0, "an idle stage holds nothing");
+}
+
+#[tokio::test]
+async fn a_second_publish_with_the_same_token_replaces_the_first() {
+    let w = world().await;
+    let (alice, token) = w.both().await;
+    let first = w.live.publish(token.clone(), "offer".into(), None).await.unwrap();
+    let second = w.live.publish(token, "offer".into(), None).await.unwrap();
+    assert_ne!(first.resource_id, second.resource_id);
+    // Same source: subscribers keep going.
+    assert_eq!(
+        w.media.calls()[..2],
+        [
+            MediaCall::Publish(SourceId(1), w.media.peer(0)),
+            MediaCall::Publish(SourceId(1), w.media.peer(1))
+        ]
+    );
+    assert!(
+        !w.live.end_connection(&first.resource_id).await,
+        "the replaced resource is gone"
+    );
+    assert_eq!(
+        w.store.events_of(&alice),
+        ["JOINED", "PUBLISH_STARTED", "PUBLISH_STOPPED", "PUBLISH_STARTED"]
+    );
+    // The replaced peer's close from the media plane changes nothing.
+    w.live
+        .on_media_signal(MediaSignal::Closed(w.media.peer(0), CloseCause::Requested))
+        .await;
+    assert_eq!(w.store.events_of(&alice).len(), 4);
+    assert!(w.live.stage_state(&w.stage.arn).unwrap().participants[0].is_publishing);
+}
+
+#[tokio::test]
+async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
+    let w = world().await;
+    let (host, host_token) = w.both().await;
+    let (viewer, viewer_token) = w.token(&[Capability::Subscribe]).await;
+
+    // On an idle stage a refusal is only logged: no session starts.
+    let refusal = w
+        .live
+        .publish(viewer_token.clone(), "offer".into(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refusal.kind.clone(), refusal.http_status()),
+        (RefusalKind::MissingCapability, 403)
+    );
+    assert_eq!(w.store.sessions_started(), 0);
+
+    w.live.publish(host_token.clone(), "offer".into(), None).await.unwrap();
+    let refusal = w
+        .live
+        .publish(viewer_token.clone(), "offer".into(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.http_status(), 403);
+    assert_eq!(
+        w.store.events_with_codes(&viewer),
+        [("PUBLISH_ERROR".into(), Some("INSUFFICIENT_CAPABILITIES".into()))]
+    );
+
+    let refusal = w
+        .live
+        .subscribe(viewer_token.clone(), "nobody".into(), "offer".into(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.http_status(), 404);
+    assert_eq!(
+        w.store.events_with_codes(&viewer)[1],
+        ("SUBSCRIBE_ERROR".into(), Some("PUBLISHER_NOT_FOUND".into()))
+    );
+
+    // A forged token: 401, recorded under the participant id it claims.
+    let forged = format!("{}x", &host_token[..host_token.len() - 1]);
+    let forged = if forged == host_token {
+        format!("{}y", &host_token[..host_token.len() - 1])
+    } else {
+        forged
+    };
+    let refusal = w.live.publish(forged, "offer".into(), None).await.unwrap_err();
+    assert_eq!(refusal.http_status(), 401);
+    assert_eq!(
+        w.store.events_with_codes(&host).last().unwrap(),
+        &("JOIN_ERROR".into(), Some("INVALID_INPUT".into()))
+    );
+
+    // The media plane refusing the offer's codecs.
+    let (other, other_token) = w.both().await;
+    w.media.refuse_next(MediaRefusal::InvalidVideoCodec);
+    let refusal = w.live.publish(other_token, "offer".into(), None).await.unwrap_err();
+    assert_eq!(refusal.http_status(), 400);
+    assert_eq!(
+        w.store.events_with_codes(&other),
+        [("PUBLISH_ERROR".into(), Some("INVALID_VIDEO_CODEC".into()))]
+    );
+    assert_eq!(w.media.closed_sources().len(), 1, "the unused source is released");
+    assert_eq!(w.live.stage_state(&w.stage.arn).unwrap().participants.len(), 1);
+}
+
+#[tokio::test]
+async fn a_wrong_stage_token_on_the_events_socket_is_recorded_at_that_stage() {
+    let w = world().await;
+    let (_, host_token) = w.both().await;
+    w.live.publish(host_token, "offer".into(), None).await.unwrap();
+    let (other_stage, _) = w.control.create_stage(&account(), NewStage::default()).await.unwrap();
+    let foreign = w
+        .control
+        .create_participant_token(&account(), &other_stage.arn.to_string(), TokenRequest::default())
+        .await
+        .unwrap();
+    let refusal = w
+        .live
+        .open_events(foreign.token, w.stage.arn.id.clone(), None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refusal.http_status(), 401);
+    assert_eq!(
+        w.store.events_with_codes(&foreign.participant_id),
+        [("JOIN_ERROR".into(), Some("INVALID_INPUT".into()))]
+    );
+}
+
+#[tokio::test]
+async fn only_twelve_publishers_even_when_they_race() {
+    let w = world().await;
+    let mut tokens = Vec::new();
+    for _ in 0..20 {
+        tokens.push(w.both().await.1);
+    }
+    let attempts = tokens.into_iter().map(|t| {
+        let live = w.live.clone();
+        tokio::spawn(async move { live.publish(t, "offer".into(), None).await })
+    });
+    let mut accepted = 0;
+    let mut quota = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(_) => accepted += 1,
+            Err(r) if r.kind == RefusalKind::QuotaExceeded && r.http_status() == 403 => quota += 1,
+            Err(r) => panic!("{r:?}"),
+        }
+    }
+    assert_eq!((accepted, quota), (12, 8));
+    let errors = w
+        .store
+        .events()
+        .into_iter()
+        .filter(|e| e.error_code.as_deref() == Some("QUOTA_EXCEEDED"))
+        .count();
+    assert_eq!(errors, 8);
+}
+
+#[tokio::test]
+async fn the_events_socket_follows_the_stage() {
+    let w = world().await;
+    let (alice, alice_token) = w.both().await;
+    let (bob, bob_token) = w.token(&[]).await;
+
+    let mut bob_events = w
+        .live
+        .open_events(bob_token.clone(), w.stage.arn.id.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(bob_events.participant_id(), bob);
+    let state = bob_events.states().borrow_and_update().clone();
+    assert_eq!(state.stage_id, w.stage.arn.id);
+    assert_eq!(state.participants.len(), 1);
+
+    let published = w.live.publish(alice_token, "offer".into(), None).await.unwrap();
+    bob_events.states().changed().await.unwrap();
+    let state = bob_events.states().borrow_and_update().clone();
+    let listed: Vec<(&str, bool)> = state
+        .participants
+        .iter()
+        .map(|p| (p.id.as_str(), p.is_publishing))
+        .collect();
+    assert_eq!(listed, [(bob.as_str(), false), (alice.as_str(), true)]);
+
+    w.live.end_connection(&published.resource_id).await;
+    bob_events.states().changed().await.unwrap();
+    assert_eq!(bob_events.states().borrow_and_update().participants.len(), 1);
+
+    // A second socket replaces the first.
+    let mut second = w
+        .live
+        .open_events(bob_token, w.stage.arn.id.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(bob_events.closed().await, EventsClose::Replaced);
+    drop(bob_events);
+    assert_eq!(second.states().borrow_and_update().participants.len(), 1);
+    assert_eq!(w.store.events_of(&bob), ["JOINED"]);
+
+    // Dropping the subscription is the socket closing: bob leaves, the session ends.
+    drop(second);
+    eventually(|| w.store.events_of(&bob) == ["JOINED", "LEFT"]).await;
+    eventually(|| w.store.running_session(&w.stage.arn).is_none()).await;
+}
+
+#[tokio::test]
+async fn peers_that_vanish_are_recorded_as_left() {
+    let w = world().await;
+    let (alice, alice_token) = w.both().await;
+    let (bob, bob_token) = w.both().await;
+    w.live.publish(alice_token, "offer".into(), None).await.unwrap();
+    w.live
+        .subscribe(bob_token, alice.clone(), "offer".into(), None)
+        .await
+        .unwrap();
+
+    let (signals, receiver) = tokio::sync::mpsc::unbounded_channel();
+    w.live.spawn_media_signals(receiver);
+    signals.send(MediaSignal::Connected(w.media.peer(0))).unwrap();
+    signals
+        .send(MediaSignal::Closed(w.media.peer(0), CloseCause::Timeout))
+        .unwrap();
+    eventually(|| w.store.running_session(&w.stage.arn).is_none()).await;
+    assert_eq!(
+        w.store.events_of(&alice),
+        ["JOINED", "PUBLISH_STARTED", "PUBLISH_STOPPED", "LEFT"]
+    );
+    assert_eq!(
+        w.store.events_of(&bob),
+        ["JOINED", "SUBSCRIBE_STARTED", "SUBSCRIBE_STOPPED", "LEFT"]
+    );
+    assert_eq!(w.media.closed_sources(), [SourceId(1)]);
+}
+
+#[tokio::test]
+async fn a_close_reported_before_the_answer_returns_is_not_lost() {
+    let w = world().await;
+    let (alice, alice_token) = w.both().await;
+    // The fake media plane's first publish gets source 1 and peer 101.
+    w.live
+        .on_media_signal(MediaSignal::Closed(PeerId(101), CloseCause::RemoteClosed))
+        .await;
+    w.live.publish(alice_token, "offer".into(), None).await.unwrap();
+    assert_eq!(w.media.peer(0), PeerId(101));
+    assert_eq!(
+        w.store.events_of(&alice),
+        ["JOINED", "PUBLISH_STARTED", "PUBLISH_STOPPED", "LEFT"]
+    );
+    assert_eq!(w.live.live_stage_count(), 0);
+}
+
+#[tokio::test]
+async fn disconnect_participant_cuts_and_revokes() {
+    let w = world().await;
+    let (alice, alice_token) = w.both().await;
+    let (bob, bob_token) = w.both().await;
+    let arn = w.stage.arn.to_string();
+
+    let err = w
+        .control
+        .disconnect_participant(&account(), &arn, &alice, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::NotFound(_)));
+
+    w.live.publish(alice_token.clone(), "offer".into(), None).await.unwrap();
+    let mut alice_events = w
+        .live
+        .open_events(alice_token.clone(), w.stage.arn.id.clone(), None)
+        .await
+        .unwrap();
+    w.live
+        .subscribe(bob_token, alice.clone(), "offer".into(), None)
+        .await
+        .unwrap();
+
+    w.control
+        .disconnect_participant(&account(), &arn, &alice, Some("misbehaving".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        alice_events.closed().await,
+        EventsClose::Disconnected(Some("misbehaving".into()))
+    );
+    assert_eq!(w.media.closed_sources(), [SourceId(1)]);
+    assert_eq!(
+        w.store.events_of(&alice),
+        ["JOINED", "PUBLISH_STARTED", "PUBLISH_STOPPED", "LEFT"]
+    );
+    assert_eq!(
+        w.store.events_of(&bob),
+        ["JOINED", "SUBSCRIBE_STARTED", "SUBSCRIBE_STOPPED", "LEFT"]
+    );
+    drop(alice_events);
+
+    // The id is refused from now on, with any kind of connection.
+    let refusal = w
+        .live
+        .publish(alice_token.clone(), "offer".into(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refusal.kind.clone(), refusal.http_status()),
+        (RefusalKind::Revoked, 403)
+    );
+    let refusal = w
+        .live
+        .open_events(alice_token, w.stage.arn.id.clone(), None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refusal.http_status(), 403);
+    // And disconnecting again: it is not connected.
+    let err = w
+        .control
+        .disconnect_participant(&account(), &arn, &alice, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DomainError::NotFound(_)));
+}
+
+#[tokio::test]
+async fn delete_stage_disconnects_everyone_first() {
+    let w = world().await;
+    let (alice, alice_token) = w.both().await;
+    w.live.publish(alice_token.clone(), "offer".into(), None).await.unwrap();
+    let mut events = w
+        .live
+        .open_events(alice_token.clone(), w.stage.arn.id.clone(), None)
+        .await
+        .unwrap();
+
+    w.control
+        .delete_stage(&account(), &w.stage.arn.to_string())
+        .await
+        .unwrap();
+    assert_eq!(events.closed().await, EventsClose::StageDeleted);
+    assert_eq!(w.media.closed_sources(), [SourceId(1)]);
+    assert_eq!(
+        w.store.events_of(&alice),
+        ["JOINED", "PUBLISH_STARTED", "PUBLISH_STOPPED", "LEFT"]
+    );
+    drop(events);
+    assert_eq!(w.live.live_stage_count(), 0);
+
+    let refusal = w.live.publish(alice_token, "offer".into(), None).await.unwrap_err();
+    assert_eq!(refusal.http_status(), 401);
+}
+
+#[tokio::test]
+async fn shutdown_ends_every_session() {
+    let w = world().await;
+    let (alice, alice_token) = w.both().await;
+    w.live.publish(alice_token, "offer".into(), None).await.unwrap();
+    w.live.shutdown().await;
+    assert_eq!(
+        w.store.events_of(&alice),
+        ["JOINED", "PUBLISH_STARTED", "PUBLISH_STOPPED", "LEFT"]
+    );
+    assert_eq!(w.store.running_session(&w.stage.arn), None);
+}

@@ -1,0 +1,211 @@
+"""What real peers do, as boto3 sees it: sessions, participants, participant events,
+and DisconnectParticipant cutting a subscriber's media."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+
+from media_peers import (
+    Cleanup,
+    EventsClient,
+    Publisher,
+    Subscriber,
+    active_session,
+    describe,
+    error_event,
+    participant_events,
+    participants_by_id,
+    wait_until,
+)
+
+GREEN = (40, 190, 60)
+
+
+def utc(t) -> dt.datetime:
+    assert isinstance(t, dt.datetime), t
+    return t.astimezone(dt.timezone.utc)
+
+
+def test_lifecycle_events_sessions_and_participants(stage, token_for, ivs, arun):
+    whip = stage["endpoints"]["whip"]
+    arn = stage["arn"]
+    tp = token_for(stage, "alice", ("PUBLISH",), attributes={"role": "host"})
+    ts = token_for(stage, "bob", ("SUBSCRIBE",))
+    pub_id, sub_id = tp["participantId"], ts["participantId"]
+    assert active_session(ivs, arn) is None, "a stage nobody joined has an active session"
+
+    async def go():
+        c = Cleanup()
+        try:
+            wall_start = dt.datetime.now(dt.timezone.utc)
+            p = c.add(Publisher("publisher", colour=GREEN, tone=440.0, video_codec="video/VP8"))
+            r = await p.publish(whip, tp["token"])
+            assert r.status_code == 201, describe(r)
+            await p.wait_connected()
+            sid = await wait_until(lambda: active_session(ivs, arn), 5, what="activeSessionId")
+            assert sid.startswith("st-") and len(sid) == 16, sid
+
+            s = c.add(Subscriber("subscriber"))
+            r = await s.subscribe(whip, pub_id, ts["token"])
+            assert r.status_code == 201, describe(r)
+            await s.wait_connected()
+            await s.wait_video(10, timeout=10)
+
+            # while connected
+            part = ivs.get_participant(stageArn=arn, sessionId=sid, participantId=pub_id)["participant"]
+            assert part["state"] == "CONNECTED", part
+            assert part["published"] is True, part
+            assert part["userId"] == "alice", part
+            assert part["attributes"] == {"role": "host"}, part
+            assert part["protocol"] == "WHIP", part
+            assert utc(part["firstJoinTime"]) >= wall_start - dt.timedelta(seconds=2), (part, wall_start)
+            sp = ivs.get_participant(stageArn=arn, sessionId=sid, participantId=sub_id)["participant"]
+            assert sp["state"] == "CONNECTED" and sp["published"] is False and sp["userId"] == "bob", sp
+            listed = {x["participantId"]: x for x in ivs.list_participants(stageArn=arn, sessionId=sid)["participants"]}
+            assert set(listed) == {pub_id, sub_id}, listed
+            published = ivs.list_participants(stageArn=arn, sessionId=sid, filterByPublished=True)["participants"]
+            assert [x["participantId"] for x in published] == [pub_id], published
+
+            # leave: subscriber first, then the publisher
+            r = await s.delete()
+            assert r is not None and 200 <= r.status_code < 300, describe(r)
+            await p.wait_connected()  # still up
+            r = await p.delete()
+            assert r is not None and 200 <= r.status_code < 300, describe(r)
+            wall_end = dt.datetime.now(dt.timezone.utc)
+
+            await wait_until(lambda: active_session(ivs, arn) is None, 5, what="the session to end")
+            return sid, wall_start, wall_end
+        finally:
+            await c.close()
+
+    sid, wall_start, wall_end = arun(go(), timeout=60)
+
+    sess = ivs.get_stage_session(stageArn=arn, sessionId=sid)["stageSession"]
+    assert sess["sessionId"] == sid
+    start, end = utc(sess["startTime"]), utc(sess.get("endTime"))
+    slack = dt.timedelta(seconds=2)
+    assert wall_start - slack <= start <= wall_end, (start, wall_start, wall_end)
+    assert start <= end <= dt.datetime.now(dt.timezone.utc) + slack, (start, end)
+    assert end >= wall_end - slack, (end, wall_end)
+    sessions = ivs.list_stage_sessions(stageArn=arn)["stageSessions"]
+    assert [x["sessionId"] for x in sessions] == [sid], sessions
+    assert utc(sessions[0]["endTime"]) == end
+
+    pub_events = participant_events(ivs, arn, sid, pub_id)
+    names = [e["name"] for e in pub_events]
+    assert names == ["LEFT", "PUBLISH_STOPPED", "PUBLISH_STARTED", "JOINED"], pub_events
+    sub_events = participant_events(ivs, arn, sid, sub_id)
+    names = [e["name"] for e in sub_events]
+    assert names == ["LEFT", "SUBSCRIBE_STOPPED", "SUBSCRIBE_STARTED", "JOINED"], sub_events
+    for e in sub_events:
+        if e["name"].startswith("SUBSCRIBE_"):
+            assert e.get("remoteParticipantId") == pub_id, e
+        else:
+            assert e.get("remoteParticipantId") is None, e
+    for events in (pub_events, sub_events):
+        times = [utc(e["eventTime"]) for e in events]
+        assert times == sorted(times, reverse=True), f"not newest first: {events}"
+        assert all(e.get("errorCode") is None for e in events), events
+        assert all(e["participantId"] in (pub_id, sub_id) for e in events), events
+    part = ivs.get_participant(stageArn=arn, sessionId=sid, participantId=pub_id)["participant"]
+    assert part["state"] == "DISCONNECTED" and part["published"] is True, part
+
+
+def test_disconnect_participant_cuts_a_subscriber_within_a_second(stage, token_for, ivs, arun):
+    whip = stage["endpoints"]["whip"]
+    arn = stage["arn"]
+    tp = token_for(stage, "presenter", ("PUBLISH",))
+    ts = token_for(stage, "viewer", ("SUBSCRIBE",))
+    sub_id = ts["participantId"]
+
+    async def go():
+        c = Cleanup()
+        try:
+            p = c.add(Publisher("publisher", colour=GREEN, tone=440.0, video_codec="video/VP8"))
+            r = await p.publish(whip, tp["token"])
+            assert r.status_code == 201, describe(r)
+            await p.wait_connected()
+            s = c.add(Subscriber("subscriber"))
+            r = await s.subscribe(whip, tp["participantId"], ts["token"])
+            assert r.status_code == 201, describe(r)
+            await s.wait_connected()
+            await s.wait_video(20, timeout=10)
+            await s.wait_audio(20, timeout=10)
+            sid = active_session(ivs, arn)
+            assert sid, "no active session while two peers are connected"
+
+            t0 = time.monotonic()
+            await asyncio.to_thread(ivs.disconnect_participant, stageArn=arn, participantId=sub_id,
+                                    reason="removed by the media test")
+            t_returned = time.monotonic()
+            await asyncio.sleep(2.5)
+            late_video = s.video.frames_after(t0 + 1.0)
+            late_audio = sum(1 for a in s.audio.arrivals if a > t0 + 1.0)
+            last_v = s.video.arrivals[-1] - t0 if s.video.arrivals else None
+            assert late_video == 0 and late_audio == 0, (
+                f"DisconnectParticipant (returned after {t_returned - t0:.3f}s): the subscriber still decoded "
+                f"{late_video} video and {late_audio} audio frames more than 1 s later (last video frame at "
+                f"+{last_v:.3f}s); subscriber states {s.state_names()}")
+            # the publisher is untouched
+            assert p.pc.connectionState == "connected", p.state_names()
+
+            # the same token is refused afterwards
+            again = c.add(Subscriber("subscriber again"))
+            r = await again.subscribe(whip, tp["participantId"], ts["token"])
+            assert r.status_code == 403, describe(r)
+            assert r.text.strip(), describe(r)
+            # a removed participant cannot join again: JOIN_ERROR, INSUFFICIENT_CAPABILITIES
+            await error_event(ivs, arn, sid, sub_id, "JOIN_ERROR", "INSUFFICIENT_CAPABILITIES")
+            return sid
+        finally:
+            await c.close()
+
+    sid = arun(go(), timeout=60)
+    names = [e["name"] for e in participant_events(ivs, arn, sid, sub_id)]
+    assert "LEFT" in names and names.index("LEFT") < names.index("SUBSCRIBE_STARTED"), names
+    part = ivs.get_participant(stageArn=arn, sessionId=sid, participantId=sub_id)["participant"]
+    assert part["state"] == "DISCONNECTED", part
+
+
+def test_publisher_leaving_ends_its_subscribers_tracks(stage, token_for, ivs, arun):
+    """A publisher's DELETE ends the subscription cleanly: the subscriber stops
+    decoding, the server records SUBSCRIBE_STOPPED, and the events socket drops the
+    publisher."""
+    whip, events_url = stage["endpoints"]["whip"], stage["endpoints"]["events"]
+    arn = stage["arn"]
+    stage_id = arn.rsplit("/", 1)[1]
+    tp = token_for(stage, "presenter", ("PUBLISH",))
+    ts = token_for(stage, "viewer", ("SUBSCRIBE",))
+    pub_id = tp["participantId"]
+
+    async def go():
+        c = Cleanup()
+        try:
+            ev = c.add(EventsClient("viewer events"))
+            await ev.connect(events_url, stage_id, ts["token"])
+            p = c.add(Publisher("publisher", colour=GREEN, tone=440.0, video_codec="video/VP8"))
+            assert (await p.publish(whip, tp["token"])).status_code == 201
+            await p.wait_connected()
+            s = c.add(Subscriber("subscriber"))
+            r = await s.subscribe(whip, pub_id, ts["token"])
+            assert r.status_code == 201, describe(r)
+            await s.wait_video(10, timeout=10)
+            sid = active_session(ivs, arn)
+            t0 = time.monotonic()
+            r = await p.delete()
+            assert r is not None and 200 <= r.status_code < 300, describe(r)
+            await ev.wait_state(lambda st: pub_id not in participants_by_id(st), 5,
+                                what="STAGE_STATE without the publisher")
+            await asyncio.sleep(2.0)
+            late = s.video.frames_after(t0 + 1.0)
+            assert late == 0, f"{late} frames decoded more than 1 s after the publisher left"
+            return sid
+        finally:
+            await c.close()
+
+    sid = arun(go(), timeout=60)
+    names = [e["name"] for e in participant_events(ivs, arn, sid, ts["participantId"])]
+    assert "SUBSCRIBE_STOPPED" in names, names
