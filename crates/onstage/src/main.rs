@@ -68,10 +68,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     .await
     .context("starting the live plane")?;
     live.spawn_media_signals(signal_receiver);
+    let live_for_shutdown = live.clone();
 
     let mut credentials = Credentials::new();
-    const SHOWN_KEYS: usize = 3;
-    for k in settings.access_keys.iter().take(SHOWN_KEYS) {
+    for k in &settings.access_keys {
         credentials.insert(
             k.access_key_id.clone(),
             AccessKey { secret: k.secret_access_key.clone(), account_id: k.account_id.clone() },
@@ -85,7 +85,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let app = onstage_api::router(Arc::new(state))
-        .merge(onstage_api::participant_router(live))
+        .merge(onstage_api::participant_router(live.clone()))
         .merge(onstage_api::join::join_router());
 
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -93,7 +93,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", settings.listen))?;
     print_banner(&settings, listener.local_addr().unwrap_or(settings.listen), media_candidate);
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Record everyone as LEFT and end the sessions, and close the events
+            // sockets, which graceful shutdown would otherwise wait for.
+            live_for_shutdown.shutdown().await;
+        })
         .await
         .context("serving HTTP")?;
     tracing::info!("stopped");

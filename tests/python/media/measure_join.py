@@ -69,7 +69,7 @@ async def one_join(i: int, stage: dict, pub_token: dict, viewer: dict, ev: Event
             resp = await sub.subscribe(whip, pid, viewer["token"])
             if resp.status_code != 201:
                 raise RuntimeError(f"subscribe: {describe(resp)}")
-            t_sub = time.monotonic()
+            t_sub = sub.post_done
             await sub.wait_connected(15)
             t_conn = time.monotonic()
             await sub.wait_video(1, timeout=15)
@@ -78,7 +78,7 @@ async def one_join(i: int, stage: dict, pub_token: dict, viewer: dict, ev: Event
         t0 = time.monotonic()
         viewer_task = asyncio.ensure_future(viewer_side())
         resp = await pub.post_offer(whip, pub_token["token"])
-        t_post = time.monotonic()
+        t_post = pub.post_done
         if resp.status_code != 201:
             viewer_task.cancel()
             raise RuntimeError(f"publish: {describe(resp)}")

@@ -200,3 +200,37 @@ def test_subscriber_connected_before_a_replacement_follows_the_new_publish(stage
             await c.close()
 
     arun(go(), timeout=60)
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+def test_late_subscribers_get_a_keyframe_promptly(stage, token_for, arun, codec):
+    """aiortc's encoders make a keyframe only at the start and when asked (PLI/FIR):
+    subscribers arriving 3 s into a publish decode only once onstage gets them a
+    keyframe from the publisher (its own PLI on subscribe, or theirs passed on). Two
+    arrive together (one rate-limited request may serve both)."""
+    whip = stage["endpoints"]["whip"]
+    tp = token_for(stage, "presenter", ("PUBLISH",))
+    viewers = [token_for(stage, f"late-viewer-{i}", ("SUBSCRIBE",)) for i in range(2)]
+
+    async def go():
+        c = Cleanup()
+        try:
+            p = c.add(Publisher("publisher", colour=GREEN, tone=440.0, video_codec=f"video/{codec}"))
+            assert_answer(await p.publish(whip, tp["token"]), codec)
+            await p.wait_connected()
+            await asyncio.sleep(3.0)
+            subs = [c.add(Subscriber(f"late subscriber {i}")) for i in range(len(viewers))]
+            resps = await asyncio.gather(*(s.subscribe(whip, tp["participantId"], v["token"])
+                                           for s, v in zip(subs, viewers)))
+            for r in resps:
+                assert_answer(r, codec)
+            for s in subs:
+                await s.wait_video(1, timeout=5)
+                waited = s.video.arrivals[0] - s.post_done
+                assert waited <= 1.0, (f"{s.label}: first decoded frame {waited:.3f}s after the subscribe answer; "
+                                       f"states {s.state_names()}")
+                assert colour_distance(s.video.mean_colour(last=3), GREEN) <= COLOUR_TOLERANCE
+        finally:
+            await c.close()
+
+    arun(go(), timeout=60)

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from media_peers import (
     Cleanup,
@@ -15,6 +20,7 @@ from media_peers import (
     active_session,
     describe,
     error_event,
+    http,
     participant_events,
     participants_by_id,
     wait_until,
@@ -72,9 +78,12 @@ def test_lifecycle_events_sessions_and_participants(stage, token_for, ivs, arun)
             r = await s.delete()
             assert r is not None and 200 <= r.status_code < 300, describe(r)
             await p.wait_connected()  # still up
+            location = p.location
             r = await p.delete()
             assert r is not None and 200 <= r.status_code < 300, describe(r)
             wall_end = dt.datetime.now(dt.timezone.utc)
+            again = await http("DELETE", location)
+            assert again.status_code == 404, f"a second DELETE of the WHIP resource: {describe(again)}"
 
             await wait_until(lambda: active_session(ivs, arn) is None, 5, what="the session to end")
             return sid, wall_start, wall_end
@@ -149,6 +158,12 @@ def test_disconnect_participant_cuts_a_subscriber_within_a_second(stage, token_f
                 f"DisconnectParticipant (returned after {t_returned - t0:.3f}s): the subscriber still decoded "
                 f"{late_video} video and {late_audio} audio frames more than 1 s later (last video frame at "
                 f"+{last_v:.3f}s); subscriber states {s.state_names()}")
+            # the subscriber's tracks end (RTCP BYE / DTLS close), not merely go quiet
+            for kind, sink in (("video", s.video), ("audio", s.audio)):
+                assert sink.ended_at is not None and sink.ended_at - t0 <= 1.0, (
+                    f"the disconnected subscriber's {kind} track "
+                    + ("has not ended" if sink.ended_at is None else f"ended only after {sink.ended_at - t0:.3f}s")
+                    + f"; subscriber states {s.state_names()}")
             # the publisher is untouched
             assert p.pc.connectionState == "connected", p.state_names()
 
@@ -202,6 +217,12 @@ def test_publisher_leaving_ends_its_subscribers_tracks(stage, token_for, ivs, ar
             await asyncio.sleep(2.0)
             late = s.video.frames_after(t0 + 1.0)
             assert late == 0, f"{late} frames decoded more than 1 s after the publisher left"
+            for kind, sink in (("video", s.video), ("audio", s.audio)):
+                assert sink is not None, f"no {kind} track"
+                assert sink.ended_at is not None and sink.ended_at - t0 <= 1.0, (
+                    f"the subscriber's {kind} track "
+                    + ("has not ended" if sink.ended_at is None else f"ended only after {sink.ended_at - t0:.3f}s")
+                    + f" after its publisher left; subscriber states {s.state_names()}")
             return sid
         finally:
             await c.close()
@@ -209,3 +230,47 @@ def test_publisher_leaving_ends_its_subscribers_tracks(stage, token_for, ivs, ar
     sid = arun(go(), timeout=60)
     names = [e["name"] for e in participant_events(ivs, arn, sid, ts["participantId"])]
     assert "SUBSCRIBE_STOPPED" in names, names
+
+
+def test_a_peer_that_vanishes_is_detected_and_recorded_as_left(stage, token_for, ivs, arun):
+    """A publisher killed with SIGKILL says no goodbye: onstage notices by ICE/DTLS
+    timeout within 15 s, records PUBLISH_STOPPED and LEFT, and tells the stage."""
+    whip, events_url = stage["endpoints"]["whip"], stage["endpoints"]["events"]
+    arn = stage["arn"]
+    stage_id = arn.rsplit("/", 1)[1]
+    tp = token_for(stage, "vanishing", ("PUBLISH",))
+    tw = token_for(stage, "witness", ())
+    pid = tp["participantId"]
+    script = Path(__file__).with_name("peer_process.py")
+    proc = subprocess.Popen([sys.executable, str(script), whip, tp["token"]], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+    try:
+        async def go():
+            c = Cleanup()
+            try:
+                ev = c.add(EventsClient("witness"))
+                await ev.connect(events_url, stage_id, tw["token"])
+                line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 20)
+                assert json.loads(line or "{}").get("connected") is True, f"the peer process said {line!r}"
+                await ev.wait_state(lambda s: participants_by_id(s).get(pid, {}).get("isPublishing") is True, 5)
+                sid = active_session(ivs, arn)
+                mark = len(ev.messages)
+                proc.send_signal(signal.SIGKILL)
+                t0 = time.monotonic()
+                await ev.wait_state(lambda s: pid not in participants_by_id(s), 17, start=mark,
+                                    what="STAGE_STATE without the vanished publisher")
+                gone_after = time.monotonic() - t0
+                assert gone_after <= 15.5, f"the vanished publisher was dropped only after {gone_after:.1f}s"
+                part = await asyncio.to_thread(ivs.get_participant, stageArn=arn, sessionId=sid, participantId=pid)
+                assert part["participant"]["state"] == "DISCONNECTED", part
+                names = [e["name"] for e in await asyncio.to_thread(participant_events, ivs, arn, sid, pid)]
+                assert names == ["LEFT", "PUBLISH_STOPPED", "PUBLISH_STARTED", "JOINED"], names
+            finally:
+                await c.close()
+
+        arun(go(), timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        proc.stdout.close()
