@@ -122,10 +122,14 @@ fn parse_amz_date(s: &str) -> Option<OffsetDateTime> {
         .map(PrimitiveDateTime::assume_utc)
 }
 
+/// RFC 1123 as HTTP writes it (`… GMT`) and as Python's `email.utils.formatdate`,
+/// which botocore uses, writes it (`… -0000`).
 fn parse_http_date(s: &str) -> Option<OffsetDateTime> {
+    let s = s.trim();
+    let s = [" GMT", " UTC", " -0000", " +0000"].iter().find_map(|zone| s.strip_suffix(zone))?;
     PrimitiveDateTime::parse(
-        s.trim(),
-        format_description!("[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"),
+        s,
+        format_description!("[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second]"),
     )
     .ok()
     .map(PrimitiveDateTime::assume_utc)
@@ -392,6 +396,10 @@ mod tests {
     fn reads_the_signing_time_from_date_without_x_amz_date() {
         assert_eq!(
             parse_http_date("Fri, 27 Nov 2026 16:43:19 GMT").map(format_amz_date).as_deref(),
+            Some("20261127T164319Z")
+        );
+        assert_eq!(
+            parse_http_date("Fri, 27 Nov 2026 16:43:19 -0000").map(format_amz_date).as_deref(),
             Some("20261127T164319Z")
         );
     }

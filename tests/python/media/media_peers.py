@@ -430,6 +430,81 @@ class Subscriber(Peer):
                     pass
 
 
+class LossyVideoLink:
+    """Drops every `every`-th video RTP packet a subscriber receives, before SRTP, as
+    a lossy network would, and watches what arrives after SRTP: each dropped sequence
+    number should come back as a retransmission (RTX carrying it as OSN, or the same
+    packet again) once the subscriber NACKs it.
+
+    Install after the subscriber's offer is made (its transports exist) and before
+    the answer is applied; call `start(answer_sdp)` once the answer is known."""
+
+    def __init__(self, sub: "Subscriber", every: int = 12):
+        self.every = every
+        self.active = False
+        self.video_pt: int | None = None
+        self.rtx_pt: int | None = None
+        self.seen = 0
+        self.dropped: list[int] = []
+        self.retransmitted: set[int] = set()
+        self.rtx_packets = 0
+        dtls = sub.pc.getTransceivers()[0].receiver.transport
+        ice = dtls.transport
+        original_recv = ice._recv
+
+        async def lossy_recv() -> bytes:
+            while True:
+                data = await original_recv()
+                if (self.active and len(data) >= 12 and 128 <= data[0] < 192
+                        and not (192 <= data[1] <= 208) and (data[1] & 0x7F) == self.video_pt):
+                    self.seen += 1
+                    if self.seen % self.every == 0:
+                        self.dropped.append(int.from_bytes(data[2:4], "big"))
+                        continue
+                return data
+
+        ice._recv = lossy_recv
+        self._sub = sub
+
+    def start(self, answer_sdp: str) -> None:
+        self.video_pt, self.rtx_pt = _video_payload_types(answer_sdp)
+        receiver = next(t.receiver for t in self._sub.pc.getTransceivers() if t.kind == "video")
+        original = receiver._handle_rtp_packet
+
+        async def observe(packet, arrival_time_ms):
+            if packet.payload_type == self.rtx_pt and len(packet.payload) >= 2:
+                self.rtx_packets += 1
+                self.retransmitted.add(int.from_bytes(packet.payload[:2], "big"))
+            elif packet.payload_type == self.video_pt and packet.sequence_number in self.dropped:
+                self.retransmitted.add(packet.sequence_number)
+            return await original(packet, arrival_time_ms=arrival_time_ms)
+
+        receiver._handle_rtp_packet = observe
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+    def unrecovered(self) -> list[int]:
+        return [s for s in self.dropped if s not in self.retransmitted]
+
+
+def _video_payload_types(sdp: str) -> tuple[int | None, int | None]:
+    """(media PT, its RTX PT) of the first video codec of the m=video section."""
+    for sec in re.split(r"\r?\n(?=m=)", sdp):
+        if not sec.startswith("m=video "):
+            continue
+        names = {int(m.group(1)): m.group(2).lower() for m in re.finditer(r"a=rtpmap:(\d+) ([^/\s]+)", sec)}
+        pts = [int(x) for x in sec.split("\n", 1)[0].split()[3:]]
+        media = next((pt for pt in pts if names.get(pt) not in ("rtx", "red", "ulpfec")), None)
+        rtx = None
+        for m in re.finditer(r"a=fmtp:(\d+) apt=(\d+)", sec):
+            if names.get(int(m.group(1))) == "rtx" and int(m.group(2)) == media:
+                rtx = int(m.group(1))
+        return media, rtx
+    return None, None
+
+
 def colour_distance(a, b) -> float:
     return float(np.max(np.abs(np.asarray(a, dtype=float) - np.asarray(b, dtype=float))))
 

@@ -15,11 +15,14 @@ import pytest
 from media_peers import (
     Cleanup,
     EventsClient,
+    LossyVideoLink,
     Publisher,
     Subscriber,
+    active_session,
     colour_distance,
     describe,
     first_media_codec,
+    participant_events,
     participants_by_id,
     sdp_fmtp,
 )
@@ -142,7 +145,10 @@ async def assert_replaced_connection_closed(p1: Publisher, p2: Publisher, t_repl
     assert p2.pc.connectionState == "connected", f"second publish: {p2.state_names()}"
 
 
-def test_second_publish_with_same_token_replaces_the_first(stage, token_for, arun):
+def test_second_publish_with_same_token_replaces_the_first(stage, token_for, ivs, arun):
+    """The second publish replaces the first at once: the old connection is closed,
+    the participant never leaves (events: PUBLISH_STOPPED then PUBLISH_STARTED, no
+    LEFT), and subscribers get the new publish."""
     whip = stage["endpoints"]["whip"]
     tp = token_for(stage, "presenter", ("PUBLISH",))
     tv = token_for(stage, "viewer", ("SUBSCRIBE",))
@@ -158,6 +164,9 @@ def test_second_publish_with_same_token_replaces_the_first(stage, token_for, aru
             await s.wait_audio(50, timeout=10)
             assert_identity(s, BLUE, RED, 1000.0)
             await assert_replaced_connection_closed(p1, p2, t_replace)
+            sid = active_session(ivs, stage["arn"])
+            names = [e["name"] for e in participant_events(ivs, stage["arn"], sid, tp["participantId"])]
+            assert names == ["PUBLISH_STARTED", "PUBLISH_STOPPED", "PUBLISH_STARTED", "JOINED"], names
         finally:
             await c.close()
 
@@ -230,6 +239,45 @@ def test_late_subscribers_get_a_keyframe_promptly(stage, token_for, arun, codec)
                 assert waited <= 1.0, (f"{s.label}: first decoded frame {waited:.3f}s after the subscribe answer; "
                                        f"states {s.state_names()}")
                 assert colour_distance(s.video.mean_colour(last=3), GREEN) <= COLOUR_TOLERANCE
+        finally:
+            await c.close()
+
+    arun(go(), timeout=60)
+
+
+def test_lost_packets_are_retransmitted_to_the_subscriber(stage, token_for, arun):
+    """Every 12th video packet to the subscriber is lost on the way; its NACKs are
+    answered from onstage's retransmission buffer, so every lost packet arrives after
+    all and the video does not stall."""
+    whip = stage["endpoints"]["whip"]
+    tp = token_for(stage, "presenter", ("PUBLISH",))
+    tv = token_for(stage, "viewer", ("SUBSCRIBE",))
+
+    async def go():
+        c = Cleanup()
+        try:
+            p = c.add(Publisher("publisher", colour=GREEN, tone=440.0, video_codec="video/VP8"))
+            assert_answer(await p.publish(whip, tp["token"]), "VP8")
+            await p.wait_connected()
+            s = c.add(Subscriber("subscriber on a lossy link"))
+            await s.make_offer()
+            link = LossyVideoLink(s, every=12)
+            resp = await s.post_offer(f"{whip}/subscribe/{tp['participantId']}", tv["token"])
+            assert_answer(resp, "VP8")
+            link.start(resp.text)
+            await s.wait_video(1, timeout=5)
+            t_start, sent_start = time.monotonic(), p.video.frames_sent
+            await asyncio.sleep(4.0)
+            link.stop()
+            sent = p.video.frames_sent - sent_start
+            decoded = s.video.frames_after(t_start)
+            await asyncio.sleep(0.5)
+            assert len(link.dropped) >= 5, f"only {len(link.dropped)} packets dropped of {link.seen}"
+            assert not link.unrecovered(), (
+                f"{len(link.unrecovered())} of {len(link.dropped)} lost video packets never came back "
+                f"(seqs {link.unrecovered()[:10]}); {link.rtx_packets} RTX packets arrived; RTX PT in the "
+                f"answer: {link.rtx_pt}")
+            assert decoded >= 0.9 * sent, f"decoded {decoded} frames while the publisher sent {sent}"
         finally:
             await c.close()
 

@@ -296,9 +296,10 @@ def test_thirteenth_publisher_is_refused_quota_exceeded(stage, token_for, ivs, a
 
             # a concurrent quota: once one leaves, the 13th gets in
             gone = tokens[0]["participantId"]
+            mark = len(ev.messages)
             r = await pubs[0].delete()
             assert r is not None and 200 <= r.status_code < 300, describe(r)
-            await ev.wait_state(lambda st: not participants_by_id(st).get(gone, {}).get("isPublishing"), 5,
+            await ev.wait_state(lambda st: not participants_by_id(st).get(gone, {}).get("isPublishing"), 5, start=mark,
                                 what="STAGE_STATE without the first publisher publishing")
             p13b = c.add(audio_publisher("publisher 13, again"))
             resp = await p13b.publish(whip, tokens[12]["token"])
