@@ -80,7 +80,13 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
-    let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || prometheus.render());
+    let runtime = tokio::runtime::Handle::current();
+    let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
+        // Sampled at scrape time: a count that only grows under steady load is a
+        // leaked task.
+        metrics::gauge!("onstage_runtime_alive_tasks").set(runtime.metrics().num_alive_tasks() as f64);
+        prometheus.render()
+    });
     let state = ApiState::new(control, credentials, settings.region.clone(), Some(render))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
