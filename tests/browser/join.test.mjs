@@ -9,80 +9,17 @@
 // (CHROMIUM, default /usr/bin/chromium). Builds nothing; starts and stops its own server.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFile } from 'node:child_process';
-import { mkdtemp, mkdir, rm } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import net from 'node:net';
-import dgram from 'node:dgram';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 
-import { launchChromium, watch, waitFor } from './chromium.mjs';
+import { launchChromium, watch, waitFor, startOnstage, ROOT } from './chromium.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const BIN = path.resolve(ROOT, process.env.ONSTAGE_BIN || 'target/debug/onstage');
-const AWS = path.resolve(ROOT, process.env.ONSTAGE_AWS || '.venv/bin/aws');
 const SCREENSHOT = path.join(ROOT, 'target', 'join-screenshot.png');
 
-let dataDir;
-let server;
-let serverLog = '';
-let base;
+let onstage;
 let browser;
 let pagesOpenedAt;
 const pages = {}; // userId -> { page, problems, participantId }
-
-function freeTcpPort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer().once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-function freeUdpPort() {
-  return new Promise((resolve, reject) => {
-    const s = dgram.createSocket('udp4').once('error', reject);
-    s.bind(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-async function waitForHealth(url, ms) {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (server.exitCode !== null) throw new Error(`onstage exited with ${server.exitCode}:\n${serverLog}`);
-    try {
-      if ((await fetch(url)).ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`onstage did not answer ${url} within ${ms} ms:\n${serverLog}`);
-}
-
-/** The AWS CLI against this server, with the development credentials and no user config. */
-async function aws(...args) {
-  const env = {
-    PATH: process.env.PATH,
-    HOME: dataDir,
-    AWS_ACCESS_KEY_ID: 'onstage',
-    AWS_SECRET_ACCESS_KEY: 'onstage-secret',
-    AWS_DEFAULT_REGION: 'us-east-1',
-    AWS_CONFIG_FILE: path.join(dataDir, 'no-aws-config'),
-    AWS_SHARED_CREDENTIALS_FILE: path.join(dataDir, 'no-aws-credentials'),
-    AWS_EC2_METADATA_DISABLED: 'true',
-  };
-  const { stdout } = await promisify(execFile)(AWS, [...args, '--endpoint-url', base, '--output', 'json'], { env });
-  return JSON.parse(stdout);
-}
 
 /** What a page shows, for failure messages. */
 async function describe() {
@@ -96,26 +33,13 @@ async function describe() {
     out.push(`${name}: window.onstage=${JSON.stringify(state)}`);
     out.push(...problems.pageErrors, ...problems.consoleErrors, ...problems.httpErrors);
   }
-  out.push(`--- server log (tail) ---\n${serverLog.split('\n').slice(-40).join('\n')}`);
+  out.push(`--- server log (tail) ---\n${onstage.log().split('\n').slice(-40).join('\n')}`);
   return out.join('\n');
 }
 
 before(async () => {
-  assert.ok(existsSync(BIN), `no onstage binary at ${BIN}: build it (cargo build -p onstage) or set ONSTAGE_BIN`);
-  assert.ok(existsSync(AWS), `no AWS CLI at ${AWS}: create the venv (scripts/test does) or set ONSTAGE_AWS`);
-  dataDir = await mkdtemp(path.join(tmpdir(), 'onstage-browser-'));
-  const [port, mediaPort] = [await freeTcpPort(), await freeUdpPort()];
-  base = `http://127.0.0.1:${port}`;
-  server = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--media-port', String(mediaPort), '--data-dir', path.join(dataDir, 'data')], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, ONSTAGE_LOG: process.env.ONSTAGE_LOG || 'info' },
-  });
-  const keep = (chunk) => {
-    serverLog = (serverLog + chunk).slice(-200_000);
-  };
-  server.stdout.on('data', keep);
-  server.stderr.on('data', keep);
-  await waitForHealth(`${base}/healthz`, 15_000);
+  onstage = await startOnstage();
+  const { base, aws } = onstage;
 
   const { participantTokens } = await aws(
     'ivs-realtime', 'create-stage', '--name', 'browser-test',
@@ -137,14 +61,7 @@ before(async () => {
 
 after(async () => {
   await browser?.close().catch(() => {});
-  if (server && server.exitCode === null) {
-    const exited = new Promise((r) => server.once('exit', r));
-    server.kill('SIGTERM');
-    const timer = setTimeout(() => server.kill('SIGKILL'), 5_000);
-    await exited;
-    clearTimeout(timer);
-  }
-  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  await onstage?.stop();
 });
 
 test('each page publishes, sees the other live and lists every participant', { timeout: 45_000 }, async (t) => {

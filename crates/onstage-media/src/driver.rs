@@ -40,6 +40,7 @@ pub(crate) enum Command {
     },
     ClosePeer(PeerId),
     CloseSource(SourceId),
+    RequestKeyframe(SourceId),
 }
 
 pub(crate) fn spawn(
@@ -222,6 +223,7 @@ impl Driver {
                 self.drain(id);
             }
             Command::ClosePeer(id) => self.close_peer(id, CloseCause::Requested),
+            Command::RequestKeyframe(source) => self.request_keyframe(source),
             Command::CloseSource(source) => {
                 if let Some(s) = self.sources.remove(&source) {
                     if let Some(feeder) = s.feeder {
@@ -255,7 +257,9 @@ impl Driver {
                 Role::Publisher { source, kinds: Vec::new() }
             }
             NewRole::Subscriber { source } => {
-                let s = self.sources.get_mut(&source).filter(|s| s.feeder.is_some()).ok_or(MediaRefusal::NoSuchSource)?;
+                // A source whose publisher is away (a replication's reconnect window)
+                // is still open: the subscriber gets media when the publisher returns.
+                let s = self.sources.get_mut(&source).ok_or(MediaRefusal::NoSuchSource)?;
                 s.subscribers.push(id);
                 Role::Subscriber { source, audio: None, video: None, awaiting_keyframe: true }
             }

@@ -200,6 +200,10 @@ impl MediaPlane for MediaServer {
         self.inner.source_video.lock().unwrap_or_else(PoisonError::into_inner).remove(&source);
         let _ = self.inner.commands.send(driver::Command::CloseSource(source));
     }
+
+    fn request_keyframe(&self, source: SourceId) {
+        let _ = self.inner.commands.send(driver::Command::RequestKeyframe(source));
+    }
 }
 
 /// The video codec an answer settled on: the first payload type of its active

@@ -14,7 +14,7 @@ pub struct Account {
 }
 
 /// The kinds of resource that have ARNs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceKind {
     Stage,
     PublicKey,
@@ -64,7 +64,7 @@ impl ResourceKind {
 }
 
 /// `arn:aws:ivs:<region>:<account>:<kind>/<id>`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Arn {
     pub region: String,
     pub account: String,

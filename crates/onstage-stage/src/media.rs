@@ -8,7 +8,11 @@
 //! participant (and, for replication, shared by its replicas) — to subscribers.
 //! A publisher peer *feeds* a source; a new publish to the same source replaces the
 //! feeding peer without disturbing the source's subscribers, which is how a
-//! reconnecting publisher resumes for everyone at once.
+//! reconnecting publisher resumes for everyone at once. A source's subscribers may
+//! belong to any stage: a replica in another stage reads its publisher's source
+//! (see `live::replication`), and a source whose feeding peer is gone (a replicated
+//! publisher inside its reconnect window) stays open, with its subscribers, until
+//! it is closed.
 
 use std::fmt;
 
@@ -79,4 +83,7 @@ pub trait MediaPlane: Send + Sync + 'static {
     fn close_peer(&self, peer: PeerId);
     /// Closes a source: its feeding peer and all its subscribers.
     fn close_source(&self, source: SourceId);
+    /// Asks the source's publisher for a keyframe now (a replication starting);
+    /// rate-limited like subscribers' requests. A source without a publisher ignores it.
+    fn request_keyframe(&self, _source: SourceId) {}
 }

@@ -144,8 +144,23 @@ struct EncoderDoc {
     video: Video,
 }
 
+/// StartParticipantReplication once its preconditions 1–2 hold (SPEC §6).
+#[derive(Clone, Debug)]
+pub struct ReplicationStart {
+    pub source: Arn,
+    pub destination: Arn,
+    pub participant_id: String,
+    /// 0–300.
+    pub reconnect_window_seconds: u32,
+    /// Overlaid on the token's attributes for the replica.
+    pub attributes: Attributes,
+}
+
+/// Longest reconnect window of a replication (the model's range).
+pub const MAX_RECONNECT_WINDOW_SECONDS: i64 = 300;
+
 /// What the control plane needs from whatever holds the live connections of
-/// stages (the live plane): the two operations that act on connected participants.
+/// stages (the live plane): the operations that act on connected participants.
 #[async_trait]
 pub trait LiveStages: Send + Sync {
     /// Ends every connection of a participant at once and refuses its id on the stage
@@ -157,6 +172,12 @@ pub trait LiveStages: Send + Sync {
     /// The deletion of the stage is over (done or failed): connections to it are
     /// judged by the store again.
     async fn stage_deletion_finished(&self, stage: &Arn);
+    /// Checks preconditions 3–5 of StartParticipantReplication and, when they hold,
+    /// puts the replica in place in the destination before returning.
+    async fn start_replication(&self, start: ReplicationStart) -> Result<(), DomainError>;
+    /// StopParticipantReplication; `false` when the participant has no active
+    /// replication from `source` to `destination`.
+    async fn stop_replication(&self, source: &Arn, destination: &Arn, participant_id: &str) -> Result<bool, DomainError>;
 }
 
 /// A participant token that passed every check of SPEC §3 for its stage.
@@ -747,14 +768,24 @@ impl ControlPlane {
 
     // ----- participant replication ---------------------------------------------
 
-    /// Checks the preconditions of SPEC §6 in order. Without a media plane no
-    /// participant publishes, so a valid request ends at precondition 3.
+    /// Checks the preconditions of SPEC §6 in order — 1 and 2 here, 3 to 5 on the
+    /// live stages — and returns once the replica is in place in the destination.
+    /// Without a live plane nobody publishes, so a valid request ends at 3.
     pub async fn start_participant_replication(&self, account: &Account, req: ReplicationRequest) -> Result<(), DomainError> {
         if req.source_stage_arn == req.destination_stage_arn {
             return Err(DomainError::Validation(
                 "destinationStageArn: must differ from sourceStageArn".into(),
             ));
         }
+        let window = req.reconnect_window_seconds.unwrap_or(0);
+        let window = u32::try_from(window)
+            .ok()
+            .filter(|w| i64::from(*w) <= MAX_RECONNECT_WINDOW_SECONDS)
+            .ok_or_else(|| {
+                DomainError::Validation(format!(
+                    "reconnectWindowSeconds: must be between 0 and {MAX_RECONNECT_WINDOW_SECONDS}, got {window}"
+                ))
+            })?;
         if let Some(a) = &req.attributes {
             check_attributes("attributes", a)?;
         }
@@ -762,12 +793,24 @@ impl ControlPlane {
         let destination = parse_arn(account, "destinationStageArn", &req.destination_stage_arn, ResourceKind::Stage)?;
         self.load(&source).await?;
         self.load(&destination).await?;
-        Err(DomainError::Conflict(format!(
-            "participant {} is not publishing in {}",
-            req.participant_id, source
-        )))
+        let Some(live) = self.live() else {
+            return Err(DomainError::Conflict(format!(
+                "participant {} is not publishing in {}",
+                req.participant_id, source
+            )));
+        };
+        live.start_replication(ReplicationStart {
+            source,
+            destination,
+            participant_id: req.participant_id,
+            reconnect_window_seconds: window,
+            attributes: req.attributes.unwrap_or_default(),
+        })
+        .await
     }
 
+    /// Stops an ACTIVE replication (SPEC §6); ResourceNotFound when there is none
+    /// for the three ids.
     pub async fn stop_participant_replication(
         &self,
         account: &Account,
@@ -777,9 +820,17 @@ impl ControlPlane {
     ) -> Result<(), DomainError> {
         let source = parse_arn(account, "sourceStageArn", source_stage_arn, ResourceKind::Stage)?;
         let destination = parse_arn(account, "destinationStageArn", destination_stage_arn, ResourceKind::Stage)?;
-        Err(DomainError::NotFound(format!(
-            "no active replication of participant {participant_id} from {source} to {destination}"
-        )))
+        let stopped = match self.live() {
+            Some(live) => live.stop_replication(&source, &destination, participant_id).await?,
+            None => false,
+        };
+        if stopped {
+            Ok(())
+        } else {
+            Err(DomainError::NotFound(format!(
+                "no active replication of participant {participant_id} from {source} to {destination}"
+            )))
+        }
     }
 
     pub async fn list_participant_replicas(

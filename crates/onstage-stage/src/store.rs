@@ -53,6 +53,26 @@ pub enum LiveWrite {
     /// The participant id may never connect to the stage again
     /// (DisconnectParticipant); the reason is kept.
     RevokeParticipant { participant_id: String, reason: Option<String>, at: UnixMillis },
+    /// A replication of a participant out of this stage (its source) starts: an
+    /// ACTIVE `participant_replicas` row (SPEC §6).
+    StartReplication {
+        participant_id: String,
+        source_session_id: String,
+        destination_stage_arn: String,
+        destination_session_id: String,
+    },
+    /// The ACTIVE replication of the participant from this stage to the destination
+    /// stops (STOPPED, with why). Nothing happens when there is none.
+    StopReplication { participant_id: String, destination_stage_arn: String, reason: String },
+    /// Sets only the replication fields of a participant's record in the session:
+    /// for a source participant that is not on the stage right now (inside its
+    /// reconnect window, or gone), whose other fields must stay as they are.
+    SetReplicationState {
+        session_id: String,
+        participant_id: String,
+        replication_type: String,
+        replication_state: Option<String>,
+    },
 }
 
 /// What [`Store::close_interrupted_sessions`] found and closed.

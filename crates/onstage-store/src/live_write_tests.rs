@@ -415,3 +415,160 @@ async fn start_up_closes_what_a_crash_left_open() {
         InterruptedSessions::default()
     );
 }
+
+fn start_replication(destination: &Arn, destination_session: &str) -> LiveWrite {
+    LiveWrite::StartReplication {
+        participant_id: "a".into(),
+        source_session_id: SESSION.into(),
+        destination_stage_arn: destination.to_string(),
+        destination_session_id: destination_session.into(),
+    }
+}
+
+fn stop_replication(destination: &Arn, reason: &str) -> LiveWrite {
+    LiveWrite::StopReplication {
+        participant_id: "a".into(),
+        destination_stage_arn: destination.to_string(),
+        reason: reason.into(),
+    }
+}
+
+async fn reasons(store: &SqliteStore) -> Vec<Option<String>> {
+    sqlx::query_scalar("SELECT reason FROM participant_replicas ORDER BY seq")
+        .fetch_all(&store.reader)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn replications_are_recorded_stopped_and_listed() {
+    let store = SqliteStore::open_in_memory().await.unwrap();
+    let source = stage(&store, "stage0000001").await;
+    let b = stage(&store, "stage0000002").await;
+    let c = stage(&store, "stage0000003").await;
+    let start = LiveWrite::StartSession {
+        session_id: SESSION.into(),
+        start_time: 100,
+    };
+    let mut a = participant("a", ParticipantState::Connected, 100, true);
+    a.replication_type = "SOURCE".into();
+    a.replication_state = Some("ACTIVE".into());
+    store
+        .write_live(
+            &source,
+            &[start, upsert(a), start_replication(&b, "st-bbbbbbbbbbbbb"), start_replication(&c, "st-ccccccccccccc")],
+        )
+        .await
+        .unwrap();
+    // One ACTIVE replication per (source, participant, destination): a second is
+    // refused, and its whole batch with it.
+    assert!(
+        store
+            .write_live(&source, &[event("a", "REPLICATION_STARTED", 101), start_replication(&b, "st-bbbbbbbbbbbbb")])
+            .await
+            .is_err()
+    );
+    assert_eq!(store.list_events(&source, SESSION, "a", None, 10).await.unwrap().items.len(), 0);
+
+    store
+        .write_live(&source, &[stop_replication(&b, "StopParticipantReplication")])
+        .await
+        .unwrap();
+    // Stopping what is not active changes nothing.
+    store.write_live(&source, &[stop_replication(&b, "again")]).await.unwrap();
+    // The same destination again, after the stop.
+    store
+        .write_live(&source, &[start_replication(&b, "st-bbbbbbbbbbbb2")])
+        .await
+        .unwrap();
+
+    let listed = store.list_replicas(&source, "a", None, 10).await.unwrap();
+    let rows: Vec<(&str, &str, &str)> = listed
+        .items
+        .iter()
+        .map(|r| {
+            (
+                r.destination_stage_arn.as_str(),
+                r.destination_session_id.as_str(),
+                r.replication_state.as_str(),
+            )
+        })
+        .collect();
+    let (b_arn, c_arn) = (b.to_string(), c.to_string());
+    assert_eq!(
+        rows,
+        [
+            (b_arn.as_str(), "st-bbbbbbbbbbbbb", "STOPPED"),
+            (c_arn.as_str(), "st-ccccccccccccc", "ACTIVE"),
+            (b_arn.as_str(), "st-bbbbbbbbbbbb2", "ACTIVE"),
+        ]
+    );
+    assert!(listed.items.iter().all(|r| r.source_session_id == SESSION && r.participant_id == "a"));
+    assert_eq!(reasons(&store).await, [Some("StopParticipantReplication".to_owned()), None, None]);
+
+    // Pages, oldest first.
+    let first = store.list_replicas(&source, "a", None, 2).await.unwrap();
+    assert_eq!(first.items.len(), 2);
+    let second = store.list_replicas(&source, "a", first.next, 2).await.unwrap();
+    assert_eq!(second.items.len(), 1);
+    assert_eq!(second.next, None);
+    assert!(store.list_replicas(&source, "nobody", None, 10).await.unwrap().items.is_empty());
+
+    // Only the replication fields of the record change.
+    store
+        .write_live(
+            &source,
+            &[LiveWrite::SetReplicationState {
+                session_id: SESSION.into(),
+                participant_id: "a".into(),
+                replication_type: "SOURCE".into(),
+                replication_state: Some("STOPPED".into()),
+            }],
+        )
+        .await
+        .unwrap();
+    let a = store.get_participant(&source, SESSION, "a").await.unwrap().unwrap();
+    assert_eq!((a.replication_type.as_str(), a.replication_state.as_deref()), ("SOURCE", Some("STOPPED")));
+    assert_eq!((a.state, a.published, a.user_id.as_deref()), (ParticipantState::Connected, true, Some("user-a")));
+
+    // A deleted destination's replications stay listed under the source...
+    store.delete_resource(&c).await.unwrap();
+    assert_eq!(store.list_replicas(&source, "a", None, 10).await.unwrap().items.len(), 3);
+    // ...and a deleted source's go with it.
+    store.delete_resource(&source).await.unwrap();
+    assert!(store.list_replicas(&source, "a", None, 10).await.unwrap().items.is_empty());
+}
+
+#[tokio::test]
+async fn start_up_stops_the_replications_of_a_source_that_had_left() {
+    let store = SqliteStore::open_in_memory().await.unwrap();
+    let source = stage(&store, "stage0000001").await;
+    let b = stage(&store, "stage0000002").await;
+    // The publisher dropped inside its reconnect window: LEFT, but still ACTIVE.
+    let mut a = participant("a", ParticipantState::Disconnected, 100, true);
+    a.replication_type = "SOURCE".into();
+    a.replication_state = Some("ACTIVE".into());
+    store
+        .write_live(
+            &source,
+            &[
+                LiveWrite::StartSession {
+                    session_id: SESSION.into(),
+                    start_time: 100,
+                },
+                upsert(a),
+                start_replication(&b, "st-bbbbbbbbbbbbb"),
+            ],
+        )
+        .await
+        .unwrap();
+    let closed = store.close_interrupted_sessions(500).await.unwrap();
+    assert_eq!((closed.sessions, closed.participants, closed.replications), (1, 0, 1));
+    let a = store.get_participant(&source, SESSION, "a").await.unwrap().unwrap();
+    assert_eq!(a.replication_state.as_deref(), Some("STOPPED"));
+    assert_eq!(reasons(&store).await, [Some(crate::live_writes::RESTART_REASON.to_owned())]);
+    assert_eq!(
+        store.list_replicas(&source, "a", None, 10).await.unwrap().items[0].replication_state,
+        "STOPPED"
+    );
+}

@@ -1,5 +1,6 @@
 //! The writes of the live plane: sessions starting and ending, participant records,
-//! participant events and revocations, each batch in one transaction on the writer,
+//! participant events, revocations and replications, each batch in one transaction
+//! on the writer,
 //! and the clean-up of what a previous process left running.
 
 use onstage_stage::StoreError;
@@ -96,6 +97,63 @@ async fn apply(
             .bind(participant_id)
             .bind(reason.as_deref())
             .bind(at)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        }
+        LiveWrite::StartReplication {
+            participant_id,
+            source_session_id,
+            destination_stage_arn,
+            destination_session_id,
+        } => {
+            sqlx::query(
+                "INSERT INTO participant_replicas (source_stage_arn, participant_id, source_session_id,
+                                                   destination_stage_arn, destination_session_id, replication_state)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'ACTIVE')",
+            )
+            .bind(stage_arn)
+            .bind(participant_id)
+            .bind(source_session_id)
+            .bind(destination_stage_arn)
+            .bind(destination_session_id)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        }
+        LiveWrite::StopReplication {
+            participant_id,
+            destination_stage_arn,
+            reason,
+        } => {
+            sqlx::query(
+                "UPDATE participant_replicas SET replication_state = 'STOPPED', reason = ?4
+                 WHERE source_stage_arn = ?1 AND participant_id = ?2 AND destination_stage_arn = ?3
+                   AND replication_state = 'ACTIVE'",
+            )
+            .bind(stage_arn)
+            .bind(participant_id)
+            .bind(destination_stage_arn)
+            .bind(reason)
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        }
+        LiveWrite::SetReplicationState {
+            session_id,
+            participant_id,
+            replication_type,
+            replication_state,
+        } => {
+            sqlx::query(
+                "UPDATE participants SET replication_type = ?4, replication_state = ?5
+                 WHERE stage_arn = ?1 AND session_id = ?2 AND participant_id = ?3",
+            )
+            .bind(stage_arn)
+            .bind(session_id)
+            .bind(participant_id)
+            .bind(replication_type)
+            .bind(replication_state.as_deref())
             .execute(&mut **tx)
             .await
             .map_err(backend)?;
@@ -215,17 +273,18 @@ pub(crate) async fn close_interrupted(
     .execute(&mut *tx)
     .await
     .map_err(backend)?;
-    let participants = sqlx::query(
-        "UPDATE participants SET state = ?2,
-             replication_state = CASE WHEN replication_state = 'ACTIVE' THEN 'STOPPED' ELSE replication_state END
-         WHERE state = ?1",
-    )
-    .bind(connected)
-    .bind(ParticipantState::Disconnected.as_str())
-    .execute(&mut *tx)
-    .await
-    .map_err(backend)?
-    .rows_affected();
+    let participants = sqlx::query("UPDATE participants SET state = ?2 WHERE state = ?1")
+        .bind(connected)
+        .bind(ParticipantState::Disconnected.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?
+        .rows_affected();
+    // Also a source participant that had left inside its reconnect window.
+    sqlx::query("UPDATE participants SET replication_state = 'STOPPED' WHERE replication_state = 'ACTIVE'")
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
     let sessions = sqlx::query(
         "UPDATE stage_sessions SET end_time = max(?1, start_time) WHERE end_time IS NULL",
     )

@@ -45,6 +45,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "initial schema", include_str!("../migrations/0001_initial.sql")),
     (2, "live plane", include_str!("../migrations/0002_live_plane.sql")),
+    (3, "replication", include_str!("../migrations/0003_replication.sql")),
 ];
 
 /// The [`Store`] on SQLite. Cheap to clone: clones share the pools.

@@ -1,30 +1,51 @@
-//! The rules of one stage as a state machine, without I/O (SPEC §4–§5).
+//! The rules of one stage as a state machine, without I/O (SPEC §4–§6).
 //!
 //! A participant is on the stage while it holds at least one connection: a publish,
-//! subscribes (one per publisher) and an events socket. Its first accepted
-//! connection joins it (`JOINED`), its last one closing makes it leave (`LEFT`). The
-//! first participant to join an idle stage starts a session; the last to leave ends
-//! it. A new connection of a kind the participant already holds replaces the old
-//! one at once. A publisher that stops takes its subscribers' subscriptions with it.
+//! subscribes (one per publisher) and an events socket — or, for a replica, while
+//! its replication runs. Its first accepted connection joins it (`JOINED`), its last
+//! one closing makes it leave (`LEFT`). The first participant to join an idle stage
+//! starts a session; the last to leave ends it. A new connection of a kind the
+//! participant already holds replaces the old one at once. A publisher that stops
+//! takes its subscribers' subscriptions with it.
 //!
 //! Accepting a publish or a subscribe needs an SDP answer from the media plane, so it
 //! takes two steps: [`StageMachine::admit`] says whether the connection may happen
 //! (and which media source it uses), then, once the media plane has answered, the
 //! `*_accepted` method records it. The driver holds the stage's lock across both.
 //!
+//! **Replication** (SPEC §6) touches two stages, so each machine keeps its own side:
+//!
+//! - the *source* stage keeps, per replicated participant, its active replications
+//!   (destination, destination session, reconnect window) and the media source they
+//!   read. When the publisher drops, the source is kept for the longest window still
+//!   running: replications with window 0 stop at once, the others stop when their
+//!   window passes ([`StageMachine::handle_timeout`]) unless the participant publishes
+//!   again first, into the same source. While such a window runs the session stays
+//!   open and the slot counts toward the stage's publishers.
+//! - the *destination* stage has the replica as a participant of its own, with no
+//!   connection: its publishing slot is the source's media source. Subscribing to it
+//!   is subscribing to that source.
+//!
+//! What one side decides for the other leaves as [`CrossStage`] messages in the
+//! effects, which the driver delivers to the other stage's machine after it has let
+//! go of this one (so no stage ever waits for another while holding its own lock).
+//!
 //! Every input returns [`Effects`]; the machine never touches the store, the media
 //! plane or a socket itself.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::error::DomainError;
 use crate::ids::{self, Arn};
 use crate::media::{CloseCause, PeerId, SourceId};
-use crate::model::{ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantState};
+use crate::model::{Attributes, ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantState};
 use crate::store::LiveWrite;
 use crate::time_fmt::UnixMillis;
 use crate::token::TokenRejection;
 
-use super::{Action, Joiner, Refusal, RefusalKind, StageState, StageStateParticipant};
+use super::{
+    Action, Joiner, MAX_REPLICATIONS_PER_PARTICIPANT, Refusal, RefusalKind, StageState, StageStateParticipant,
+};
 
 /// One accepted connection (a publish, a subscribe or an events socket), unique
 /// within the process.
@@ -54,21 +75,55 @@ pub struct StageLimits {
 /// What an accepted connection will use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Admission {
-    /// Publish into `source` when the participant already publishes (the new peer
-    /// replaces the old one on the same source, so its subscribers keep going), or
-    /// into a new source when `None`.
+    /// Publish into `source` when the participant already publishes, or returns
+    /// within a replication's reconnect window (the new peer feeds the same source,
+    /// so its subscribers and replicas keep going), or into a new source when `None`.
     Publish {
         source: Option<SourceId>,
     },
-    /// Subscribe to the publisher's source.
+    /// Subscribe to the publisher's source (for a replica: the source it replicates).
     Subscribe {
         source: SourceId,
     },
     Events,
 }
 
+/// Why replications stop; recorded with the stopped replication.
+pub mod stop_reason {
+    pub const STOPPED_BY_REQUEST: &str = "StopParticipantReplication";
+    pub const SOURCE_STOPPED_PUBLISHING: &str = "the source participant stopped publishing";
+    pub const WINDOW_PASSED: &str = "the source participant did not publish again within the reconnect window";
+    pub const SOURCE_DISCONNECTED: &str = "the source participant was disconnected (DisconnectParticipant)";
+    pub const REPLICA_DISCONNECTED: &str = "the replica was disconnected from the destination (DisconnectParticipant)";
+    pub const SOURCE_STAGE_DELETED: &str = "the source stage was deleted";
+    pub const DESTINATION_STAGE_DELETED: &str = "the destination stage was deleted";
+    pub const SERVER_SHUTDOWN: &str = "the server shut down";
+}
+
+/// What one stage's machine tells another's, delivered by the driver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CrossStage {
+    /// From a source stage: the replication into `destination` stopped, so the
+    /// replica there must go ([`StageMachine::end_replica`]).
+    EndReplica {
+        destination: Arn,
+        source: Arn,
+        participant_id: String,
+    },
+    /// From a destination stage: the replica went away on the destination's side
+    /// (disconnected there, the stage deleted), so the source records the
+    /// replication as stopped ([`StageMachine::replication_ended`]).
+    ReplicaEnded {
+        source: Arn,
+        destination: Arn,
+        participant_id: String,
+        reason: String,
+    },
+}
+
 /// What the driver must do after an input, in this order: cut media, close events
-/// sockets, forget ended connections, write the store.
+/// sockets, forget ended connections, write the store, then (after letting go of
+/// the stage) deliver the cross-stage messages.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Effects {
     pub close_peers: Vec<PeerId>,
@@ -78,6 +133,13 @@ pub struct Effects {
     pub ended: Vec<(ConnectionId, Option<PeerId>)>,
     /// For [`crate::Store::write_live`], one batch.
     pub writes: Vec<LiveWrite>,
+    /// Sources that replicas of this (destination) stage read and no longer need:
+    /// for the [`super::ReplicaFeeds`] that provided them.
+    pub released_feeds: Vec<SourceId>,
+    /// For other stages' machines.
+    pub cross_stage: Vec<CrossStage>,
+    /// Call [`StageMachine::handle_timeout`] at this time (a reconnect window ends).
+    pub wake_at: Option<UnixMillis>,
 }
 
 impl Effects {
@@ -94,6 +156,10 @@ impl Effects {
                 _ => None,
             })
             .collect()
+    }
+
+    fn wake_no_later_than(&mut self, at: UnixMillis) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
     }
 }
 
@@ -119,12 +185,21 @@ struct Subscription {
     peer: PeerId,
 }
 
+/// A replica's publishing slot in its destination stage.
+#[derive(Clone, Debug)]
+struct ReplicaOf {
+    /// The source's media, as the replica feed made it available here.
+    source: SourceId,
+    source_stage: Arn,
+    source_session: String,
+}
+
 #[derive(Clone, Debug)]
 struct OnStage {
     /// Join order, for STAGE_STATE.
     order: u64,
     user_id: Option<String>,
-    attributes: crate::model::Attributes,
+    attributes: Attributes,
     client: ClientAttributes,
     first_join_time: UnixMillis,
     /// Published since it joined this time (the store keeps "ever in the session").
@@ -133,12 +208,71 @@ struct OnStage {
     /// By publisher id.
     subscriptions: BTreeMap<String, Subscription>,
     events: Option<ConnectionId>,
+    /// Set for a replica of another stage's participant (it holds no connection).
+    replica: Option<ReplicaOf>,
 }
 
 impl OnStage {
     fn has_connections(&self) -> bool {
-        self.publish.is_some() || !self.subscriptions.is_empty() || self.events.is_some()
+        self.publish.is_some() || !self.subscriptions.is_empty() || self.events.is_some() || self.replica.is_some()
     }
+
+    fn source(&self) -> Option<SourceId> {
+        self.publish
+            .map(|p| p.source)
+            .or_else(|| self.replica.as_ref().map(|r| r.source))
+    }
+}
+
+/// One active replication out of this stage.
+#[derive(Clone, Debug)]
+struct Outgoing {
+    destination_session: String,
+    window_ms: UnixMillis,
+}
+
+/// A participant of this stage with active replications (the source side).
+#[derive(Clone, Debug)]
+struct Replicated {
+    /// The media source the replicas read: the participant's publishing source.
+    source: SourceId,
+    /// Set while the publisher is gone (dropped or unpublished): each replication's
+    /// window counts from here, and the source is kept for the publisher's return.
+    away_since: Option<UnixMillis>,
+    /// By destination stage.
+    active: BTreeMap<Arn, Outgoing>,
+}
+
+impl Replicated {
+    fn next_deadline(&self) -> Option<UnixMillis> {
+        let away = self.away_since?;
+        self.active.values().map(|r| away + r.window_ms).min()
+    }
+}
+
+/// What [`check_replication`] found out about the participant to replicate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicationOrigin {
+    /// The media source the participant publishes into.
+    pub source: SourceId,
+    /// The source stage's running session.
+    pub session_id: String,
+    pub user_id: Option<String>,
+    /// The token's attributes.
+    pub attributes: Attributes,
+}
+
+/// A replica about to appear in its destination stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaJoin {
+    pub participant_id: String,
+    pub user_id: Option<String>,
+    /// The token's attributes overlaid with the request's.
+    pub attributes: Attributes,
+    /// The source's media as available on the destination's side.
+    pub source: SourceId,
+    pub source_stage: Arn,
+    pub source_session: String,
 }
 
 /// The live state of one stage.
@@ -152,9 +286,81 @@ pub struct StageMachine {
     connections: HashMap<ConnectionId, (String, ConnectionKind)>,
     /// Peers of live publish and subscribe connections.
     peers: HashMap<PeerId, ConnectionId>,
+    /// Participants with active replications out of this stage.
+    replicated: BTreeMap<String, Replicated>,
+    /// Participants that were a replication's source in this session: their record
+    /// says `SOURCE` for the rest of it.
+    sources_in_session: BTreeSet<String>,
     next_order: u64,
     /// Set when the stage is being deleted: everything is refused.
     closed: bool,
+}
+
+/// Checks SPEC §6's preconditions 3–5 of StartParticipantReplication, in order, on
+/// the two stages' machines (1 and 2 are the control plane's). The destination may
+/// be idle.
+pub fn check_replication(
+    source: &StageMachine,
+    destination: &StageMachine,
+    participant_id: &str,
+) -> Result<ReplicationOrigin, DomainError> {
+    let pid = participant_id;
+    let (src, dst) = (&source.stage, &destination.stage);
+    if source.closed {
+        return Err(DomainError::NotFound(format!("stage {src} does not exist")));
+    }
+    if destination.closed {
+        return Err(DomainError::NotFound(format!("stage {dst} does not exist")));
+    }
+    // 3. Connected and publishing (a replica is, so that 4 can name it).
+    let (on_stage, session_id) = match (source.participants.get(pid), &source.session) {
+        (Some(p), Some(session)) if p.source().is_some() => (p, session),
+        _ => {
+            return Err(DomainError::Conflict(format!(
+                "participant {pid} is not publishing in {src}"
+            )));
+        }
+    };
+    // 4. Not replicated there yet; not a replica itself.
+    let replicated = source.replicated.get(pid);
+    if replicated.is_some_and(|r| r.active.contains_key(dst)) {
+        return Err(DomainError::Conflict(format!(
+            "participant {pid} is already replicated from {src} to {dst}"
+        )));
+    }
+    if on_stage.replica.is_some() {
+        return Err(DomainError::Validation(format!(
+            "participant {pid} is a replica in {src}: a replica cannot be replicated again"
+        )));
+    }
+    if destination.participants.contains_key(pid) {
+        return Err(DomainError::Conflict(format!(
+            "participant {pid} is already a participant of {dst}"
+        )));
+    }
+    // 5. Quotas.
+    if replicated.is_some_and(|r| r.active.len() >= MAX_REPLICATIONS_PER_PARTICIPANT) {
+        return Err(DomainError::QuotaExceeded(format!(
+            "participant {pid} already has {MAX_REPLICATIONS_PER_PARTICIPANT} active replications, the most it can have"
+        )));
+    }
+    if destination.publisher_count() >= destination.limits.max_publishers {
+        return Err(DomainError::QuotaExceeded(format!(
+            "stage {dst} already has {} publishers, the most it can have (a replica counts as one)",
+            destination.limits.max_publishers
+        )));
+    }
+    let Some(source_id) = on_stage.publish.map(|p| p.source) else {
+        return Err(DomainError::Conflict(format!(
+            "participant {pid} is not publishing in {src}"
+        )));
+    };
+    Ok(ReplicationOrigin {
+        source: source_id,
+        session_id: session_id.clone(),
+        user_id: on_stage.user_id.clone(),
+        attributes: on_stage.attributes.clone(),
+    })
 }
 
 impl StageMachine {
@@ -166,6 +372,8 @@ impl StageMachine {
             participants: BTreeMap::new(),
             connections: HashMap::new(),
             peers: HashMap::new(),
+            replicated: BTreeMap::new(),
+            sources_in_session: BTreeSet::new(),
             next_order: 0,
             closed: false,
         }
@@ -175,14 +383,14 @@ impl StageMachine {
         &self.stage
     }
 
-    /// The running session, if anyone is on the stage.
+    /// The running session, if anyone is on the stage (or a reconnect window holds it).
     pub fn session_id(&self) -> Option<&str> {
         self.session.as_deref()
     }
 
     /// Nobody is on the stage and it is not being deleted: the machine can go.
     pub fn is_idle(&self) -> bool {
-        self.participants.is_empty() && self.session.is_none() && !self.closed
+        self.participants.is_empty() && self.session.is_none() && !self.closed && self.replicated.is_empty()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -193,9 +401,27 @@ impl StageMachine {
         self.participants.contains_key(participant_id)
     }
 
-    /// Publishing participants (replicas will count here too).
+    /// Whether the participant is a replica on this stage.
+    pub fn is_replica(&self, participant_id: &str) -> bool {
+        self.participants
+            .get(participant_id)
+            .is_some_and(|p| p.replica.is_some())
+    }
+
+    /// The stages this participant is replicated into now.
+    pub fn replication_destinations(&self, participant_id: &str) -> Vec<Arn> {
+        self.replicated
+            .get(participant_id)
+            .map(|r| r.active.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Publishing slots taken: publishers, replicas, and publishers inside a
+    /// reconnect window (their slot is kept for their return).
     pub fn publisher_count(&self) -> usize {
-        self.participants.values().filter(|p| p.publish.is_some()).count()
+        let on_stage = self.participants.values().filter(|p| p.source().is_some()).count();
+        let away = self.replicated.values().filter(|r| r.away_since.is_some()).count();
+        on_stage + away
     }
 
     /// Participants holding at least one subscribe.
@@ -211,6 +437,11 @@ impl StageMachine {
         self.peers.contains_key(&peer)
     }
 
+    /// When [`StageMachine::handle_timeout`] next has something to do.
+    pub fn next_deadline(&self) -> Option<UnixMillis> {
+        self.replicated.values().filter_map(Replicated::next_deadline).min()
+    }
+
     pub fn snapshot(&self) -> StageState {
         let mut on_stage: Vec<(&String, &OnStage)> = self.participants.iter().collect();
         on_stage.sort_by_key(|(_, p)| p.order);
@@ -222,7 +453,7 @@ impl StageMachine {
                     id: id.clone(),
                     user_id: p.user_id.clone(),
                     attributes: p.attributes.clone(),
-                    is_publishing: p.publish.is_some(),
+                    is_publishing: p.source().is_some(),
                 })
                 .collect(),
         }
@@ -232,8 +463,8 @@ impl StageMachine {
 
     /// Whether `joiner` may open a connection for `action` (for a subscribe, to
     /// `publisher`), checked in this order: the stage still exists, the participant
-    /// was not revoked (`revoked`, from the store), the token's capabilities, the
-    /// publisher exists, the quotas.
+    /// was not revoked (`revoked`, from the store), its id is not a replica's here,
+    /// the token's capabilities, the publisher exists, the quotas.
     pub fn admit(
         &self,
         joiner: &Joiner,
@@ -258,6 +489,15 @@ impl StageMachine {
             ));
         }
         let current = self.participants.get(pid);
+        if current.is_some_and(|p| p.replica.is_some()) {
+            return Err(Refusal::new(
+                RefusalKind::ReplicaIdInUse,
+                format!(
+                    "participant id {pid} is in use in stage {} by a replica of another stage's participant",
+                    self.stage
+                ),
+            ));
+        }
         match action {
             Action::Events => Ok(Admission::Events),
             Action::Publish => {
@@ -271,6 +511,10 @@ impl StageMachine {
                     return Ok(Admission::Publish {
                         source: Some(publishing.source),
                     });
+                }
+                // Back within a reconnect window: the slot was kept.
+                if let Some(r) = self.replicated.get(pid).filter(|r| r.away_since.is_some()) {
+                    return Ok(Admission::Publish { source: Some(r.source) });
                 }
                 if self.publisher_count() >= self.limits.max_publishers {
                     return Err(Refusal::new(
@@ -291,7 +535,7 @@ impl StageMachine {
                     ));
                 }
                 let publisher = publisher.unwrap_or_default();
-                let Some(publishing) = self.participants.get(publisher).and_then(|p| p.publish) else {
+                let Some(source) = self.participants.get(publisher).and_then(OnStage::source) else {
                     return Err(Refusal::new(
                         RefusalKind::PublisherNotFound,
                         format!("participant {publisher} is not publishing in stage {}", self.stage),
@@ -307,9 +551,7 @@ impl StageMachine {
                         ),
                     ));
                 }
-                Ok(Admission::Subscribe {
-                    source: publishing.source,
-                })
+                Ok(Admission::Subscribe { source })
             }
         }
     }
@@ -328,11 +570,9 @@ impl StageMachine {
         let mut fx = Effects::default();
         if let Some(session_id) = &self.session {
             let name = refusal.event_name(action);
-            let mut event = self.event(participant_id, name, now);
+            let remote = if name == EventName::SubscribeError { publisher } else { None };
+            let mut event = self.event(participant_id, name, remote, now);
             event.error_code = Some(refusal.error_code().as_str().to_owned());
-            if name == EventName::SubscribeError {
-                event.remote_participant_id = publisher.map(str::to_owned);
-            }
             fx.writes.push(LiveWrite::AppendEvent {
                 session_id: session_id.clone(),
                 event,
@@ -346,7 +586,8 @@ impl StageMachine {
     /// A publish the media plane answered. When the participant already published,
     /// the new peer has replaced the old one on the same source: the old connection
     /// ends (`PUBLISH_STOPPED`) and the new one starts (`PUBLISH_STARTED`); its
-    /// subscribers are undisturbed.
+    /// subscribers are undisturbed. A publisher back within a reconnect window feeds
+    /// its kept source again: its replications go on.
     pub fn publish_accepted(
         &mut self,
         joiner: &Joiner,
@@ -366,6 +607,11 @@ impl StageMachine {
             self.forget_connection(old.conn, Some(old.peer), &mut fx);
             fx.writes
                 .push(self.append(&session_id, &pid, EventName::PublishStopped, None, now));
+        }
+        if let Some(r) = self.replicated.get_mut(&pid)
+            && r.source == source
+        {
+            r.away_since = None;
         }
         self.connections.insert(conn, (pid.clone(), ConnectionKind::Publish));
         self.peers.insert(peer, conn);
@@ -476,48 +722,207 @@ impl StageMachine {
     }
 
     /// DisconnectParticipant: every connection of the participant ends at once, it
-    /// leaves, and its id is revoked on the stage. `None` when it is not connected.
+    /// leaves, and its id is revoked on the stage; its replications out of this stage
+    /// stop at once, reconnect window or not (also while a window runs for it). For a
+    /// replica: that replication stops, and nothing is revoked (the id holds no
+    /// token for this stage; a later StartParticipantReplication may bring it back).
+    /// `None` when the participant is neither connected nor inside a window.
     pub fn disconnect(&mut self, participant_id: &str, reason: Option<&str>, now: UnixMillis) -> Option<Effects> {
-        if !self.participants.contains_key(participant_id) {
+        let pid = participant_id;
+        let mut fx = Effects::default();
+        if self.is_replica(pid) {
+            self.remove_replica(pid, Some(stop_reason::REPLICA_DISCONNECTED), now, &mut fx);
+            return Some(fx);
+        }
+        if !self.participants.contains_key(pid) && !self.replicated.contains_key(pid) {
             return None;
         }
-        let mut fx = Effects::default();
-        self.end_all_connections(
-            participant_id,
-            EventsClose::Disconnected(reason.map(str::to_owned)),
-            now,
-            &mut fx,
-        );
+        self.stop_all_replications(pid, stop_reason::SOURCE_DISCONNECTED, now, &mut fx);
+        if self.participants.contains_key(pid) {
+            self.end_all_connections(pid, EventsClose::Disconnected(reason.map(str::to_owned)), now, &mut fx);
+        }
         fx.writes.push(LiveWrite::RevokeParticipant {
-            participant_id: participant_id.to_owned(),
+            participant_id: pid.to_owned(),
             reason: reason.map(str::to_owned),
             at: now,
         });
         Some(fx)
     }
 
-    /// The stage is being deleted (or the server stops): everyone leaves, the session
-    /// ends, and with `refuse_from_now` every later connection is refused.
+    /// The stage is being deleted (or the server stops): every replication into or
+    /// out of it stops, everyone leaves, the session ends, and with
+    /// `refuse_from_now` every later connection is refused.
     pub fn close_stage(&mut self, why: EventsClose, refuse_from_now: bool, now: UnixMillis) -> Effects {
         self.closed |= refuse_from_now;
         let mut fx = Effects::default();
+        let (as_source, as_destination) = match why {
+            EventsClose::ServerShutdown => (stop_reason::SERVER_SHUTDOWN, stop_reason::SERVER_SHUTDOWN),
+            _ => (stop_reason::SOURCE_STAGE_DELETED, stop_reason::DESTINATION_STAGE_DELETED),
+        };
+        let sources: Vec<String> = self.replicated.keys().cloned().collect();
+        for pid in sources {
+            self.stop_all_replications(&pid, as_source, now, &mut fx);
+        }
         let mut everyone: Vec<(u64, String)> = self.participants.iter().map(|(id, p)| (p.order, id.clone())).collect();
         everyone.sort();
         for (_, pid) in everyone {
-            if self.participants.contains_key(&pid) {
+            if self.is_replica(&pid) {
+                self.remove_replica(&pid, Some(as_destination), now, &mut fx);
+            } else if self.participants.contains_key(&pid) {
                 self.end_all_connections(&pid, why.clone(), now, &mut fx);
             }
         }
         fx
     }
 
+    // ----- replication -----------------------------------------------------------
+
+    /// Destination side: the replica appears (after [`check_replication`]). It joins
+    /// like a participant — starting the session if the stage was idle — and
+    /// publishes at once (`JOINED`, `PUBLISH_STARTED`, both `replica: true`).
+    pub fn replica_joined(&mut self, replica: ReplicaJoin, now: UnixMillis) -> Effects {
+        let mut fx = Effects::default();
+        let session_id = self.ensure_session(now, &mut fx);
+        let pid = replica.participant_id.clone();
+        self.next_order += 1;
+        self.participants.insert(
+            pid.clone(),
+            OnStage {
+                order: self.next_order,
+                user_id: replica.user_id,
+                attributes: replica.attributes,
+                client: ClientAttributes::default(),
+                first_join_time: now,
+                published: true,
+                publish: None,
+                subscriptions: BTreeMap::new(),
+                events: None,
+                replica: Some(ReplicaOf {
+                    source: replica.source,
+                    source_stage: replica.source_stage,
+                    source_session: replica.source_session,
+                }),
+            },
+        );
+        self.write_participant(&pid, &session_id, ParticipantState::Connected, &mut fx);
+        fx.writes.push(self.append(&session_id, &pid, EventName::Joined, None, now));
+        fx.writes
+            .push(self.append(&session_id, &pid, EventName::PublishStarted, None, now));
+        fx
+    }
+
+    /// Source side: the replica is in place in `destination`, whose session is
+    /// `destination_session`. Records `REPLICATION_STARTED`, the replication and the
+    /// participant as an ACTIVE `SOURCE`. The participant must be publishing here
+    /// (checked by [`check_replication`] under the same lock).
+    pub fn replication_started(
+        &mut self,
+        participant_id: &str,
+        destination: &Arn,
+        destination_session: &str,
+        reconnect_window_seconds: u32,
+        now: UnixMillis,
+    ) -> Effects {
+        let mut fx = Effects::default();
+        let pid = participant_id;
+        let (Some(session_id), Some(source)) = (
+            self.session.clone(),
+            self.participants.get(pid).and_then(|p| p.publish).map(|p| p.source),
+        ) else {
+            return fx;
+        };
+        self.sources_in_session.insert(pid.to_owned());
+        self.replicated
+            .entry(pid.to_owned())
+            .or_insert_with(|| Replicated {
+                source,
+                away_since: None,
+                active: BTreeMap::new(),
+            })
+            .active
+            .insert(
+                destination.clone(),
+                Outgoing {
+                    destination_session: destination_session.to_owned(),
+                    window_ms: UnixMillis::from(reconnect_window_seconds) * 1000,
+                },
+            );
+        let mut event = self.event(pid, EventName::ReplicationStarted, None, now);
+        event.destination_stage_arn = Some(destination.to_string());
+        event.destination_session_id = Some(destination_session.to_owned());
+        fx.writes.push(LiveWrite::AppendEvent {
+            session_id: session_id.clone(),
+            event,
+        });
+        fx.writes.push(LiveWrite::StartReplication {
+            participant_id: pid.to_owned(),
+            source_session_id: session_id.clone(),
+            destination_stage_arn: destination.to_string(),
+            destination_session_id: destination_session.to_owned(),
+        });
+        self.write_participant(pid, &session_id, ParticipantState::Connected, &mut fx);
+        fx
+    }
+
+    /// Source side, StopParticipantReplication: `None` when there is no active
+    /// replication of the participant into `destination`.
+    pub fn stop_replication(&mut self, participant_id: &str, destination: &Arn, now: UnixMillis) -> Option<Effects> {
+        let mut fx = Effects::default();
+        self.stop_outgoing(participant_id, destination, stop_reason::STOPPED_BY_REQUEST, true, now, &mut fx)
+            .then_some(fx)
+    }
+
+    /// Source side: the destination reports that the replica went away there.
+    pub fn replication_ended(&mut self, participant_id: &str, destination: &Arn, reason: &str, now: UnixMillis) -> Effects {
+        let mut fx = Effects::default();
+        self.stop_outgoing(participant_id, destination, reason, false, now, &mut fx);
+        fx
+    }
+
+    /// Destination side: the source stopped the replication; the replica (of
+    /// `source`'s participant, nobody else) leaves.
+    pub fn end_replica(&mut self, participant_id: &str, source: &Arn, now: UnixMillis) -> Effects {
+        let mut fx = Effects::default();
+        let ours = self
+            .participants
+            .get(participant_id)
+            .and_then(|p| p.replica.as_ref())
+            .is_some_and(|r| r.source_stage == *source);
+        if ours {
+            self.remove_replica(participant_id, None, now, &mut fx);
+        }
+        fx
+    }
+
+    /// Time passed: replications whose reconnect window is over stop; a kept source
+    /// with no replication left is closed, and the session ends if nobody is left.
+    pub fn handle_timeout(&mut self, now: UnixMillis) -> Effects {
+        let mut fx = Effects::default();
+        let expired: Vec<(String, Arn)> = self
+            .replicated
+            .iter()
+            .filter_map(|(pid, r)| r.away_since.map(|away| (pid, r, away)))
+            .flat_map(|(pid, r, away)| {
+                r.active
+                    .iter()
+                    .filter(move |(_, o)| away + o.window_ms <= now)
+                    .map(move |(d, _)| (pid.clone(), d.clone()))
+            })
+            .collect();
+        for (pid, destination) in expired {
+            self.stop_outgoing(&pid, &destination, stop_reason::WINDOW_PASSED, true, now, &mut fx);
+        }
+        if let Some(next) = self.next_deadline() {
+            fx.wake_no_later_than(next);
+        }
+        fx
+    }
+
     // ----- internals ---------------------------------------------------------
 
-    /// Starts the session if the stage is idle and adds the participant if it is not
-    /// on the stage yet (`JOINED`). Refreshes what its token says either way. Returns
-    /// the running session.
-    fn join(&mut self, joiner: &Joiner, now: UnixMillis, fx: &mut Effects) -> String {
-        let session_id = match &self.session {
+    /// The running session, started now if the stage is idle.
+    fn ensure_session(&mut self, now: UnixMillis, fx: &mut Effects) -> String {
+        match &self.session {
             Some(s) => s.clone(),
             None => {
                 let s = ids::new_session_id();
@@ -526,9 +931,17 @@ impl StageMachine {
                     start_time: now,
                 });
                 self.session = Some(s.clone());
+                self.sources_in_session.clear();
                 s
             }
-        };
+        }
+    }
+
+    /// Starts the session if the stage is idle and adds the participant if it is not
+    /// on the stage yet (`JOINED`). Refreshes what its token says either way. Returns
+    /// the running session.
+    fn join(&mut self, joiner: &Joiner, now: UnixMillis, fx: &mut Effects) -> String {
+        let session_id = self.ensure_session(now, fx);
         let pid = &joiner.participant_id;
         match self.participants.get_mut(pid) {
             Some(p) => {
@@ -552,6 +965,7 @@ impl StageMachine {
                         publish: None,
                         subscriptions: BTreeMap::new(),
                         events: None,
+                        replica: None,
                     },
                 );
                 self.write_participant(pid, &session_id, ParticipantState::Connected, fx);
@@ -562,20 +976,49 @@ impl StageMachine {
         session_id
     }
 
-    /// Ends a publish: the source closes (its feeding peer and every subscriber's
-    /// peer with it), `PUBLISH_STOPPED`, and each subscriber's subscription to it
-    /// ends (`SUBSCRIBE_STOPPED`), which may make that subscriber leave.
-    ///
-    /// (A reconnect window, SPEC §6, would keep the source open here instead.)
+    /// Ends a publish (`PUBLISH_STOPPED`) and each subscriber's subscription to it
+    /// (`SUBSCRIBE_STOPPED`), which may make that subscriber leave. Normally the
+    /// source closes, taking the feeding peer and every subscriber's peer with it.
+    /// A replicated publisher's source is kept instead while a reconnect window
+    /// runs (replications with window 0 stop now): only its feeding peer and the
+    /// local subscribers' peers are closed, and the replicas' subscribers wait for
+    /// the publisher's return.
     fn stop_publishing(&mut self, pid: &str, now: UnixMillis, fx: &mut Effects) {
         let Some(publishing) = self.participants.get_mut(pid).and_then(|p| p.publish.take()) else {
             return;
         };
-        fx.close_sources.push(publishing.source);
         self.forget_connection(publishing.conn, Some(publishing.peer), fx);
         if let Some(session_id) = self.session.clone() {
             fx.writes
                 .push(self.append(&session_id, pid, EventName::PublishStopped, None, now));
+        }
+        let replicated = match self.replicated.get_mut(pid) {
+            Some(r) => {
+                r.away_since = Some(now);
+                true
+            }
+            None => false,
+        };
+        if replicated {
+            let at_once: Vec<Arn> = self.replicated[pid]
+                .active
+                .iter()
+                .filter(|(_, o)| o.window_ms <= 0)
+                .map(|(d, _)| d.clone())
+                .collect();
+            for destination in at_once {
+                // The last one closes the kept source.
+                self.stop_outgoing(pid, &destination, stop_reason::SOURCE_STOPPED_PUBLISHING, true, now, fx);
+            }
+        }
+        let kept = self.replicated.get(pid).and_then(Replicated::next_deadline);
+        match kept {
+            Some(deadline) => {
+                fx.close_peers.push(publishing.peer);
+                fx.wake_no_later_than(deadline);
+            }
+            None if !replicated => fx.close_sources.push(publishing.source),
+            None => {}
         }
         let subscribers: Vec<String> = self
             .participants
@@ -584,8 +1027,8 @@ impl StageMachine {
             .map(|(id, _)| id.clone())
             .collect();
         for subscriber in subscribers {
-            // Closing the source closed their peers.
-            self.stop_subscription(&subscriber, pid, false, now, fx);
+            // A closed source closed their peers; a kept one did not.
+            self.stop_subscription(&subscriber, pid, kept.is_some(), now, fx);
             if subscriber != pid {
                 self.leave_if_unconnected(&subscriber, now, fx);
             }
@@ -627,25 +1070,139 @@ impl StageMachine {
         self.leave_if_unconnected(pid, now, fx);
     }
 
+    /// Stops one active replication out of this stage: `REPLICATION_STOPPED`, the
+    /// record, and (`tell_destination`) the replica's removal. The last one of a
+    /// publisher that is away closes the kept source. `false` when there was none.
+    fn stop_outgoing(
+        &mut self,
+        pid: &str,
+        destination: &Arn,
+        reason: &str,
+        tell_destination: bool,
+        now: UnixMillis,
+        fx: &mut Effects,
+    ) -> bool {
+        let Some(r) = self.replicated.get_mut(pid) else {
+            return false;
+        };
+        let Some(outgoing) = r.active.remove(destination) else {
+            return false;
+        };
+        let (emptied, away, source) = (r.active.is_empty(), r.away_since.is_some(), r.source);
+        if emptied {
+            self.replicated.remove(pid);
+        }
+        tracing::info!(stage = %self.stage, participant = %pid, %destination, reason, "replication stopped");
+        if let Some(session_id) = self.session.clone() {
+            let mut event = self.event(pid, EventName::ReplicationStopped, None, now);
+            event.destination_stage_arn = Some(destination.to_string());
+            event.destination_session_id = Some(outgoing.destination_session);
+            fx.writes.push(LiveWrite::AppendEvent {
+                session_id: session_id.clone(),
+                event,
+            });
+            if self.participants.contains_key(pid) {
+                self.write_participant(pid, &session_id, ParticipantState::Connected, fx);
+            } else {
+                let (replication_type, replication_state) = self.replication_fields(pid);
+                fx.writes.push(LiveWrite::SetReplicationState {
+                    session_id,
+                    participant_id: pid.to_owned(),
+                    replication_type: replication_type.to_owned(),
+                    replication_state: replication_state.map(str::to_owned),
+                });
+            }
+        }
+        fx.writes.push(LiveWrite::StopReplication {
+            participant_id: pid.to_owned(),
+            destination_stage_arn: destination.to_string(),
+            reason: reason.to_owned(),
+        });
+        if tell_destination {
+            fx.cross_stage.push(CrossStage::EndReplica {
+                destination: destination.clone(),
+                source: self.stage.clone(),
+                participant_id: pid.to_owned(),
+            });
+        }
+        if emptied && away {
+            fx.close_sources.push(source);
+            self.end_session_if_empty(now, fx);
+        }
+        true
+    }
+
+    fn stop_all_replications(&mut self, pid: &str, reason: &str, now: UnixMillis, fx: &mut Effects) {
+        for destination in self.replication_destinations(pid) {
+            self.stop_outgoing(pid, &destination, reason, true, now, fx);
+        }
+    }
+
+    /// A replica leaves its destination stage: `PUBLISH_STOPPED`, its subscribers'
+    /// subscriptions end (their peers are closed: the source may live on), then
+    /// `LEFT`. With `tell_source` (the destination's own decision, with its reason)
+    /// the source stage is told.
+    fn remove_replica(&mut self, pid: &str, tell_source: Option<&str>, now: UnixMillis, fx: &mut Effects) {
+        let Some(replica) = self.participants.get(pid).and_then(|p| p.replica.clone()) else {
+            return;
+        };
+        if let Some(session_id) = self.session.clone() {
+            fx.writes
+                .push(self.append(&session_id, pid, EventName::PublishStopped, None, now));
+        }
+        let subscribers: Vec<String> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| p.subscriptions.contains_key(pid))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for subscriber in subscribers {
+            self.stop_subscription(&subscriber, pid, true, now, fx);
+            self.leave_if_unconnected(&subscriber, now, fx);
+        }
+        fx.released_feeds.push(replica.source);
+        if let Some(reason) = tell_source {
+            fx.cross_stage.push(CrossStage::ReplicaEnded {
+                source: replica.source_stage.clone(),
+                destination: self.stage.clone(),
+                participant_id: pid.to_owned(),
+                reason: reason.to_owned(),
+            });
+        }
+        self.depart(pid, now, fx);
+    }
+
     /// A participant without connections leaves (`LEFT`, DISCONNECTED); the last one
     /// to leave ends the session.
     fn leave_if_unconnected(&mut self, pid: &str, now: UnixMillis, fx: &mut Effects) {
         if self.participants.get(pid).is_none_or(OnStage::has_connections) {
             return;
         }
+        self.depart(pid, now, fx);
+    }
+
+    fn depart(&mut self, pid: &str, now: UnixMillis, fx: &mut Effects) {
         let Some(session_id) = self.session.clone() else {
             return;
         };
         self.write_participant(pid, &session_id, ParticipantState::Disconnected, fx);
-        self.participants.remove(pid);
         fx.writes
             .push(self.append(&session_id, pid, EventName::Left, None, now));
-        if self.participants.is_empty() {
+        self.participants.remove(pid);
+        self.end_session_if_empty(now, fx);
+    }
+
+    /// Ends the session when nobody is on the stage and no reconnect window holds it.
+    fn end_session_if_empty(&mut self, now: UnixMillis, fx: &mut Effects) {
+        if !self.participants.is_empty() || !self.replicated.is_empty() {
+            return;
+        }
+        if let Some(session_id) = self.session.take() {
             fx.writes.push(LiveWrite::EndSession {
                 session_id,
                 end_time: now,
             });
-            self.session = None;
+            self.sources_in_session.clear();
         }
     }
 
@@ -668,9 +1225,33 @@ impl StageMachine {
             .map(|(publisher, _)| publisher.clone())
     }
 
+    /// `replicationType` and `replicationState` of a participant that is not a
+    /// replica: a source keeps `SOURCE` for the rest of the session.
+    fn replication_fields(&self, pid: &str) -> (&'static str, Option<&'static str>) {
+        if self.replicated.contains_key(pid) {
+            ("SOURCE", Some("ACTIVE"))
+        } else if self.sources_in_session.contains(pid) {
+            ("SOURCE", Some("STOPPED"))
+        } else {
+            ("NONE", None)
+        }
+    }
+
     fn write_participant(&self, pid: &str, session_id: &str, state: ParticipantState, fx: &mut Effects) {
         let Some(p) = self.participants.get(pid) else {
             return;
+        };
+        let (replication_type, replication_state, source_stage_arn, source_session_id) = match &p.replica {
+            Some(r) => (
+                "REPLICA",
+                Some(if state == ParticipantState::Connected { "ACTIVE" } else { "STOPPED" }),
+                Some(r.source_stage.to_string()),
+                Some(r.source_session.clone()),
+            ),
+            None => {
+                let (t, s) = self.replication_fields(pid);
+                (t, s, None, None)
+            }
         };
         fx.writes.push(LiveWrite::UpsertParticipant {
             session_id: session_id.to_owned(),
@@ -684,33 +1265,33 @@ impl StageMachine {
                 client: p.client.clone(),
                 recording_state: "DISABLED".into(),
                 protocol: "WHIP".into(),
-                replication_type: "NONE".into(),
-                replication_state: None,
-                source_stage_arn: None,
-                source_session_id: None,
+                replication_type: replication_type.into(),
+                replication_state: replication_state.map(str::to_owned),
+                source_stage_arn,
+                source_session_id,
             }),
         });
     }
 
-    fn event(&self, pid: &str, name: EventName, now: UnixMillis) -> ParticipantEvent {
+    /// An event of `pid`; `replica: true` when it or the remote participant is a
+    /// replica on this stage.
+    fn event(&self, pid: &str, name: EventName, remote: Option<&str>, now: UnixMillis) -> ParticipantEvent {
         ParticipantEvent {
             name: name.as_str().to_owned(),
             participant_id: pid.to_owned(),
             event_time: now,
-            remote_participant_id: None,
+            remote_participant_id: remote.map(str::to_owned),
             error_code: None,
             destination_stage_arn: None,
             destination_session_id: None,
-            replica: false,
+            replica: self.is_replica(pid) || remote.is_some_and(|r| self.is_replica(r)),
         }
     }
 
     fn append(&self, session_id: &str, pid: &str, name: EventName, remote: Option<&str>, now: UnixMillis) -> LiveWrite {
-        let mut event = self.event(pid, name, now);
-        event.remote_participant_id = remote.map(str::to_owned);
         LiveWrite::AppendEvent {
             session_id: session_id.to_owned(),
-            event,
+            event: self.event(pid, name, remote, now),
         }
     }
 }
@@ -1135,5 +1716,444 @@ mod tests {
         assert_eq!(listed, [("zed", false), ("amy", true)]);
         assert_eq!(state.participants[1].user_id.as_deref(), Some("user-amy"));
         assert_eq!(state.participants[1].attributes["k"], "amy");
+    }
+
+    // ----- replication ---------------------------------------------------------
+
+    fn stage_named(id: &str) -> StageMachine {
+        let account = Account {
+            id: "000000000000".into(),
+            region: "us-east-1".into(),
+        };
+        StageMachine::new(
+            Arn::new(&account, ResourceKind::Stage, id),
+            StageLimits {
+                max_publishers: 12,
+                max_subscribers: 100,
+            },
+        )
+    }
+
+    /// Source stage A (`a` publishes with source 1, peer 10) and destination B.
+    fn two_stages() -> (StageMachine, StageMachine) {
+        let mut a = stage_named("stageAAAAAAA");
+        publish(&mut a, "a", 1, 10, T0);
+        (a, stage_named("stageBBBBBBB"))
+    }
+
+    /// Replicates `pid` from `src` to `dst` as the driver does; the effects on each.
+    fn replicate(src: &mut StageMachine, dst: &mut StageMachine, pid: &str, window: u32, now: UnixMillis) -> (Effects, Effects) {
+        let origin = check_replication(src, dst, pid).unwrap();
+        let mut attributes = origin.attributes.clone();
+        attributes.insert("role".into(), "guest".into());
+        let on_dst = dst.replica_joined(
+            ReplicaJoin {
+                participant_id: pid.into(),
+                user_id: origin.user_id,
+                attributes,
+                source: origin.source,
+                source_stage: src.stage().clone(),
+                source_session: origin.session_id,
+            },
+            now,
+        );
+        let session = dst.session_id().unwrap().to_owned();
+        let on_src = src.replication_started(pid, dst.stage(), &session, window, now);
+        (on_src, on_dst)
+    }
+
+    fn replica_events(fx: &Effects) -> Vec<(&str, &str, bool)> {
+        fx.writes
+            .iter()
+            .filter_map(|w| match w {
+                LiveWrite::AppendEvent { event, .. } => {
+                    Some((event.participant_id.as_str(), event.name.as_str(), event.replica))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn stop_reasons(fx: &Effects) -> Vec<&str> {
+        fx.writes
+            .iter()
+            .filter_map(|w| match w {
+                LiveWrite::StopReplication { reason, .. } => Some(reason.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn conflict(e: DomainError) -> String {
+        match e {
+            DomainError::Conflict(m) => m,
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replication_preconditions_are_checked_in_order() {
+        let (mut a, mut b) = two_stages();
+        a.events_opened(&joiner("watcher"), ConnectionId(2), T0);
+        for who in ["watcher", "nobody"] {
+            let message = conflict(check_replication(&a, &b, who).unwrap_err());
+            assert_eq!(message, format!("participant {who} is not publishing in {}", a.stage()));
+        }
+        let origin = check_replication(&a, &b, "a").unwrap();
+        assert_eq!(origin.source, SourceId(1));
+        assert_eq!(origin.session_id, a.session_id().unwrap());
+        assert_eq!(origin.user_id.as_deref(), Some("user-a"));
+
+        replicate(&mut a, &mut b, "a", 0, T0 + 1);
+        assert!(conflict(check_replication(&a, &b, "a").unwrap_err()).contains("already replicated"));
+        // The replica in B cannot be replicated again, not even back to A.
+        assert!(matches!(check_replication(&b, &a, "a"), Err(DomainError::Validation(_))));
+        let mut c = stage_named("stageCCCCCCC");
+        assert!(matches!(check_replication(&b, &c, "a"), Err(DomainError::Validation(_))));
+        // An id already on the destination.
+        c.events_opened(&joiner("a"), ConnectionId(1), T0);
+        assert!(conflict(check_replication(&a, &c, "a").unwrap_err()).contains("already a participant"));
+        // A stage being deleted does not exist any more.
+        let mut d = stage_named("stageDDDDDDD");
+        d.close_stage(EventsClose::StageDeleted, true, T0);
+        assert!(matches!(check_replication(&a, &d, "a"), Err(DomainError::NotFound(_))));
+    }
+
+    #[test]
+    fn at_most_five_replications_and_a_replica_takes_a_publisher_slot() {
+        let (mut a, _) = two_stages();
+        for i in 0..5 {
+            let mut dst = stage_named(&format!("stageDst{i:04}"));
+            replicate(&mut a, &mut dst, "a", 0, T0);
+        }
+        assert_eq!(a.replication_destinations("a").len(), 5);
+        let sixth = stage_named("stageDst0006");
+        assert!(matches!(check_replication(&a, &sixth, "a"), Err(DomainError::QuotaExceeded(_))));
+
+        // A destination with 11 publishers takes one replica, which makes it full.
+        let mut full = stage_named("stageFull001");
+        for i in 0..11 {
+            publish(&mut full, &format!("p{i}"), 100 + i, 200 + i, T0);
+        }
+        let mut b = stage_named("stageBBBBBBB");
+        publish(&mut b, "b", 50, 60, T0);
+        replicate(&mut b, &mut full, "b", 0, T0);
+        assert_eq!(full.publisher_count(), 12);
+        let mut c = stage_named("stageCCCCCCC");
+        publish(&mut c, "c", 70, 80, T0);
+        assert!(matches!(check_replication(&c, &full, "c"), Err(DomainError::QuotaExceeded(_))));
+        let refusal = full.admit(&joiner("p99"), Action::Publish, None, false).unwrap_err();
+        assert_eq!(refusal.kind, RefusalKind::QuotaExceeded);
+    }
+
+    #[test]
+    fn a_replica_joins_its_destination_as_a_publisher() {
+        let (mut a, mut b) = two_stages();
+        let (on_a, on_b) = replicate(&mut a, &mut b, "a", 0, T0 + 1);
+
+        // B was idle: the replica starts its session.
+        assert!(matches!(&on_b.writes[0], LiveWrite::StartSession { .. }));
+        assert_eq!(replica_events(&on_b), [("a", "JOINED", true), ("a", "PUBLISH_STARTED", true)]);
+        let replica = last_record(&on_b, "a");
+        assert_eq!(replica.state, ParticipantState::Connected);
+        assert!(replica.published);
+        assert_eq!(replica.replication_type, "REPLICA");
+        assert_eq!(replica.replication_state.as_deref(), Some("ACTIVE"));
+        assert_eq!(replica.source_stage_arn, Some(a.stage().to_string()));
+        assert_eq!(replica.source_session_id.as_deref(), a.session_id());
+        assert_eq!(replica.user_id.as_deref(), Some("user-a"));
+        assert_eq!(replica.attributes["k"], "a");
+        assert_eq!(replica.attributes["role"], "guest");
+        let state = b.snapshot();
+        assert_eq!((state.participants[0].id.as_str(), state.participants[0].is_publishing), ("a", true));
+        assert!(b.is_replica("a") && !a.is_replica("a"));
+
+        // A records the replication.
+        let b_session = b.session_id().unwrap().to_owned();
+        let LiveWrite::AppendEvent { event, .. } = &on_a.writes[0] else { panic!("{:?}", on_a.writes) };
+        assert_eq!(event.name, "REPLICATION_STARTED");
+        assert_eq!(event.destination_stage_arn, Some(b.stage().to_string()));
+        assert_eq!(event.destination_session_id.as_deref(), Some(b_session.as_str()));
+        assert!(on_a.writes.contains(&LiveWrite::StartReplication {
+            participant_id: "a".into(),
+            source_session_id: a.session_id().unwrap().into(),
+            destination_stage_arn: b.stage().to_string(),
+            destination_session_id: b_session,
+        }));
+        let source = last_record(&on_a, "a");
+        assert_eq!((source.replication_type.as_str(), source.replication_state.as_deref()), ("SOURCE", Some("ACTIVE")));
+
+        // B's participants subscribe to the replica: that is A's source.
+        let j = joiner("viewer");
+        assert_eq!(
+            b.admit(&j, Action::Subscribe, Some("a"), false),
+            Ok(Admission::Subscribe { source: SourceId(1) })
+        );
+        let fx = b.subscribe_accepted(&j, "a", ConnectionId(7), PeerId(70), T0 + 2);
+        assert_eq!(replica_events(&fx), [("viewer", "JOINED", false), ("viewer", "SUBSCRIBE_STARTED", true)]);
+        // Nobody can connect to B under the replica's id.
+        let refusal = b.admit(&joiner("a"), Action::Events, None, false).unwrap_err();
+        assert_eq!((refusal.kind.clone(), refusal.http_status()), (RefusalKind::ReplicaIdInUse, 409));
+        assert_eq!(refusal.event_name(Action::Subscribe), EventName::JoinError);
+    }
+
+    #[test]
+    fn stopping_a_replication_removes_the_replica() {
+        let (mut a, mut b) = two_stages();
+        replicate(&mut a, &mut b, "a", 30, T0);
+        subscribe(&mut b, "viewer", "a", 7, 70, T0);
+        b.events_opened(&joiner("host"), ConnectionId(8), T0);
+        subscribe(&mut b, "host", "a", 9, 90, T0);
+
+        let fx = a.stop_replication("a", b.stage(), T0 + 5).unwrap();
+        assert_eq!(fx.event_names(), ["REPLICATION_STOPPED"]);
+        assert_eq!(stop_reasons(&fx), [stop_reason::STOPPED_BY_REQUEST]);
+        assert_eq!(
+            fx.cross_stage,
+            [CrossStage::EndReplica {
+                destination: b.stage().clone(),
+                source: a.stage().clone(),
+                participant_id: "a".into()
+            }]
+        );
+        assert!(fx.close_sources.is_empty(), "a still publishes in A");
+        let record = last_record(&fx, "a");
+        assert_eq!((record.replication_type.as_str(), record.replication_state.as_deref()), ("SOURCE", Some("STOPPED")));
+        assert!(a.stop_replication("a", b.stage(), T0 + 6).is_none());
+
+        // Only A's replica of `a` answers to A.
+        let other = stage_named("stageCCCCCCC");
+        assert!(b.end_replica("a", other.stage(), T0 + 6).is_empty());
+        let fx = b.end_replica("a", a.stage(), T0 + 6);
+        assert_eq!(
+            replica_events(&fx),
+            [
+                ("a", "PUBLISH_STOPPED", true),
+                ("host", "SUBSCRIBE_STOPPED", true),
+                ("viewer", "SUBSCRIBE_STOPPED", true),
+                ("viewer", "LEFT", false),
+                ("a", "LEFT", true),
+            ]
+        );
+        // Their peers are closed one by one: A's source lives on.
+        assert_eq!(fx.close_peers, [PeerId(90), PeerId(70)]);
+        assert!(fx.close_sources.is_empty());
+        assert_eq!(fx.released_feeds, [SourceId(1)]);
+        let replica = last_record(&fx, "a");
+        assert_eq!(replica.state, ParticipantState::Disconnected);
+        assert_eq!(replica.replication_state.as_deref(), Some("STOPPED"));
+        assert!(!fx.writes.iter().any(|w| matches!(w, LiveWrite::EndSession { .. })), "host is still there");
+        assert!(!b.is_connected("a"));
+
+        // It may be replicated there again, in the same source session.
+        let (on_a, _) = replicate(&mut a, &mut b, "a", 0, T0 + 7);
+        assert_eq!(last_record(&on_a, "a").replication_state.as_deref(), Some("ACTIVE"));
+    }
+
+    #[test]
+    fn with_no_window_the_replications_stop_when_the_publisher_goes() {
+        let (mut a, mut b) = two_stages();
+        replicate(&mut a, &mut b, "a", 0, T0);
+        let fx = a.peer_closed(PeerId(10), CloseCause::Timeout, T0 + 15_000);
+        assert_eq!(fx.event_names(), ["PUBLISH_STOPPED", "REPLICATION_STOPPED", "LEFT"]);
+        assert_eq!(stop_reasons(&fx), [stop_reason::SOURCE_STOPPED_PUBLISHING]);
+        assert_eq!(fx.close_sources, [SourceId(1)]);
+        assert_eq!(fx.cross_stage.len(), 1);
+        assert!(matches!(fx.writes.last(), Some(LiveWrite::EndSession { .. })));
+        assert_eq!(last_record(&fx, "a").replication_state.as_deref(), Some("STOPPED"));
+        assert!(a.is_idle());
+    }
+
+    #[test]
+    fn a_publisher_back_within_the_window_feeds_the_same_source() {
+        let (mut a, mut b) = two_stages();
+        subscribe(&mut a, "local", "a", 2, 20, T0);
+        replicate(&mut a, &mut b, "a", 10, T0);
+        let session = a.session_id().unwrap().to_owned();
+
+        let fx = a.peer_closed(PeerId(10), CloseCause::RemoteClosed, T0 + 1_000);
+        assert_eq!(
+            events_of(&fx, "a"),
+            [("PUBLISH_STOPPED", None), ("LEFT", None)],
+            "A records what happened to the publisher"
+        );
+        assert_eq!(events_of(&fx, "local"), [("SUBSCRIBE_STOPPED", Some("a")), ("LEFT", None)]);
+        assert!(fx.close_sources.is_empty(), "the source is kept for the replicas");
+        assert_eq!(fx.close_peers, [PeerId(10), PeerId(20)]);
+        assert_eq!(fx.wake_at, Some(T0 + 11_000));
+        assert!(fx.cross_stage.is_empty());
+        assert!(!fx.writes.iter().any(|w| matches!(w, LiveWrite::EndSession { .. })));
+        assert_eq!(a.session_id(), Some(session.as_str()), "the window keeps the session open");
+        assert_eq!(last_record(&fx, "a").replication_state.as_deref(), Some("ACTIVE"));
+        assert_eq!(a.publisher_count(), 1, "the slot is kept");
+        assert!(!a.is_idle());
+        assert!(a.handle_timeout(T0 + 10_999).writes.is_empty());
+
+        // Back, with its token: the same source, the replication goes on.
+        let j = joiner("a");
+        assert_eq!(
+            a.admit(&j, Action::Publish, None, false),
+            Ok(Admission::Publish { source: Some(SourceId(1)) })
+        );
+        let fx = a.publish_accepted(&j, ConnectionId(3), PeerId(30), SourceId(1), T0 + 10_000);
+        assert_eq!(fx.event_names(), ["JOINED", "PUBLISH_STARTED"]);
+        assert!(!fx.writes.iter().any(|w| matches!(w, LiveWrite::StartSession { .. })));
+        assert_eq!(last_record(&fx, "a").replication_type, "SOURCE");
+        assert!(a.handle_timeout(T0 + 20_000).is_empty());
+        assert_eq!(a.replication_destinations("a"), [b.stage().clone()]);
+        assert!(b.is_replica("a"));
+
+        // Unpublishing (DELETE) while staying on the stage starts a window too.
+        a.events_opened(&j, ConnectionId(4), T0 + 20_000);
+        let fx = a.connection_closed(ConnectionId(3), T0 + 21_000);
+        assert_eq!(fx.event_names(), ["PUBLISH_STOPPED"]);
+        assert_eq!(fx.close_peers, [PeerId(30)]);
+        assert_eq!(fx.wake_at, Some(T0 + 31_000));
+    }
+
+    #[test]
+    fn past_the_window_the_replication_stops() {
+        let (mut a, mut b) = two_stages();
+        let mut c = stage_named("stageCCCCCCC");
+        replicate(&mut a, &mut b, "a", 5, T0);
+        replicate(&mut a, &mut c, "a", 0, T0);
+        let fx = a.peer_closed(PeerId(10), CloseCause::Timeout, T0 + 1_000);
+        // The window-0 replication stops at once, the other waits.
+        assert_eq!(fx.event_names(), ["PUBLISH_STOPPED", "REPLICATION_STOPPED", "LEFT"]);
+        assert!(matches!(&fx.cross_stage[..], [CrossStage::EndReplica { destination, .. }] if destination == c.stage()));
+        assert!(fx.close_sources.is_empty());
+        assert_eq!(a.next_deadline(), Some(T0 + 6_000));
+
+        let fx = a.handle_timeout(T0 + 6_000);
+        assert_eq!(fx.event_names(), ["REPLICATION_STOPPED"]);
+        assert_eq!(stop_reasons(&fx), [stop_reason::WINDOW_PASSED]);
+        assert!(fx.writes.iter().any(|w| matches!(w,
+            LiveWrite::SetReplicationState { participant_id, replication_type, replication_state, .. }
+                if participant_id == "a" && replication_type == "SOURCE" && replication_state.as_deref() == Some("STOPPED"))));
+        assert_eq!(fx.close_sources, [SourceId(1)]);
+        assert!(matches!(&fx.cross_stage[..], [CrossStage::EndReplica { destination, .. }] if destination == b.stage()));
+        assert!(matches!(fx.writes.last(), Some(LiveWrite::EndSession { .. })));
+        assert!(a.is_idle());
+        // Coming back now is a new publish in a new session.
+        assert_eq!(
+            a.admit(&joiner("a"), Action::Publish, None, false),
+            Ok(Admission::Publish { source: None })
+        );
+    }
+
+    #[test]
+    fn disconnecting_the_source_stops_its_replications_at_once() {
+        let (mut a, mut b) = two_stages();
+        replicate(&mut a, &mut b, "a", 60, T0);
+        let fx = a.disconnect("a", Some("bye"), T0 + 1).unwrap();
+        assert_eq!(fx.event_names(), ["REPLICATION_STOPPED", "PUBLISH_STOPPED", "LEFT"]);
+        assert_eq!(stop_reasons(&fx), [stop_reason::SOURCE_DISCONNECTED]);
+        assert_eq!(fx.close_sources, [SourceId(1)]);
+        assert_eq!(fx.cross_stage.len(), 1);
+        assert!(fx.writes.iter().any(|w| matches!(w, LiveWrite::RevokeParticipant { .. })));
+        assert!(a.is_idle());
+
+        // Also inside its window, when it is not connected at all.
+        let (mut a, mut b) = two_stages();
+        replicate(&mut a, &mut b, "a", 60, T0);
+        a.peer_closed(PeerId(10), CloseCause::Timeout, T0 + 1);
+        assert!(!a.is_connected("a"));
+        let fx = a.disconnect("a", None, T0 + 2).expect("a window counts as being there");
+        assert_eq!(fx.event_names(), ["REPLICATION_STOPPED"]);
+        assert_eq!(fx.close_sources, [SourceId(1)]);
+        assert!(matches!(fx.writes[fx.writes.len() - 2], LiveWrite::EndSession { .. }));
+        assert!(a.disconnect("a", None, T0 + 3).is_none());
+    }
+
+    #[test]
+    fn disconnecting_a_replica_stops_that_replication_only() {
+        let (mut a, mut b) = two_stages();
+        let mut c = stage_named("stageCCCCCCC");
+        replicate(&mut a, &mut b, "a", 0, T0);
+        replicate(&mut a, &mut c, "a", 0, T0);
+
+        let fx = b.disconnect("a", Some("off topic"), T0 + 1).unwrap();
+        assert_eq!(replica_events(&fx), [("a", "PUBLISH_STOPPED", true), ("a", "LEFT", true)]);
+        assert!(
+            !fx.writes.iter().any(|w| matches!(w, LiveWrite::RevokeParticipant { .. })),
+            "a replica's id is not revoked: it may be replicated there again"
+        );
+        assert!(matches!(fx.writes.last(), Some(LiveWrite::EndSession { .. })));
+        let [CrossStage::ReplicaEnded { source, destination, participant_id, reason }] = &fx.cross_stage[..] else {
+            panic!("{:?}", fx.cross_stage)
+        };
+        assert_eq!((source, destination, participant_id.as_str()), (a.stage(), b.stage(), "a"));
+        assert_eq!(reason, stop_reason::REPLICA_DISCONNECTED);
+
+        let fx = a.replication_ended("a", b.stage(), reason, T0 + 2);
+        assert_eq!(fx.event_names(), ["REPLICATION_STOPPED"]);
+        assert!(fx.cross_stage.is_empty(), "B knows already");
+        assert_eq!(last_record(&fx, "a").replication_state.as_deref(), Some("ACTIVE"), "C still runs");
+        assert_eq!(a.replication_destinations("a"), [c.stage().clone()]);
+        assert!(a.replication_ended("a", b.stage(), reason, T0 + 3).is_empty());
+        // And B may have it back.
+        assert!(check_replication(&a, &b, "a").is_ok());
+    }
+
+    #[test]
+    fn closing_a_stage_stops_replications_in_and_out() {
+        let (mut a, mut b) = two_stages();
+        publish(&mut b, "b", 5, 50, T0);
+        replicate(&mut a, &mut b, "a", 30, T0);
+        let mut c = stage_named("stageCCCCCCC");
+        replicate(&mut b, &mut c, "b", 30, T0);
+
+        // B is deleted: its replica of `a` goes (A is told), its own `b` stops (C is told).
+        let fx = b.close_stage(EventsClose::StageDeleted, true, T0 + 1);
+        assert_eq!(stop_reasons(&fx), [stop_reason::SOURCE_STAGE_DELETED]);
+        assert_eq!(
+            fx.cross_stage,
+            [
+                CrossStage::EndReplica {
+                    destination: c.stage().clone(),
+                    source: b.stage().clone(),
+                    participant_id: "b".into()
+                },
+                CrossStage::ReplicaEnded {
+                    source: a.stage().clone(),
+                    destination: b.stage().clone(),
+                    participant_id: "a".into(),
+                    reason: stop_reason::DESTINATION_STAGE_DELETED.into()
+                },
+            ]
+        );
+        assert!(matches!(fx.writes.last(), Some(LiveWrite::EndSession { .. })));
+        let fx = a.replication_ended("a", b.stage(), stop_reason::DESTINATION_STAGE_DELETED, T0 + 2);
+        assert_eq!(stop_reasons(&fx), [stop_reason::DESTINATION_STAGE_DELETED]);
+        let fx = c.end_replica("b", b.stage(), T0 + 2);
+        assert_eq!(replica_events(&fx), [("b", "PUBLISH_STOPPED", true), ("b", "LEFT", true)]);
+        assert!(c.is_idle());
+
+        // Shutting down says so.
+        let (mut a, mut b) = two_stages();
+        replicate(&mut a, &mut b, "a", 30, T0);
+        let fx = a.close_stage(EventsClose::ServerShutdown, true, T0 + 1);
+        assert_eq!(stop_reasons(&fx), [stop_reason::SERVER_SHUTDOWN]);
+        assert_eq!(fx.close_sources, [SourceId(1)]);
+    }
+
+    #[test]
+    fn a_source_stays_a_source_for_the_rest_of_its_session() {
+        let (mut a, mut b) = two_stages();
+        a.events_opened(&joiner("other"), ConnectionId(2), T0);
+        replicate(&mut a, &mut b, "a", 0, T0);
+        a.stop_replication("a", b.stage(), T0 + 1).unwrap();
+        // Leaves and comes back in the same session: still a (stopped) source.
+        let fx = a.connection_closed(ConnectionId(1), T0 + 2);
+        assert_eq!(last_record(&fx, "a").replication_type, "SOURCE");
+        let fx = a.events_opened(&joiner("a"), ConnectionId(3), T0 + 3);
+        let record = last_record(&fx, "a");
+        assert_eq!((record.replication_type.as_str(), record.replication_state.as_deref()), ("SOURCE", Some("STOPPED")));
+        // A new session forgets it.
+        a.connection_closed(ConnectionId(2), T0 + 4);
+        a.connection_closed(ConnectionId(3), T0 + 4);
+        assert!(a.is_idle());
+        let fx = a.events_opened(&joiner("a"), ConnectionId(4), T0 + 5);
+        assert_eq!(last_record(&fx, "a").replication_type, "NONE");
     }
 }

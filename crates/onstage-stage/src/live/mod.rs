@@ -21,26 +21,30 @@
 //!   state and the store receives a stage's writes in order; stages never wait for
 //!   each other.
 //!
-//! Room left for what comes later: a replicated participant (SPEC §6) is a
-//! participant whose publishing slot is fed by another stage's source rather than by
-//! a peer of its own, and a reconnect window is a publishing slot whose feeding peer
-//! is gone but whose source stays open until the window passes. Both are states of
-//! the publishing slot in the machine; the driver and the media boundary already
-//! treat sources and the peers feeding them separately.
+//! Participant replication (SPEC §6) is a rule of both stages involved: the
+//! source stage keeps the participant's replications and their reconnect windows,
+//! the destination has the replica as a participant without connections whose
+//! publishing slot is the source's media source (see [`machine`]). How the
+//! destination gets hold of that media is behind [`ReplicaFeeds`] (see
+//! [`replication`]), so that a cluster can relay it between nodes later.
 
 pub mod client;
 pub mod machine;
 mod plane;
+pub mod replication;
 
 use crate::media::MediaRefusal;
 use crate::model::{Attributes, ClientAttributes, EventErrorCode, EventName};
 use crate::token::{Capabilities, TokenRejection};
 
-pub use machine::{Admission, ConnectionId, Effects, EventsClose, StageLimits, StageMachine};
+pub use machine::{Admission, ConnectionId, CrossStage, Effects, EventsClose, StageLimits, StageMachine};
 pub use plane::{Accepted, EventsSubscription, EventsUpdate, LiveConfig, LivePlane};
+pub use replication::{FeedOrigin, LocalReplicaFeeds, ReplicaFeeds};
 
 /// At most this many publishers per stage (IVS's quota), replicas included.
 pub const MAX_PUBLISHERS_PER_STAGE: usize = 12;
+/// At most this many active replications of one participant (SPEC §6).
+pub const MAX_REPLICATIONS_PER_PARTICIPANT: usize = 5;
 /// Subscribing participants per stage when the operator sets no limit (IVS's quota).
 pub const DEFAULT_MAX_SUBSCRIBERS_PER_STAGE: usize = 10_000;
 
@@ -77,6 +81,9 @@ pub enum RefusalKind {
     QuotaExceeded,
     /// Subscribing to someone who is not publishing.
     PublisherNotFound,
+    /// The participant id is a replica's on this stage (only a self-signed token
+    /// can claim another stage's participant id).
+    ReplicaIdInUse,
     /// The SDP offer could not be used.
     InvalidOffer,
     InvalidVideoCodec,
@@ -134,6 +141,7 @@ impl Refusal {
             RefusalKind::Token(_) => TokenRejection::HTTP_STATUS,
             RefusalKind::Revoked | RefusalKind::MissingCapability | RefusalKind::QuotaExceeded => 403,
             RefusalKind::PublisherNotFound => 404,
+            RefusalKind::ReplicaIdInUse => 409,
             RefusalKind::InvalidOffer | RefusalKind::InvalidVideoCodec | RefusalKind::InvalidAudioCodec => 400,
             RefusalKind::Internal => 500,
         }
@@ -146,7 +154,7 @@ impl Refusal {
             RefusalKind::Revoked | RefusalKind::MissingCapability => EventErrorCode::InsufficientCapabilities,
             RefusalKind::QuotaExceeded => EventErrorCode::QuotaExceeded,
             RefusalKind::PublisherNotFound => EventErrorCode::PublisherNotFound,
-            RefusalKind::InvalidOffer => EventErrorCode::InvalidInput,
+            RefusalKind::InvalidOffer | RefusalKind::ReplicaIdInUse => EventErrorCode::InvalidInput,
             RefusalKind::InvalidVideoCodec => EventErrorCode::InvalidVideoCodec,
             RefusalKind::InvalidAudioCodec => EventErrorCode::InvalidAudioCodec,
             RefusalKind::Internal => EventErrorCode::InternalServerException,
@@ -158,7 +166,9 @@ impl Refusal {
     /// subscribe it was for.
     pub fn event_name(&self, action: Action) -> EventName {
         match (&self.kind, action) {
-            (RefusalKind::Token(_) | RefusalKind::Revoked, _) | (_, Action::Events) => EventName::JoinError,
+            (RefusalKind::Token(_) | RefusalKind::Revoked | RefusalKind::ReplicaIdInUse, _) | (_, Action::Events) => {
+                EventName::JoinError
+            }
             (_, Action::Publish) => EventName::PublishError,
             (_, Action::Subscribe) => EventName::SubscribeError,
         }

@@ -11,8 +11,8 @@
 //! Every operation runs in a task of its own: an HTTP client that hangs up halfway
 //! cannot leave a peer open in the media plane that the machine never heard of.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -24,11 +24,15 @@ use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot, watch};
 use crate::error::{DomainError, StoreError};
 use crate::ids::Arn;
 use crate::media::{CloseCause, MediaPlane, MediaSignal, PeerId};
-use crate::service::{ControlPlane, LiveStages, TokenVerificationError, VerifiedToken};
-use crate::time_fmt::now_millis;
+use crate::service::{ControlPlane, LiveStages, ReplicationStart, TokenVerificationError, VerifiedToken};
+use crate::store::LiveWrite;
+use crate::time_fmt::{UnixMillis, now_millis};
 
 use super::client;
-use super::machine::{Admission, ConnectionId, Effects, EventsClose, StageLimits, StageMachine};
+use super::machine::{
+    self, Admission, ConnectionId, CrossStage, Effects, EventsClose, ReplicaJoin, StageLimits, StageMachine,
+};
+use super::replication::{FeedOrigin, LocalReplicaFeeds, ReplicaFeeds};
 use super::{Action, DEFAULT_MAX_SUBSCRIBERS_PER_STAGE, Joiner, MAX_PUBLISHERS_PER_STAGE, Refusal, StageState};
 
 /// How long the close of a peer the live plane has not registered yet is remembered
@@ -154,6 +158,8 @@ struct StageSlot {
 struct StageInner {
     machine: StageMachine,
     events_sockets: HashMap<ConnectionId, oneshot::Sender<EventsClose>>,
+    /// Messages for other stages' machines, delivered once this lock is released.
+    pending: Vec<CrossStage>,
     /// Dropped from the map: whoever waited for this lock must look again.
     retired: bool,
 }
@@ -177,10 +183,13 @@ pub struct LivePlane {
     me: Weak<LivePlane>,
     control: Arc<ControlPlane>,
     media: Arc<dyn MediaPlane>,
+    feeds: Arc<dyn ReplicaFeeds>,
     limits: StageLimits,
     stages: SyncMutex<HashMap<Arn, Arc<StageSlot>>>,
     routes: SyncMutex<Routes>,
     next_connection: AtomicU64,
+    /// Replications running now (for the metrics).
+    active_replications: AtomicI64,
 }
 
 fn lock<T>(m: &SyncMutex<T>) -> MutexGuard<'_, T> {
@@ -194,6 +203,17 @@ impl LivePlane {
     pub async fn open(
         control: Arc<ControlPlane>,
         media: Arc<dyn MediaPlane>,
+        config: LiveConfig,
+    ) -> Result<Arc<LivePlane>, DomainError> {
+        Self::open_with_feeds(control, media, Arc::new(LocalReplicaFeeds), config).await
+    }
+
+    /// [`LivePlane::open`] with another way for replicas to get their source's media
+    /// (a cluster's relay, see [`super::replication`]).
+    pub async fn open_with_feeds(
+        control: Arc<ControlPlane>,
+        media: Arc<dyn MediaPlane>,
+        feeds: Arc<dyn ReplicaFeeds>,
         config: LiveConfig,
     ) -> Result<Arc<LivePlane>, DomainError> {
         let closed = control.store().close_interrupted_sessions(now_millis()).await?;
@@ -213,10 +233,12 @@ impl LivePlane {
             me: me.clone(),
             control: control.clone(),
             media,
+            feeds,
             limits,
             stages: SyncMutex::new(HashMap::new()),
             routes: SyncMutex::new(Routes::default()),
             next_connection: AtomicU64::new(1),
+            active_replications: AtomicI64::new(0),
         });
         let hook: Weak<LivePlane> = Arc::downgrade(&live);
         control.attach_live_stages(hook);
@@ -259,7 +281,7 @@ impl LivePlane {
                 };
                 let fx = inner.machine.peer_closed(peer, cause, now_millis());
                 let _ = self.execute(&slot, &mut inner, fx).await;
-                self.release(&stage, &slot, inner);
+                self.release(&stage, &slot, inner).await;
             }
         }
     }
@@ -310,7 +332,7 @@ impl LivePlane {
             };
             let fx = inner.machine.connection_closed(conn, now_millis());
             let _ = plane.execute(&slot, &mut inner, fx).await;
-            plane.release(&stage, &slot, inner);
+            plane.release(&stage, &slot, inner).await;
             Ok(true)
         })
         .await
@@ -339,6 +361,9 @@ impl LivePlane {
                     .machine
                     .close_stage(EventsClose::ServerShutdown, true, now_millis());
                 let _ = self.execute(&slot, &mut inner, fx).await;
+                let pending = std::mem::take(&mut inner.pending);
+                drop(inner);
+                self.deliver(pending).await;
             }
         }
     }
@@ -376,7 +401,7 @@ impl LivePlane {
         let result = self
             .connect_media_locked(&slot, &mut inner, &joiner, action, publisher.as_deref(), offer_sdp)
             .await;
-        self.release(&stage, &slot, inner);
+        self.release(&stage, &slot, inner).await;
         result.map(|accepted| Accepted {
             whip_endpoint: verified.stage.endpoints.whip,
             ..accepted
@@ -471,7 +496,7 @@ impl LivePlane {
             let refusal = self
                 .refuse_locked(&slot, &mut inner, &joiner.participant_id, Action::Events, None, refusal)
                 .await;
-            self.release(&stage, &slot, inner);
+            self.release(&stage, &slot, inner).await;
             return Err(refusal);
         }
         let conn = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
@@ -480,7 +505,7 @@ impl LivePlane {
         let fx = inner.machine.events_opened(&joiner, conn, now_millis());
         let _ = self.execute(&slot, &mut inner, fx).await;
         let states = slot.state.subscribe();
-        self.release(&stage, &slot, inner);
+        self.release(&stage, &slot, inner).await;
         Ok(EventsSubscription {
             participant_id: joiner.participant_id,
             states,
@@ -501,7 +526,7 @@ impl LivePlane {
         inner.events_sockets.remove(&conn);
         let fx = inner.machine.connection_closed(conn, now_millis());
         let _ = self.execute(&slot, &mut inner, fx).await;
-        self.release(stage, &slot, inner);
+        self.release(stage, &slot, inner).await;
     }
 
     /// The revocation check needs the store; it runs under the stage's lock so a
@@ -554,7 +579,7 @@ impl LivePlane {
                         .machine
                         .refused(&participant, action, None, &refusal, now_millis());
                     let _ = self.execute(&slot, &mut inner, fx).await;
-                    self.release(&stage, &slot, inner);
+                    self.release(&stage, &slot, inner).await;
                 }
                 Err(refusal)
             }
@@ -576,6 +601,144 @@ impl LivePlane {
             .refused(participant, action, publisher, &refusal, now_millis());
         let _ = self.execute(slot, inner, fx).await;
         refusal
+    }
+
+    // ----- replication ------------------------------------------------------
+
+    /// StartParticipantReplication's preconditions 3–5 and its effect, with both
+    /// stages locked (in ARN order, so that two replications in opposite directions
+    /// cannot deadlock): the replica joins the destination (starting its session if
+    /// idle), then the source records the replication, then the publisher is asked
+    /// for a keyframe.
+    async fn start_replication_now(&self, start: ReplicationStart) -> Result<(), DomainError> {
+        let pid = start.participant_id.as_str();
+        let not_publishing = || DomainError::Conflict(format!("participant {pid} is not publishing in {}", start.source));
+        let Some(((src_slot, mut src), (dst_slot, mut dst))) = self.lock_pair(&start.source, &start.destination).await
+        else {
+            return Err(not_publishing());
+        };
+        let result = self
+            .start_replication_locked(&start, &src_slot, &mut src, &dst_slot, &mut dst)
+            .await;
+        self.release(&start.destination, &dst_slot, dst).await;
+        self.release(&start.source, &src_slot, src).await;
+        result
+    }
+
+    async fn start_replication_locked(
+        &self,
+        start: &ReplicationStart,
+        src_slot: &StageSlot,
+        src: &mut StageInner,
+        dst_slot: &StageSlot,
+        dst: &mut StageInner,
+    ) -> Result<(), DomainError> {
+        let pid = start.participant_id.as_str();
+        let origin = machine::check_replication(&src.machine, &dst.machine, pid)?;
+        let feed = self
+            .feeds
+            .open(&FeedOrigin {
+                source_stage: start.source.clone(),
+                participant_id: pid.to_owned(),
+                source: origin.source,
+            })
+            .await?;
+        let mut attributes = origin.attributes;
+        attributes.extend(start.attributes.clone());
+        let now = now_millis();
+        let fx = dst.machine.replica_joined(
+            ReplicaJoin {
+                participant_id: pid.to_owned(),
+                user_id: origin.user_id,
+                attributes,
+                source: feed,
+                source_stage: start.source.clone(),
+                source_session: origin.session_id,
+            },
+            now,
+        );
+        let joined = self.execute(dst_slot, dst, fx).await;
+        let destination_session = dst.machine.session_id().unwrap_or_default().to_owned();
+        let fx = src.machine.replication_started(
+            pid,
+            &start.destination,
+            &destination_session,
+            start.reconnect_window_seconds,
+            now,
+        );
+        let recorded = self.execute(src_slot, src, fx).await;
+        self.media.request_keyframe(origin.source);
+        tracing::info!(source = %start.source, destination = %start.destination, participant = pid,
+            window = start.reconnect_window_seconds, "replication started");
+        joined.and(recorded).map_err(DomainError::from)
+    }
+
+    /// Both stages' slots, locked in ARN order; `None` when nobody is on the source.
+    async fn lock_pair(&self, source: &Arn, destination: &Arn) -> Option<(LockedStage, LockedStage)> {
+        if source < destination {
+            let src = self.lock_existing_stage(source).await?;
+            let dst = self.lock_stage(destination).await;
+            Some((src, dst))
+        } else {
+            let (dst_slot, dst) = self.lock_stage(destination).await;
+            match self.lock_existing_stage(source).await {
+                Some(src) => Some((src, (dst_slot, dst))),
+                None => {
+                    self.release(destination, &dst_slot, dst).await;
+                    None
+                }
+            }
+        }
+    }
+
+    async fn stop_replication_now(&self, source: &Arn, destination: &Arn, participant_id: &str) -> Result<bool, DomainError> {
+        let Some((slot, mut inner)) = self.lock_existing_stage(source).await else {
+            return Ok(false);
+        };
+        let Some(fx) = inner.machine.stop_replication(participant_id, destination, now_millis()) else {
+            self.release(source, &slot, inner).await;
+            return Ok(false);
+        };
+        let stored = self.execute(&slot, &mut inner, fx).await;
+        // Delivers the replica's removal to the destination before answering.
+        self.release(source, &slot, inner).await;
+        stored.map(|()| true).map_err(DomainError::from)
+    }
+
+    /// Calls the stage machine's `handle_timeout` at `at` (a reconnect window ends).
+    /// A spare wake-up finds nothing to do.
+    fn wake_at(&self, stage: Arn, at: UnixMillis) {
+        let Some(plane) = self.me.upgrade() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let delay = u64::try_from(at.saturating_sub(now_millis())).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(delay + 1)).await;
+            if let Some((slot, mut inner)) = plane.lock_existing_stage(&stage).await {
+                let fx = inner.machine.handle_timeout(now_millis());
+                let _ = plane.execute(&slot, &mut inner, fx).await;
+                plane.release(&stage, &slot, inner).await;
+            }
+        });
+    }
+
+    fn count_replications(&self, writes: &[LiveWrite]) {
+        for w in writes {
+            match w {
+                LiveWrite::StartReplication { .. } => {
+                    metrics::counter!("onstage_replications_started_total").increment(1);
+                    let n = self.active_replications.fetch_add(1, Ordering::Relaxed) + 1;
+                    metrics::gauge!("onstage_replications_active").set(n as f64);
+                }
+                LiveWrite::StopReplication { .. } => {
+                    metrics::counter!("onstage_replications_stopped_total").increment(1);
+                    let n = self.active_replications.fetch_sub(1, Ordering::Relaxed) - 1;
+                    metrics::gauge!("onstage_replications_active").set(n as f64);
+                }
+                _ => {}
+            }
+        }
     }
 
     // ----- slots, routes, effects --------------------------------------------
@@ -606,9 +769,47 @@ impl LivePlane {
     }
 
     /// Unlocks a slot, dropping it when its stage has gone idle.
-    fn release(&self, stage: &Arn, slot: &Arc<StageSlot>, mut inner: OwnedMutexGuard<StageInner>) {
+    /// Unlocks a slot, dropping it when its stage has gone idle, then delivers what
+    /// its machine had to tell other stages.
+    async fn release(&self, stage: &Arn, slot: &Arc<StageSlot>, mut inner: OwnedMutexGuard<StageInner>) {
+        let pending = std::mem::take(&mut inner.pending);
         if inner.machine.is_idle() {
             retire(&mut lock(&self.stages), stage, slot, &mut inner);
+        }
+        drop(inner);
+        self.deliver(pending).await;
+    }
+
+    /// Delivers cross-stage messages, one stage lock at a time, and whatever those
+    /// produce in turn. Never called with a stage locked, so no stage waits for
+    /// another while holding its own.
+    async fn deliver(&self, messages: Vec<CrossStage>) {
+        let mut queue: VecDeque<CrossStage> = messages.into();
+        while let Some(message) = queue.pop_front() {
+            let target = match &message {
+                CrossStage::EndReplica { destination, .. } => destination.clone(),
+                CrossStage::ReplicaEnded { source, .. } => source.clone(),
+            };
+            let Some((slot, mut inner)) = self.lock_existing_stage(&target).await else {
+                continue;
+            };
+            let now = now_millis();
+            let fx = match &message {
+                CrossStage::EndReplica {
+                    source, participant_id, ..
+                } => inner.machine.end_replica(participant_id, source, now),
+                CrossStage::ReplicaEnded {
+                    destination,
+                    participant_id,
+                    reason,
+                    ..
+                } => inner.machine.replication_ended(participant_id, destination, reason, now),
+            };
+            let _ = self.execute(&slot, &mut inner, fx).await;
+            queue.extend(std::mem::take(&mut inner.pending));
+            if inner.machine.is_idle() {
+                retire(&mut lock(&self.stages), &target, &slot, &mut inner);
+            }
         }
     }
 
@@ -641,6 +842,9 @@ impl LivePlane {
         for source in &fx.close_sources {
             self.media.close_source(*source);
         }
+        for source in &fx.released_feeds {
+            self.feeds.close(*source);
+        }
         for (conn, why) in fx.close_events {
             if let Some(close) = inner.events_sockets.remove(&conn) {
                 let _ = close.send(why);
@@ -658,6 +862,11 @@ impl LivePlane {
                 }
             }
         }
+        inner.pending.extend(fx.cross_stage);
+        if let Some(at) = fx.wake_at {
+            self.wake_at(inner.machine.stage().clone(), at);
+        }
+        self.count_replications(&fx.writes);
         let stored = if fx.writes.is_empty() {
             Ok(())
         } else {
@@ -694,6 +903,7 @@ impl StageSlot {
             inner: Arc::new(Mutex::new(StageInner {
                 machine,
                 events_sockets: HashMap::new(),
+                pending: Vec::new(),
                 retired: false,
             })),
             state,
@@ -757,12 +967,12 @@ impl LiveStages for LivePlane {
                 .machine
                 .disconnect(&participant_id, reason.as_deref(), now_millis())
             else {
-                plane.release(&stage, &slot, inner);
+                plane.release(&stage, &slot, inner).await;
                 return Ok(false);
             };
             tracing::info!(%stage, participant = %participant_id, ?reason, "disconnecting a participant");
             let stored = plane.execute(&slot, &mut inner, fx).await;
-            plane.release(&stage, &slot, inner);
+            plane.release(&stage, &slot, inner).await;
             stored.map(|()| true).map_err(DomainError::from)
         })
         .await;
@@ -776,8 +986,34 @@ impl LiveStages for LivePlane {
             let (slot, mut inner) = plane.lock_stage(&stage).await;
             let fx = inner.machine.close_stage(EventsClose::StageDeleted, true, now_millis());
             let _ = plane.execute(&slot, &mut inner, fx).await;
+            // Replications into and out of the stage stop in the other stages too
+            // before DeleteStage answers.
+            let pending = std::mem::take(&mut inner.pending);
+            drop(inner);
+            plane.deliver(pending).await;
         })
         .await;
+    }
+
+    async fn start_replication(&self, start: ReplicationStart) -> Result<(), DomainError> {
+        let plane = self
+            .me
+            .upgrade()
+            .ok_or_else(|| DomainError::Internal("the live plane has stopped".into()))?;
+        tokio::spawn(async move { plane.start_replication_now(start).await })
+            .await
+            .map_err(|e| DomainError::Internal(format!("starting the replication failed: {e}")))?
+    }
+
+    async fn stop_replication(&self, source: &Arn, destination: &Arn, participant_id: &str) -> Result<bool, DomainError> {
+        let plane = self
+            .me
+            .upgrade()
+            .ok_or_else(|| DomainError::Internal("the live plane has stopped".into()))?;
+        let (source, destination, participant_id) = (source.clone(), destination.clone(), participant_id.to_owned());
+        tokio::spawn(async move { plane.stop_replication_now(&source, &destination, &participant_id).await })
+            .await
+            .map_err(|e| DomainError::Internal(format!("stopping the replication failed: {e}")))?
     }
 
     async fn stage_deletion_finished(&self, stage: &Arn) {

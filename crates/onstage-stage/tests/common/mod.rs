@@ -33,6 +33,17 @@ pub fn account() -> Account {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaRow {
+    pub source_stage: String,
+    pub participant_id: String,
+    pub source_session: String,
+    pub destination_stage: String,
+    pub destination_session: String,
+    pub state: String,
+    pub reason: Option<String>,
+}
+
 #[derive(Default)]
 struct Memory {
     resources: BTreeMap<String, ResourceRecord>,
@@ -40,6 +51,9 @@ struct Memory {
     live: Vec<(Arn, LiveWrite)>,
     revoked: HashSet<(String, String)>,
     running: BTreeMap<String, String>,
+    /// Replication rows: (source stage, participant, source session, destination,
+    /// destination session, state, reason).
+    replicas: Vec<ReplicaRow>,
     /// Fails the next `write_live` calls while set.
     fail_writes: bool,
 }
@@ -108,6 +122,64 @@ impl MemoryStore {
             .count()
     }
 
+    /// Every replication row, oldest first.
+    pub fn replicas(&self) -> Vec<ReplicaRow> {
+        self.memory.lock().unwrap().replicas.clone()
+    }
+
+    /// The events written for a participant in one stage, in order.
+    pub fn events_in(&self, stage: &Arn, participant_id: &str) -> Vec<ParticipantEvent> {
+        self.live_writes()
+            .into_iter()
+            .filter_map(|(s, w)| match w {
+                LiveWrite::AppendEvent { event, .. } if s == *stage && event.participant_id == participant_id => {
+                    Some(event)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn event_names_in(&self, stage: &Arn, participant_id: &str) -> Vec<String> {
+        self.events_in(stage, participant_id).into_iter().map(|e| e.name).collect()
+    }
+
+    /// The participant's record in one stage, as the writes so far leave it.
+    pub fn participant_in(&self, stage: &Arn, participant_id: &str) -> Option<Participant> {
+        let mut record: Option<Participant> = None;
+        for (s, w) in self.live_writes() {
+            if s != *stage {
+                continue;
+            }
+            match w {
+                LiveWrite::UpsertParticipant { participant, .. } if participant.participant_id == participant_id => {
+                    let published = record.as_ref().is_some_and(|r| r.published);
+                    let first = record.as_ref().map(|r| r.first_join_time);
+                    let mut p = *participant;
+                    p.published |= published;
+                    if let Some(first) = first {
+                        p.first_join_time = first;
+                    }
+                    record = Some(p);
+                }
+                LiveWrite::SetReplicationState {
+                    participant_id: id,
+                    replication_type,
+                    replication_state,
+                    ..
+                } if id == participant_id => {
+                    if let Some(r) = record.as_mut() {
+                        r.replication_type = replication_type;
+                        r.replication_state = replication_state;
+                    }
+                }
+                LiveWrite::StartSession { .. } => record = None,
+                _ => {}
+            }
+        }
+        record
+    }
+
     pub fn set_failing_writes(&self, fail: bool) {
         self.memory.lock().unwrap().fail_writes = fail;
     }
@@ -148,6 +220,8 @@ impl Store for MemoryStore {
     async fn delete_resource(&self, arn: &Arn) -> Result<DeleteOutcome, StoreError> {
         let mut m = self.memory.lock().unwrap();
         m.running.remove(&arn.to_string());
+        // A stage's replications go with it (its rows as a destination stay).
+        m.replicas.retain(|r| r.source_stage != arn.to_string());
         Ok(match m.resources.remove(&arn.to_string()) {
             Some(_) => DeleteOutcome::Deleted,
             None => DeleteOutcome::NotFound,
@@ -228,12 +302,43 @@ impl Store for MemoryStore {
 
     async fn list_replicas(
         &self,
-        _source_stage: &Arn,
-        _participant_id: &str,
-        _after: Option<i64>,
-        _limit: u32,
+        source_stage: &Arn,
+        participant_id: &str,
+        after: Option<i64>,
+        limit: u32,
     ) -> Result<Page<ParticipantReplica>, StoreError> {
-        Ok(empty())
+        let m = self.memory.lock().unwrap();
+        let rows: Vec<(i64, ParticipantReplica)> = m
+            .replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i as i64 + 1, r))
+            .filter(|(seq, r)| {
+                r.source_stage == source_stage.to_string()
+                    && r.participant_id == participant_id
+                    && *seq > after.unwrap_or(0)
+            })
+            .map(|(seq, r)| {
+                (
+                    seq,
+                    ParticipantReplica {
+                        source_stage_arn: r.source_stage.clone(),
+                        participant_id: r.participant_id.clone(),
+                        source_session_id: r.source_session.clone(),
+                        destination_stage_arn: r.destination_stage.clone(),
+                        destination_session_id: r.destination_session.clone(),
+                        replication_state: r.state.clone(),
+                    },
+                )
+            })
+            .collect();
+        let more = rows.len() > limit as usize;
+        let items: Vec<(i64, ParticipantReplica)> = rows.into_iter().take(limit as usize).collect();
+        let next = if more { items.last().map(|(seq, _)| *seq) } else { None };
+        Ok(Page {
+            items: items.into_iter().map(|(_, r)| r).collect(),
+            next,
+        })
     }
 
     async fn write_live(&self, stage: &Arn, writes: &[LiveWrite]) -> Result<(), StoreError> {
@@ -259,7 +364,49 @@ impl Store for MemoryStore {
                 LiveWrite::RevokeParticipant { participant_id, .. } => {
                     m.revoked.insert((stage.to_string(), participant_id.clone()));
                 }
-                LiveWrite::UpsertParticipant { .. } | LiveWrite::AppendEvent { .. } => {}
+                LiveWrite::StartReplication {
+                    participant_id,
+                    source_session_id,
+                    destination_stage_arn,
+                    destination_session_id,
+                } => {
+                    let source = stage.to_string();
+                    assert!(
+                        !m.replicas.iter().any(|r| r.source_stage == source
+                            && r.participant_id == *participant_id
+                            && r.destination_stage == *destination_stage_arn
+                            && r.state == "ACTIVE"),
+                        "two ACTIVE replications of the same triple"
+                    );
+                    m.replicas.push(ReplicaRow {
+                        source_stage: source,
+                        participant_id: participant_id.clone(),
+                        source_session: source_session_id.clone(),
+                        destination_stage: destination_stage_arn.clone(),
+                        destination_session: destination_session_id.clone(),
+                        state: "ACTIVE".into(),
+                        reason: None,
+                    });
+                }
+                LiveWrite::StopReplication {
+                    participant_id,
+                    destination_stage_arn,
+                    reason,
+                } => {
+                    let source = stage.to_string();
+                    for r in m.replicas.iter_mut().filter(|r| {
+                        r.source_stage == source
+                            && r.participant_id == *participant_id
+                            && r.destination_stage == *destination_stage_arn
+                            && r.state == "ACTIVE"
+                    }) {
+                        r.state = "STOPPED".into();
+                        r.reason = Some(reason.clone());
+                    }
+                }
+                LiveWrite::UpsertParticipant { .. }
+                | LiveWrite::AppendEvent { .. }
+                | LiveWrite::SetReplicationState { .. } => {}
             }
             m.live.push((stage.clone(), w.clone()));
         }
