@@ -10,6 +10,14 @@
 //!
 //! Every operation runs in a task of its own: an HTTP client that hangs up halfway
 //! cannot leave a peer open in the media plane that the machine never heard of.
+//!
+//! Replication involves two stages. StartParticipantReplication locks both, always
+//! in ARN order; every other cross-stage consequence (a replica to remove, a source
+//! to tell) comes out of a machine as a [`CrossStage`] message, which is delivered
+//! to the other stage only after this stage's lock is released — so no task ever
+//! waits for a stage while holding another out of order. Messages are delivered
+//! before the operation that caused them returns. A machine that wants to be woken
+//! (a reconnect window ending) says when; a timer task calls it back.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};

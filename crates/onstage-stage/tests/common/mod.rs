@@ -440,6 +440,7 @@ pub enum MediaCall {
     Subscribe(SourceId, PeerId),
     ClosePeer(PeerId),
     CloseSource(SourceId),
+    Keyframe(SourceId),
 }
 
 /// Answers every offer with `answer-<peer id>`, or refuses it as told.
@@ -523,6 +524,10 @@ impl MediaPlane for FakeMedia {
 
     fn close_source(&self, source: SourceId) {
         self.calls.lock().unwrap().push(MediaCall::CloseSource(source));
+    }
+
+    fn request_keyframe(&self, source: SourceId) {
+        self.calls.lock().unwrap().push(MediaCall::Keyframe(source));
     }
 }
 
