@@ -24,7 +24,8 @@ pub const DEV_SECRET_ACCESS_KEY: &str = "onstage-secret";
     version,
     about = "A self-hostable real-time video stage server whose API is the Amazon IVS Real-Time API.",
     long_about = "onstage serves the Amazon IVS Real-Time (\"stages\") API, so code written for IVS — boto3, \
-the AWS CLI, aws-sdk-rust — works against it with an endpoint override.\n\n\
+the AWS CLI, aws-sdk-rust — works against it with an endpoint override, and participants \
+join stages over WebRTC (WHIP) with the tokens it issues.\n\n\
 Start it with `onstage serve`; every setting has a working default."
 )]
 pub struct Cli {
@@ -34,8 +35,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the server: the HTTP API (and later WHIP and stage events) on one TCP port,
-    /// media on one UDP port, state in an embedded database.
+    /// Run the server: the HTTP API, WHIP, stage events and the join page on one TCP
+    /// port, media on one UDP port, state in an embedded database.
     Serve(ServeArgs),
 }
 
@@ -44,7 +45,7 @@ pub struct ServeArgs {
     /// TOML file with any of the settings below (flags and environment win over it).
     #[arg(long, env = "ONSTAGE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address of the HTTP API (and, later, WHIP and stage events) [default: 127.0.0.1:7700]
+    /// Address of the HTTP API, WHIP, stage events and the join page [default: 127.0.0.1:7700]
     #[arg(long, env = "ONSTAGE_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// UDP port of the media plane [default: 7701]
