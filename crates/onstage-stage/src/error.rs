@@ -30,6 +30,10 @@ pub enum StoreError {
     Backend(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A write named a resource (`refers_to`) that no longer exists: it was deleted
+    /// between the domain's check and the write.
+    #[error("{0} does not exist")]
+    MissingReference(String),
 }
 
 impl From<serde_json::Error> for StoreError {

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::error::DomainError;
+use crate::error::{DomainError, StoreError};
 use crate::ids::{self, Account, Arn, ResourceKind};
 use crate::model::{
     Attributes, AutoParticipantRecording, EncoderConfiguration, Page, Participant, ParticipantEvent,
@@ -297,7 +297,7 @@ impl ControlPlane {
         }
         let refers_to = doc.auto_participant_recording.as_ref().map(|r| r.storage_configuration_arn.clone());
         let body = to_doc(&doc)?;
-        if !self.store.update_resource(&arn, &body, refers_to.as_deref()).await? {
+        if !self.store.update_resource(&arn, &body, refers_to.as_deref()).await.map_err(missing_reference)? {
             return Err(not_found(&arn));
         }
         self.stage_from(ResourceRecord { body, refers_to, ..record })
@@ -854,7 +854,7 @@ impl ControlPlane {
     }
 
     async fn insert(&self, record: &ResourceRecord, quota: Option<u32>) -> Result<(), DomainError> {
-        match self.store.insert_resource(record, quota).await? {
+        match self.store.insert_resource(record, quota).await.map_err(missing_reference)? {
             InsertOutcome::Inserted => Ok(()),
             InsertOutcome::DuplicateKey => Err(DomainError::Conflict(format!(
                 "a {} with the same key material already exists",
@@ -890,6 +890,18 @@ impl ControlPlane {
         let page = self.store.list_resources(account, kind, after, limit).await?;
         let items = page.items.into_iter().map(convert).collect::<Result<Vec<_>, _>>()?;
         Ok(Page { items, next: page.next })
+    }
+}
+
+/// The only reference a resource holds is a stage's storage configuration; one
+/// deleted between the check in `resolve_recording` and the write is reported as
+/// that check would have reported it.
+fn missing_reference(e: StoreError) -> DomainError {
+    match e {
+        StoreError::MissingReference(arn) => DomainError::Validation(format!(
+            "autoParticipantRecordingConfiguration.storageConfigurationArn: storage configuration {arn} does not exist"
+        )),
+        other => other.into(),
     }
 }
 

@@ -78,7 +78,7 @@ pub(crate) async fn insert(
     .bind(record.refers_to.as_deref())
     .execute(&mut *tx)
     .await
-    .map_err(|e| reference_error(e, &arn, record.refers_to.as_deref()))?;
+    .map_err(|e| reference_error(e, record.refers_to.as_deref()))?;
     tx.commit().await.map_err(backend)?;
     Ok(InsertOutcome::Inserted)
 }
@@ -113,7 +113,7 @@ pub(crate) async fn update(
         .bind(refers_to)
         .execute(writer)
         .await
-        .map_err(|e| reference_error(e, &arn, refers_to))?;
+        .map_err(|e| reference_error(e, refers_to))?;
     Ok(done.rows_affected() > 0)
 }
 
@@ -260,12 +260,12 @@ fn decode_tags(arn: &str, json: &str) -> Result<Tags, StoreError> {
 
 /// A foreign-key failure on insert or update means the referenced resource was
 /// deleted after the domain checked it; say so instead of quoting SQLite.
-fn reference_error(e: sqlx::Error, arn: &str, refers_to: Option<&str>) -> StoreError {
+fn reference_error(e: sqlx::Error, refers_to: Option<&str>) -> StoreError {
     match (&e, refers_to) {
         (sqlx::Error::Database(db), Some(target))
             if db.kind() == ErrorKind::ForeignKeyViolation =>
         {
-            StoreError::Backend(format!("{arn} refers to {target}, which does not exist"))
+            StoreError::MissingReference(target.to_owned())
         }
         _ => backend(e),
     }

@@ -260,18 +260,16 @@ async fn references_to_missing_resources_are_refused() {
     let gone = Arn::new(&home(), ResourceKind::StorageConfiguration, "gone00000000").to_string();
     r.refers_to = Some(gone.clone());
     match store.insert_resource(&r, None).await {
-        Err(StoreError::Backend(message)) => assert!(message.contains(&gone), "{message}"),
-        other => panic!("expected a backend error, got {other:?}"),
+        Err(StoreError::MissingReference(target)) => assert_eq!(target, gone),
+        other => panic!("expected a missing reference, got {other:?}"),
     }
     assert_eq!(store.get_resource(&r.arn).await.unwrap(), None);
 
     let arn = stage(&store, "stage0000002").await;
-    assert!(
-        store
-            .update_resource(&arn, &json!({}), Some(&gone))
-            .await
-            .is_err()
-    );
+    assert!(matches!(
+        store.update_resource(&arn, &json!({}), Some(&gone)).await,
+        Err(StoreError::MissingReference(target)) if target == gone
+    ));
     assert_eq!(
         store.get_resource(&arn).await.unwrap().unwrap().refers_to,
         None
