@@ -143,6 +143,8 @@ impl Driver {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut flush_at = Instant::now() + Duration::from_secs(1);
+        let mut due: Vec<PeerId> = Vec::new();
+        let mut keyframes_due: Vec<SourceId> = Vec::new();
         loop {
             let wake = self
                 .peers
@@ -164,9 +166,11 @@ impl Driver {
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
             let now = Instant::now();
-            let due: Vec<PeerId> =
-                self.peers.iter().filter(|(_, p)| p.next_timeout <= now).map(|(id, _)| *id).collect();
-            for id in due {
+            // Reused across wakes: the loop wakes for every datagram and allocates
+            // nothing to find the peers whose timers are due.
+            due.clear();
+            due.extend(self.peers.iter().filter(|(_, p)| p.next_timeout <= now).map(|(id, _)| *id));
+            for &id in &due {
                 if let Some(peer) = self.peers.get_mut(&id) {
                     if !peer.connected && now.duration_since(peer.added) > CONNECT_TIMEOUT {
                         self.work.push_back(Work::Close { peer: id, cause: CloseCause::Timeout });
@@ -178,13 +182,11 @@ impl Driver {
                     self.drain(id);
                 }
             }
-            let keyframes_due: Vec<SourceId> = self
-                .sources
-                .iter()
-                .filter(|(_, s)| s.keyframe_due.is_some_and(|t| t <= now))
-                .map(|(id, _)| *id)
-                .collect();
-            for source in keyframes_due {
+            keyframes_due.clear();
+            keyframes_due.extend(
+                self.sources.iter().filter(|(_, s)| s.keyframe_due.is_some_and(|t| t <= now)).map(|(id, _)| *id),
+            );
+            for &source in &keyframes_due {
                 self.request_keyframe(source);
             }
             self.do_work();
