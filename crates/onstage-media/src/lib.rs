@@ -1,19 +1,23 @@
 //! The media plane: a selective forwarding unit (SFU) built on str0m.
 //!
 //! Every peer shares one UDP socket. str0m's `Rtc` is a sans-IO state machine per
-//! peer; [`driver`] is the thin I/O loop around all of them: it owns the socket and
-//! every `Rtc`, feeds them datagrams and time, and forwards each publisher's frames
-//! to the subscribers of its source. Control (new peers, closing) reaches the loop
-//! through a channel, so the forwarding path takes no lock.
+//! peer; around them run thin I/O loops: [`ingress`] reads the socket and routes
+//! each datagram to the [`shard`] that owns its peer, and each shard (one thread
+//! per core) feeds its peers datagrams and time, sends what they produce, and
+//! forwards each publisher's frames to the subscribers of its source — on its own
+//! shard and, once per frame, to the other shards that have some. A peer is only
+//! ever touched by its shard, so the forwarding path takes no lock. Control (new
+//! peers, closing) reaches the shards through channels.
 //!
 //! The domain talks to this crate only through [`onstage_stage::media::MediaPlane`]:
 //! SDP in, SDP out, ids, and [`MediaSignal`]s back.
 
-mod driver;
+mod ingress;
 mod sdp_check;
+mod shard;
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -27,6 +31,8 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use sdp_check::{OfferSummary, check_offer};
 
+use shard::{NewRole, ShardInput, ShardLoad};
+
 /// Where the media plane listens and what it tells peers.
 #[derive(Clone, Debug)]
 pub struct MediaConfig {
@@ -35,6 +41,8 @@ pub struct MediaConfig {
     /// The address put in the host candidate; defaults to the bound IP (a wildcard
     /// bind needs an explicit address, e.g. `--public-ip`).
     pub candidate_ip: Option<IpAddr>,
+    /// Forwarding threads; 0 means one per available core.
+    pub shards: usize,
 }
 
 /// Handle to the running media plane. Cheap to clone.
@@ -44,16 +52,31 @@ pub struct MediaServer {
 }
 
 struct Inner {
-    commands: mpsc::UnboundedSender<driver::Command>,
+    /// Each shard's input, by index.
+    shards: Vec<mpsc::UnboundedSender<ShardInput>>,
+    loads: Arc<[ShardLoad]>,
+    /// Tells the receive loop which shard a new peer's ICE ufrag belongs to.
+    routing: mpsc::UnboundedSender<ingress::Routing>,
     next_source: AtomicU64,
     next_peer: AtomicU64,
     candidate: SocketAddr,
     crypto: Arc<CryptoProvider>,
     dtls_cert: str0m::config::DtlsCert,
-    /// The video codec each source's publisher negotiated. Subscribers are offered
-    /// only that codec, since frames are forwarded, not transcoded. Touched on
-    /// publish and subscribe only, never per packet.
-    source_video: Mutex<HashMap<SourceId, VideoCodec>>,
+    /// The open sources, with the video codec their publisher negotiated (None
+    /// before it did, or for audio only). Subscribers are offered only that codec,
+    /// since frames are forwarded, not transcoded. A subscriber is placed while
+    /// this lock is held, and a source's closing is sent to the shards while it
+    /// is held, so no shard sees a subscriber of a source after that source's
+    /// closing. Touched on publish, subscribe and close only, never per packet.
+    sources: Mutex<HashMap<SourceId, Option<VideoCodec>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for shard in &self.shards {
+            let _ = shard.send(ShardInput::Stop);
+        }
+    }
 }
 
 /// The video codec families onstage forwards.
@@ -71,14 +94,23 @@ pub enum StartError {
     NoCandidateAddress,
     #[error("could not create the DTLS certificate")]
     Certificate,
-    #[error("starting the media thread: {0}")]
+    #[error("starting the media threads: {0}")]
     Thread(std::io::Error),
+    #[error("the media plane runs at most {max} forwarding threads, not {asked}")]
+    TooManyShards { asked: usize, max: usize },
 }
 
 impl MediaServer {
-    /// Binds the socket and starts the forwarding loop on its own thread. Signals
-    /// about peers go to `signals`.
+    /// Binds the socket and starts the receive loop and the forwarding shards on
+    /// their own threads. Signals about peers go to `signals`.
     pub fn start(config: MediaConfig, signals: mpsc::UnboundedSender<MediaSignal>) -> Result<MediaServer, StartError> {
+        let shard_count = match config.shards {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        };
+        if shard_count > shard::MAX_SHARDS {
+            return Err(StartError::TooManyShards { asked: shard_count, max: shard::MAX_SHARDS });
+        }
         let socket = UdpSocket::bind(config.bind).map_err(|e| StartError::Bind(config.bind, e))?;
         let local = socket.local_addr().map_err(|e| StartError::Bind(config.bind, e))?;
         let ip = config.candidate_ip.unwrap_or(local.ip());
@@ -89,21 +121,64 @@ impl MediaServer {
         let crypto = Arc::new(str0m::crypto::from_feature_flags());
         // One certificate for every peer: generating one costs milliseconds per join.
         let dtls_cert = crypto.dtls_provider.generate_certificate().ok_or(StartError::Certificate)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        // Non-blocking for every user of the socket: the shards' sends drop a
+        // datagram when the send buffer is full instead of stalling their peers.
         socket.set_nonblocking(true).map_err(|e| StartError::Bind(config.bind, e))?;
-        driver::spawn(socket, rx, signals).map_err(StartError::Thread)?;
-        tracing::info!(%local, %candidate, "media plane listening");
+        let sender = Arc::new(socket.try_clone().map_err(|e| StartError::Bind(config.bind, e))?);
+
+        let (routing, routing_rx) = mpsc::unbounded_channel();
+        let loads: Arc<[ShardLoad]> = (0..shard_count).map(|_| ShardLoad::default()).collect();
+        let (shard_txs, shard_rxs): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| mpsc::unbounded_channel()).unzip();
+        for (index, inputs) in shard_rxs.into_iter().enumerate() {
+            let links = shard::ShardLinks {
+                index,
+                shards: shard_txs.clone(),
+                loads: loads.clone(),
+                routing: routing.clone(),
+                signals: signals.clone(),
+                socket: sender.clone(),
+                local,
+            };
+            shard::spawn(links, inputs).map_err(StartError::Thread)?;
+        }
+        let ingress_shards = shard_txs.clone();
+        std::thread::Builder::new()
+            .name("onstage-media-rx".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "media receive loop could not start its runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match tokio::net::UdpSocket::from_std(socket) {
+                        Ok(socket) => ingress::run(socket, routing_rx, ingress_shards).await,
+                        Err(e) => tracing::error!(error = %e, "media socket could not join the runtime"),
+                    }
+                });
+            })
+            .map_err(StartError::Thread)?;
+        tracing::info!(%local, %candidate, shards = shard_count, "media plane listening");
         Ok(MediaServer {
             inner: Arc::new(Inner {
-                commands: tx,
+                shards: shard_txs,
+                loads,
+                routing,
                 next_source: AtomicU64::new(1),
                 next_peer: AtomicU64::new(1),
                 candidate,
                 crypto,
                 dtls_cert,
-                source_video: Mutex::new(HashMap::new()),
+                sources: Mutex::new(HashMap::new()),
             }),
         })
+    }
+
+    /// How many forwarding threads run.
+    pub fn shard_count(&self) -> usize {
+        self.inner.shards.len()
     }
 
     /// The address and port in the host candidate handed to peers.
@@ -140,17 +215,36 @@ impl MediaServer {
         Ok((rtc, answer.to_sdp_string()))
     }
 
-    async fn add(&self, rtc: Rtc, role: driver::NewRole) -> Result<PeerId, MediaRefusal> {
-        let id = PeerId(self.inner.next_peer.fetch_add(1, Ordering::Relaxed));
+    /// The shard for a new subscriber: the one with the fewest peers, the
+    /// source's home on a tie (a frame written there needs no hop).
+    fn place_subscriber(&self, source: SourceId) -> usize {
+        let home = shard::home_of(source, self.inner.shards.len());
+        let load = |i: usize| self.inner.loads[i].peers.load(Ordering::Relaxed);
+        (0..self.inner.shards.len()).fold(home, |best, i| if load(i) < load(best) { i } else { best })
+    }
+
+    /// Registers the peer's ufrag with the receive loop and sends it to its
+    /// shard. Called with the sources lock held (see [`Inner::sources`]).
+    fn send_peer(&self, shard: usize, rtc: Rtc, role: NewRole, ufrag: String) -> Result<(PeerId, oneshot::Receiver<Result<(), MediaRefusal>>), MediaRefusal> {
+        let stopped = || MediaRefusal::Internal("the media plane has stopped".into());
+        let id = shard::peer_id(self.inner.next_peer.fetch_add(1, Ordering::Relaxed), shard);
         let (reply, accepted) = oneshot::channel();
-        self.inner
-            .commands
-            .send(driver::Command::AddPeer { id, rtc: Box::new(rtc), role, reply })
-            .map_err(|_| MediaRefusal::Internal("the media plane has stopped".into()))?;
-        accepted
-            .await
-            .map_err(|_| MediaRefusal::Internal("the media plane has stopped".into()))??;
+        // The ufrag is known to the receive loop before the answer leaves, so the
+        // peer's first check finds its shard.
+        self.inner.routing.send(ingress::Routing::Register { ufrag: ufrag.clone(), shard }).map_err(|_| stopped())?;
+        self.inner.shards[shard]
+            .send(ShardInput::AddPeer { id, rtc: Box::new(rtc), role, ufrag, reply })
+            .map_err(|_| stopped())?;
+        Ok((id, accepted))
+    }
+
+    async fn added(id: PeerId, accepted: oneshot::Receiver<Result<(), MediaRefusal>>) -> Result<PeerId, MediaRefusal> {
+        accepted.await.map_err(|_| MediaRefusal::Internal("the media plane has stopped".into()))??;
         Ok(id)
+    }
+
+    fn lock_sources(&self) -> std::sync::MutexGuard<'_, HashMap<SourceId, Option<VideoCodec>>> {
+        self.inner.sources.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -163,19 +257,19 @@ impl MediaPlane for MediaServer {
     async fn publish(&self, source: SourceId, offer_sdp: String) -> Result<(PeerId, String), MediaRefusal> {
         check_offer(&offer_sdp)?;
         let (rtc, answer) = self.answer(&offer_sdp, &[VideoCodec::H264, VideoCodec::Vp8])?;
-        let chosen = negotiated_video(&answer);
-        let id = self.add(rtc, driver::NewRole::Publisher { source }).await?;
-        let mut codecs = self.inner.source_video.lock().unwrap_or_else(PoisonError::into_inner);
-        match chosen {
-            Some(codec) => codecs.insert(source, codec),
-            None => codecs.remove(&source),
+        let ufrag = local_ufrag(&answer)?;
+        let home = shard::home_of(source, self.inner.shards.len());
+        let (id, accepted) = {
+            let mut sources = self.lock_sources();
+            sources.insert(source, negotiated_video(&answer));
+            self.send_peer(home, rtc, NewRole::Publisher { source }, ufrag)?
         };
-        Ok((id, answer))
+        Ok((Self::added(id, accepted).await?, answer))
     }
 
     async fn subscribe(&self, source: SourceId, offer_sdp: String) -> Result<(PeerId, String), MediaRefusal> {
         let summary = check_offer(&offer_sdp)?;
-        let publisher_video = self.inner.source_video.lock().unwrap_or_else(PoisonError::into_inner).get(&source).copied();
+        let publisher_video = *self.lock_sources().get(&source).ok_or(MediaRefusal::NoSuchSource)?;
         let video = match publisher_video {
             Some(codec) => vec![codec],
             None => vec![VideoCodec::H264, VideoCodec::Vp8],
@@ -188,22 +282,45 @@ impl MediaPlane for MediaServer {
                 )));
             }
         }
-        let id = self.add(rtc, driver::NewRole::Subscriber { source }).await?;
-        Ok((id, answer))
+        let ufrag = local_ufrag(&answer)?;
+        let (id, accepted) = {
+            let sources = self.lock_sources();
+            // The source may have closed while the answer was being built.
+            if !sources.contains_key(&source) {
+                return Err(MediaRefusal::NoSuchSource);
+            }
+            self.send_peer(self.place_subscriber(source), rtc, NewRole::Subscriber { source }, ufrag)?
+        };
+        Ok((Self::added(id, accepted).await?, answer))
     }
 
     fn close_peer(&self, peer: PeerId) {
-        let _ = self.inner.commands.send(driver::Command::ClosePeer(peer));
+        let shard = shard::shard_of_peer(peer, self.inner.shards.len());
+        let _ = self.inner.shards[shard].send(ShardInput::ClosePeer(peer));
     }
 
     fn close_source(&self, source: SourceId) {
-        self.inner.source_video.lock().unwrap_or_else(PoisonError::into_inner).remove(&source);
-        let _ = self.inner.commands.send(driver::Command::CloseSource(source));
+        let mut sources = self.lock_sources();
+        sources.remove(&source);
+        for shard in &self.inner.shards {
+            let _ = shard.send(ShardInput::CloseSource(source));
+        }
     }
 
     fn request_keyframe(&self, source: SourceId) {
-        let _ = self.inner.commands.send(driver::Command::RequestKeyframe(source));
+        let home = shard::home_of(source, self.inner.shards.len());
+        let _ = self.inner.shards[home].send(ShardInput::RequestKeyframe(source));
     }
+}
+
+/// The ICE ufrag onstage chose for a peer, from its answer: the receive loop
+/// routes the peer's connectivity checks by it.
+fn local_ufrag(answer_sdp: &str) -> Result<String, MediaRefusal> {
+    answer_sdp
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(str::to_owned)
+        .ok_or_else(|| MediaRefusal::Internal("the answer has no ICE ufrag".into()))
 }
 
 /// The video codec an answer settled on: the first payload type of its active

@@ -76,6 +76,9 @@ pub struct ServeArgs {
     /// Most subscribers one stage accepts at once [default: 10000, as IVS]
     #[arg(long, env = "ONSTAGE_MAX_SUBSCRIBERS", value_name = "N")]
     pub max_subscribers: Option<usize>,
+    /// Media forwarding threads; peers are spread over them [default: one per core]
+    #[arg(long, env = "ONSTAGE_MEDIA_THREADS", value_name = "N")]
+    pub media_threads: Option<usize>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "ONSTAGE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -103,6 +106,7 @@ pub struct FileConfig {
     pub secret_access_key: Option<String>,
     pub public_ip: Option<std::net::IpAddr>,
     pub max_subscribers: Option<usize>,
+    pub media_threads: Option<usize>,
     pub log_format: Option<LogFormat>,
     /// Further access keys, each mapped to an account.
     #[serde(default)]
@@ -133,6 +137,8 @@ pub struct Settings {
     pub access_keys: Vec<AccessKeyConfig>,
     pub public_ip: Option<std::net::IpAddr>,
     pub max_subscribers: usize,
+    /// 0: one per available core.
+    pub media_threads: usize,
     pub log_format: LogFormat,
 }
 
@@ -187,6 +193,7 @@ impl Settings {
             access_keys,
             public_ip: args.public_ip.or(file.public_ip),
             max_subscribers: args.max_subscribers.or(file.max_subscribers).unwrap_or(DEFAULT_MAX_SUBSCRIBERS),
+            media_threads: args.media_threads.or(file.media_threads).unwrap_or(0),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
     }

@@ -55,7 +55,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let (signals, signal_receiver) = tokio::sync::mpsc::unbounded_channel();
     let media = MediaServer::start(
-        MediaConfig { bind: settings.media_bind(), candidate_ip: settings.public_ip },
+        MediaConfig { bind: settings.media_bind(), candidate_ip: settings.public_ip, shards: settings.media_threads },
         signals,
     )
     .context("starting the media plane")?;

@@ -1,0 +1,678 @@
+//! A forwarding shard: one thread owning a share of the peers.
+//!
+//! The media plane runs one shard per core. A shard owns the `Rtc` of every peer
+//! placed on it and is the only thread that touches them, so forwarding takes no
+//! lock. Its loop waits for an input (a datagram routed to it by [`crate::ingress`],
+//! a command, a frame from another shard) or the earliest peer timeout, hands the
+//! input to the one `Rtc` it concerns, then drains that peer's output: datagrams
+//! go to the shared socket, events become work (forward a frame, ask for a
+//! keyframe, report a state change).
+//!
+//! Every source has a *home* shard (fixed by its id), where its publisher lives,
+//! keyframe requests are rate-limited, and its frames arrive. Subscribers are
+//! placed on whichever shard has the fewest peers, so one big audience spreads
+//! over every core: the home shard writes a frame to its own subscribers of the
+//! source and sends it once to each other shard that has some, which writes it
+//! to theirs. Frames are shared (`Arc<[u8]>`), never copied per subscriber or per
+//! shard.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use onstage_stage::media::{CloseCause, MediaRefusal, MediaSignal, PeerId, SourceId};
+use str0m::format::PayloadParams;
+use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Event, IceConnectionState, Input, Output, Rtc};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::ingress::Routing;
+
+/// A peer that has not completed ICE and DTLS by then is given up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// At most one keyframe request per source in this interval, however many
+/// subscribers ask; a request inside it is sent when it ends, not dropped. Short,
+/// because a keyframe asked for just before a subscriber connected is of no use
+/// to it (replication start → first frame went from ~305 ms to ~158 ms p50).
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Bits of a [`PeerId`] that name its shard: the id alone says where a peer lives.
+const SHARD_BITS: u32 = 8;
+/// Most shards a media plane runs.
+pub(crate) const MAX_SHARDS: usize = 1 << SHARD_BITS;
+
+pub(crate) fn peer_id(sequence: u64, shard: usize) -> PeerId {
+    PeerId((sequence << SHARD_BITS) | shard as u64)
+}
+
+pub(crate) fn shard_of_peer(peer: PeerId, shards: usize) -> usize {
+    (peer.0 & (MAX_SHARDS as u64 - 1)) as usize % shards
+}
+
+/// The shard that is home to a source: where its publisher is placed.
+pub(crate) fn home_of(source: SourceId, shards: usize) -> usize {
+    (source.0 % shards as u64) as usize
+}
+
+pub(crate) enum NewRole {
+    Publisher { source: SourceId },
+    Subscriber { source: SourceId },
+}
+
+/// Everything a shard is sent.
+pub(crate) enum ShardInput {
+    /// A datagram from a peer of this shard.
+    Datagram { at: Instant, from: SocketAddr, datagram: Bytes },
+    AddPeer {
+        id: PeerId,
+        rtc: Box<Rtc>,
+        role: NewRole,
+        /// The peer's local ICE ufrag, to unregister it from the receive loop when
+        /// the peer goes.
+        ufrag: String,
+        reply: oneshot::Sender<Result<(), MediaRefusal>>,
+    },
+    ClosePeer(PeerId),
+    /// Sent to every shard: each closes its own peers of the source.
+    CloseSource(SourceId),
+    /// To the source's home shard.
+    RequestKeyframe(SourceId),
+    /// To the source's home shard: shard `shard` has subscribers of `source` now.
+    Attach { source: SourceId, shard: usize },
+    /// To the source's home shard: shard `shard` has no subscribers of `source` left.
+    Detach { source: SourceId, shard: usize },
+    /// From the source's home shard: a frame for this shard's subscribers of it.
+    Frame { source: SourceId, frame: Frame },
+    /// From the source's home shard: a new publisher feeds the source, so its
+    /// subscribers wait for that publisher's first keyframe.
+    Restart(SourceId),
+    /// The media plane is being dropped.
+    Stop,
+}
+
+/// One frame of a source, as forwarded to subscribers.
+#[derive(Clone)]
+pub(crate) struct Frame {
+    kind: MediaKind,
+    params: PayloadParams,
+    network_time: Instant,
+    time: MediaTime,
+    keyframe: bool,
+    data: Arc<[u8]>,
+}
+
+impl Frame {
+    fn of(kind: MediaKind, data: MediaData) -> Frame {
+        Frame {
+            kind,
+            params: data.params,
+            network_time: data.network_time,
+            time: data.time,
+            keyframe: data.is_keyframe(),
+            data: data.data,
+        }
+    }
+}
+
+/// How busy a shard is, read by the media plane to place subscribers and to
+/// report gauges.
+#[derive(Default)]
+pub(crate) struct ShardLoad {
+    pub(crate) peers: AtomicUsize,
+    pub(crate) sources: AtomicUsize,
+}
+
+/// What a shard needs to reach the rest of the media plane.
+pub(crate) struct ShardLinks {
+    pub(crate) index: usize,
+    /// Every shard's input, this one's included, by index.
+    pub(crate) shards: Vec<mpsc::UnboundedSender<ShardInput>>,
+    pub(crate) loads: Arc<[ShardLoad]>,
+    pub(crate) routing: mpsc::UnboundedSender<Routing>,
+    pub(crate) signals: mpsc::UnboundedSender<MediaSignal>,
+    /// The shared media socket (sends only; the receive loop reads it).
+    pub(crate) socket: Arc<UdpSocket>,
+    pub(crate) local: SocketAddr,
+}
+
+pub(crate) fn spawn(links: ShardLinks, inputs: mpsc::UnboundedReceiver<ShardInput>) -> std::io::Result<()> {
+    let name = format!("onstage-media-{}", links.index);
+    std::thread::Builder::new().name(name).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "media shard could not start its runtime");
+                return;
+            }
+        };
+        runtime.block_on(Shard::new(links).run(inputs));
+    })?;
+    Ok(())
+}
+
+enum Role {
+    Publisher { source: SourceId, kinds: Vec<(Mid, MediaKind)> },
+    Subscriber { source: SourceId, audio: Option<Mid>, video: Option<Mid>, awaiting_keyframe: bool },
+}
+
+struct Peer {
+    rtc: Box<Rtc>,
+    role: Role,
+    ufrag: String,
+    connected: bool,
+    added: Instant,
+    next_timeout: Instant,
+    remote: Option<SocketAddr>,
+}
+
+/// A source as one shard sees it: its subscribers here, and on its home shard
+/// also its publisher, the other shards to forward to and the keyframe timing.
+#[derive(Default)]
+struct Source {
+    subscribers: Vec<PeerId>,
+    feeder: Option<PeerId>,
+    /// Other shards with subscribers of this source (home shard only).
+    attached: Vec<usize>,
+    last_keyframe_request: Option<Instant>,
+    /// A request that came too soon after the last one, sent when the interval
+    /// ends: dropping it would leave a new subscriber waiting for the publisher's
+    /// next scheduled keyframe, seconds away.
+    keyframe_due: Option<Instant>,
+}
+
+/// Work produced while draining a peer's output, done after the drain.
+enum Work {
+    Forward { source: SourceId, frame: Frame },
+    Keyframe { source: SourceId },
+    Close { peer: PeerId, cause: CloseCause },
+}
+
+#[derive(Default)]
+struct Counters {
+    packets_in: u64,
+    bytes_in: u64,
+    frames_forwarded: u64,
+    bytes_forwarded: u64,
+}
+
+struct Shard {
+    links: ShardLinks,
+    peers: HashMap<PeerId, Peer>,
+    by_remote: HashMap<SocketAddr, PeerId>,
+    sources: HashMap<SourceId, Source>,
+    work: VecDeque<Work>,
+    counters: Counters,
+}
+
+impl Shard {
+    fn new(links: ShardLinks) -> Self {
+        Shard {
+            links,
+            peers: HashMap::new(),
+            by_remote: HashMap::new(),
+            sources: HashMap::new(),
+            work: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    fn is_home(&self, source: SourceId) -> bool {
+        home_of(source, self.links.shards.len()) == self.links.index
+    }
+
+    fn send_to_shard(&self, shard: usize, input: ShardInput) {
+        if let Some(tx) = self.links.shards.get(shard) {
+            let _ = tx.send(input);
+        }
+    }
+
+    async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<ShardInput>) {
+        let mut flush_at = Instant::now() + Duration::from_secs(1);
+        // Reused across wakes: the loop wakes for every datagram and allocates
+        // nothing to find the peers and sources whose timers are due.
+        let mut due: Vec<PeerId> = Vec::new();
+        let mut keyframes_due: Vec<SourceId> = Vec::new();
+        loop {
+            let wake = self
+                .peers
+                .values()
+                .map(|p| p.next_timeout)
+                .chain(self.sources.values().filter_map(|s| s.keyframe_due))
+                .min()
+                .unwrap_or(flush_at)
+                .min(flush_at);
+            tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(ShardInput::Stop) | None => break,
+                    Some(input) => {
+                        self.input(input);
+                        // Take whatever else is queued before looking at timers:
+                        // under load the queue is rarely empty.
+                        for _ in 0..64 {
+                            match inputs.try_recv() {
+                                Ok(ShardInput::Stop) => return self.stop(),
+                                Ok(input) => self.input(input),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                },
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            let now = Instant::now();
+            due.clear();
+            due.extend(self.peers.iter().filter(|(_, p)| p.next_timeout <= now).map(|(id, _)| *id));
+            for &id in &due {
+                if let Some(peer) = self.peers.get_mut(&id) {
+                    if !peer.connected && now.duration_since(peer.added) > CONNECT_TIMEOUT {
+                        self.work.push_back(Work::Close { peer: id, cause: CloseCause::Timeout });
+                        continue;
+                    }
+                    if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                        tracing::debug!(peer = %id, error = %e, "peer failed on timeout");
+                    }
+                    self.drain(id);
+                }
+            }
+            keyframes_due.clear();
+            keyframes_due.extend(
+                self.sources.iter().filter(|(_, s)| s.keyframe_due.is_some_and(|t| t <= now)).map(|(id, _)| *id),
+            );
+            for &source in &keyframes_due {
+                self.request_keyframe(source);
+            }
+            self.do_work();
+            if now >= flush_at {
+                self.flush_metrics();
+                flush_at = now + Duration::from_secs(1);
+            }
+        }
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        for (_, mut peer) in self.peers.drain() {
+            peer.rtc.disconnect();
+        }
+    }
+
+    fn input(&mut self, input: ShardInput) {
+        match input {
+            ShardInput::Datagram { at, from, datagram } => self.receive(at, &datagram, from),
+            ShardInput::AddPeer { id, rtc, role, ufrag, reply } => {
+                let result = self.add_peer(id, rtc, role, ufrag.clone());
+                if result.is_err() {
+                    let _ = self.links.routing.send(Routing::Forget { ufrag, remote: None });
+                }
+                let _ = reply.send(result);
+                self.drain(id);
+            }
+            ShardInput::ClosePeer(id) => self.close_peer(id, CloseCause::Requested),
+            ShardInput::RequestKeyframe(source) => self.request_keyframe(source),
+            ShardInput::CloseSource(source) => self.close_source(source),
+            ShardInput::Attach { source, shard } => {
+                // Only a source still open here: an attach that crossed the
+                // source's closing is moot, the other shard closes its side too.
+                if let Some(s) = self.sources.get_mut(&source) {
+                    if !s.attached.contains(&shard) {
+                        s.attached.push(shard);
+                    }
+                }
+            }
+            ShardInput::Detach { source, shard } => {
+                if let Some(s) = self.sources.get_mut(&source) {
+                    s.attached.retain(|x| *x != shard);
+                }
+            }
+            ShardInput::Frame { source, frame } => self.forward_here(source, &frame),
+            ShardInput::Restart(source) => self.await_keyframe(source),
+            ShardInput::Stop => {}
+        }
+        self.do_work();
+    }
+
+    fn flush_metrics(&mut self) {
+        let c = std::mem::take(&mut self.counters);
+        metrics::counter!("onstage_media_packets_received_total").increment(c.packets_in);
+        metrics::counter!("onstage_media_bytes_received_total").increment(c.bytes_in);
+        metrics::counter!("onstage_media_frames_forwarded_total").increment(c.frames_forwarded);
+        metrics::counter!("onstage_media_bytes_forwarded_total").increment(c.bytes_forwarded);
+        let load = &self.links.loads[self.links.index];
+        load.peers.store(self.peers.len(), Ordering::Relaxed);
+        // A source is counted by its home shard only, however many shards have
+        // subscribers of it.
+        let homed = self.sources.keys().filter(|s| self.is_home(**s)).count();
+        load.sources.store(homed, Ordering::Relaxed);
+        metrics::gauge!("onstage_media_shard_peers", "shard" => self.links.index.to_string()).set(self.peers.len() as f64);
+        // The first shard reports the totals (the gauges are the plane's, not a
+        // shard's); the others' loads are at most a second old.
+        if self.links.index == 0 {
+            let peers: usize = self.links.loads.iter().map(|l| l.peers.load(Ordering::Relaxed)).sum();
+            metrics::gauge!("onstage_media_peers").set(peers as f64);
+            metrics::gauge!("onstage_media_shards").set(self.links.loads.len() as f64);
+            let sources: usize = self.links.loads.iter().map(|l| l.sources.load(Ordering::Relaxed)).sum();
+            metrics::gauge!("onstage_media_sources").set(sources as f64);
+        }
+    }
+
+    fn receive(&mut self, at: Instant, datagram: &[u8], from: SocketAddr) {
+        self.counters.packets_in += 1;
+        self.counters.bytes_in += datagram.len() as u64;
+        let Ok(contents) = datagram.try_into() else { return };
+        let input = Input::Receive(at, Receive { proto: Protocol::Udp, source: from, destination: self.links.local, contents });
+        let id = match self.by_remote.get(&from) {
+            Some(id) => *id,
+            None => {
+                // First datagram from this address: find the peer whose ICE
+                // credentials it carries.
+                let Some((id, peer)) = self.peers.iter_mut().find(|(_, p)| p.rtc.accepts(&input)) else {
+                    return;
+                };
+                if let Some(old) = peer.remote.replace(from) {
+                    self.by_remote.remove(&old);
+                }
+                self.by_remote.insert(from, *id);
+                *id
+            }
+        };
+        let Some(peer) = self.peers.get_mut(&id) else { return };
+        if let Err(e) = peer.rtc.handle_input(input) {
+            tracing::debug!(peer = %id, error = %e, "peer rejected input");
+        }
+        self.drain(id);
+    }
+
+    fn add_peer(&mut self, id: PeerId, rtc: Box<Rtc>, role: NewRole, ufrag: String) -> Result<(), MediaRefusal> {
+        let now = Instant::now();
+        let role = match role {
+            NewRole::Publisher { source } => {
+                if !self.is_home(source) {
+                    return Err(MediaRefusal::Internal("a publisher was placed away from its source's shard".into()));
+                }
+                let s = self.sources.entry(source).or_default();
+                let replaced = s.feeder.replace(id);
+                // The new feeder's stream starts over: its subscribers, here and
+                // on other shards, wait for its first keyframe.
+                for shard in s.attached.clone() {
+                    self.send_to_shard(shard, ShardInput::Restart(source));
+                }
+                self.await_keyframe(source);
+                if let Some(old) = replaced {
+                    self.close_peer(old, CloseCause::Requested);
+                }
+                Role::Publisher { source, kinds: Vec::new() }
+            }
+            NewRole::Subscriber { source } => {
+                // A source whose publisher is away (a replication's reconnect
+                // window) is still open: the subscriber gets media when the
+                // publisher returns. The media plane checked the source is open
+                // before placing the subscriber; at home the source's entry is
+                // made by its publisher, elsewhere by its first subscriber here.
+                let home = home_of(source, self.links.shards.len());
+                if home == self.links.index {
+                    let s = self.sources.get_mut(&source).ok_or(MediaRefusal::NoSuchSource)?;
+                    s.subscribers.push(id);
+                } else {
+                    let s = self.sources.entry(source).or_default();
+                    s.subscribers.push(id);
+                    if s.subscribers.len() == 1 {
+                        self.send_to_shard(home, ShardInput::Attach { source, shard: self.links.index });
+                    }
+                }
+                Role::Subscriber { source, audio: None, video: None, awaiting_keyframe: true }
+            }
+        };
+        self.peers.insert(id, Peer { rtc, role, ufrag, connected: false, added: now, next_timeout: now, remote: None });
+        self.links.loads[self.links.index].peers.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn await_keyframe(&mut self, source: SourceId) {
+        let Some(s) = self.sources.get(&source) else { return };
+        for sub in &s.subscribers {
+            if let Some(Peer { role: Role::Subscriber { awaiting_keyframe, .. }, .. }) = self.peers.get_mut(sub) {
+                *awaiting_keyframe = true;
+            }
+        }
+    }
+
+    fn close_source(&mut self, source: SourceId) {
+        let Some(s) = self.sources.remove(&source) else { return };
+        if let Some(feeder) = s.feeder {
+            self.close_peer(feeder, CloseCause::Requested);
+        }
+        for sub in s.subscribers {
+            self.close_peer(sub, CloseCause::SourceClosed);
+        }
+    }
+
+    fn close_peer(&mut self, id: PeerId, cause: CloseCause) {
+        let Some(mut peer) = self.peers.remove(&id) else { return };
+        self.links.loads[self.links.index].peers.fetch_sub(1, Ordering::Relaxed);
+        self.say_goodbye(id, &mut peer.rtc);
+        if let Some(remote) = peer.remote {
+            self.by_remote.remove(&remote);
+        }
+        let _ = self.links.routing.send(Routing::Forget { ufrag: peer.ufrag, remote: peer.remote });
+        match peer.role {
+            Role::Publisher { source, .. } => {
+                if let Some(s) = self.sources.get_mut(&source) {
+                    if s.feeder == Some(id) {
+                        s.feeder = None;
+                    }
+                }
+            }
+            Role::Subscriber { source, .. } => {
+                let home = home_of(source, self.links.shards.len());
+                if let Some(s) = self.sources.get_mut(&source) {
+                    s.subscribers.retain(|p| *p != id);
+                    if s.subscribers.is_empty() && home != self.links.index {
+                        self.sources.remove(&source);
+                        self.send_to_shard(home, ShardInput::Detach { source, shard: self.links.index });
+                    }
+                }
+            }
+        }
+        let _ = self.links.signals.send(MediaSignal::Closed(id, cause));
+    }
+
+    /// Sends RTCP BYE and DTLS close_notify so the remote end learns at once that
+    /// the connection is over (a replaced publisher, a disconnected participant),
+    /// instead of after its consent checks time out.
+    fn say_goodbye(&self, id: PeerId, rtc: &mut Rtc) {
+        if rtc.is_alive() && rtc.close().is_ok() {
+            // Closing only queues datagrams; a few polls flush them.
+            for _ in 0..64 {
+                if !rtc.is_alive() {
+                    break;
+                }
+                match rtc.poll_output() {
+                    Ok(Output::Transmit(t)) => {
+                        let _ = self.links.socket.send_to(&t.contents, t.destination);
+                    }
+                    Ok(Output::Event(_)) => {}
+                    Ok(Output::Timeout(_)) | Err(_) => break,
+                }
+            }
+        }
+        tracing::debug!(peer = %id, "peer closed");
+        rtc.disconnect();
+    }
+
+    /// Drains one peer's output: datagrams go out now, events become work.
+    fn drain(&mut self, id: PeerId) {
+        let Some(peer) = self.peers.get_mut(&id) else { return };
+        loop {
+            if !peer.rtc.is_alive() {
+                self.work.push_back(Work::Close { peer: id, cause: CloseCause::RemoteClosed });
+                return;
+            }
+            let output = match peer.rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::debug!(peer = %id, error = %e, "peer failed");
+                    self.work.push_back(Work::Close { peer: id, cause: CloseCause::RemoteClosed });
+                    return;
+                }
+            };
+            match output {
+                Output::Timeout(t) => {
+                    peer.next_timeout = t;
+                    return;
+                }
+                Output::Transmit(t) => {
+                    // Non-blocking: a full send buffer drops the datagram, as the
+                    // network would, rather than stalling every peer of the shard.
+                    if let Err(e) = self.links.socket.send_to(&t.contents, t.destination) {
+                        tracing::trace!(error = %e, "media send dropped");
+                    }
+                }
+                Output::Event(event) => match event {
+                    Event::Connected => {
+                        peer.connected = true;
+                        let _ = self.links.signals.send(MediaSignal::Connected(id));
+                        if let Role::Subscriber { source, .. } = peer.role {
+                            self.work.push_back(Work::Keyframe { source });
+                        }
+                    }
+                    Event::Closed => {
+                        self.work.push_back(Work::Close { peer: id, cause: CloseCause::RemoteClosed });
+                    }
+                    Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                        self.work.push_back(Work::Close { peer: id, cause: CloseCause::Timeout });
+                    }
+                    Event::MediaAdded(added) => match &mut peer.role {
+                        Role::Publisher { kinds, .. } => kinds.push((added.mid, added.kind)),
+                        Role::Subscriber { audio, video, .. } => match added.kind {
+                            MediaKind::Audio => *audio = audio.or(Some(added.mid)),
+                            MediaKind::Video => *video = video.or(Some(added.mid)),
+                        },
+                    },
+                    Event::MediaData(data) => {
+                        if let Role::Publisher { source, kinds } = &peer.role {
+                            if let Some((_, kind)) = kinds.iter().find(|(m, _)| *m == data.mid) {
+                                self.work.push_back(Work::Forward { source: *source, frame: Frame::of(*kind, data) });
+                            }
+                        }
+                    }
+                    Event::KeyframeRequest(_) => {
+                        if let Role::Subscriber { source, .. } = peer.role {
+                            self.work.push_back(Work::Keyframe { source });
+                        }
+                    }
+                    _ => {}
+                },
+            }
+        }
+    }
+
+    fn do_work(&mut self) {
+        while let Some(work) = self.work.pop_front() {
+            match work {
+                Work::Forward { source, frame } => self.forward(source, frame),
+                Work::Keyframe { source } => self.request_keyframe(source),
+                Work::Close { peer, cause } => self.close_peer(peer, cause),
+            }
+        }
+    }
+
+    /// A frame from a source's publisher (on its home shard): to the other shards
+    /// with subscribers of it, then to the subscribers here.
+    fn forward(&mut self, source: SourceId, frame: Frame) {
+        if let Some(s) = self.sources.get(&source) {
+            for &shard in &s.attached {
+                self.send_to_shard(shard, ShardInput::Frame { source, frame: frame.clone() });
+            }
+        }
+        self.forward_here(source, &frame);
+    }
+
+    /// Writes one frame of a source into every connected subscriber's matching
+    /// media line on this shard (audio into audio, video into video: mixing them
+    /// up is accepted silently by the stack and stalls the receiver).
+    fn forward_here(&mut self, source: SourceId, frame: &Frame) {
+        // Borrow the list out of the source while peers are written and drained
+        // (neither touches sources); it goes back untouched.
+        let Some(subscribers) = self.sources.get_mut(&source).map(|s| std::mem::take(&mut s.subscribers)) else {
+            return;
+        };
+        let mut wants_keyframe = false;
+        for &sub_id in &subscribers {
+            let Some(sub) = self.peers.get_mut(&sub_id) else { continue };
+            if !sub.connected {
+                continue;
+            }
+            let Role::Subscriber { audio, video, awaiting_keyframe, .. } = &mut sub.role else { continue };
+            let mid = match frame.kind {
+                MediaKind::Audio => *audio,
+                MediaKind::Video => {
+                    // A subscriber starts (and, after its publisher is replaced,
+                    // restarts) at a keyframe; frames before one are undecodable.
+                    if *awaiting_keyframe {
+                        if frame.keyframe {
+                            *awaiting_keyframe = false;
+                        } else {
+                            wants_keyframe = true;
+                            continue;
+                        }
+                    }
+                    *video
+                }
+            };
+            let Some(mid) = mid else { continue };
+            let Some(writer) = sub.rtc.writer(mid) else { continue };
+            let Some(pt) = writer.match_params(frame.params) else { continue };
+            if let Err(e) = writer.write(pt, frame.network_time, frame.time, frame.data.clone()) {
+                tracing::debug!(peer = %sub_id, error = %e, "write to subscriber failed");
+                continue;
+            }
+            self.counters.frames_forwarded += 1;
+            self.counters.bytes_forwarded += frame.data.len() as u64;
+            self.drain(sub_id);
+        }
+        if let Some(s) = self.sources.get_mut(&source) {
+            s.subscribers = subscribers;
+        }
+        if wants_keyframe {
+            self.request_keyframe(source);
+        }
+    }
+
+    /// Asks the source's publisher for a keyframe, at most once per interval per
+    /// source; a shard that is not the source's home passes the request there.
+    fn request_keyframe(&mut self, source: SourceId) {
+        let home = home_of(source, self.links.shards.len());
+        if home != self.links.index {
+            self.send_to_shard(home, ShardInput::RequestKeyframe(source));
+            return;
+        }
+        let now = Instant::now();
+        let Some(s) = self.sources.get_mut(&source) else { return };
+        if let Some(last) = s.last_keyframe_request.filter(|t| now.duration_since(*t) < KEYFRAME_REQUEST_INTERVAL) {
+            s.keyframe_due.get_or_insert(last + KEYFRAME_REQUEST_INTERVAL);
+            return;
+        }
+        s.keyframe_due = None;
+        let Some(feeder) = s.feeder else { return };
+        let Some(peer) = self.peers.get_mut(&feeder) else { return };
+        let Role::Publisher { kinds, .. } = &peer.role else { return };
+        let mut asked = false;
+        for &(mid, kind) in kinds.iter() {
+            if kind != MediaKind::Video {
+                continue;
+            }
+            if let Some(mut writer) = peer.rtc.writer(mid) {
+                let _ = writer.request_keyframe(None, KeyframeRequestKind::Pli);
+                asked = true;
+            }
+        }
+        if asked {
+            s.last_keyframe_request = Some(now);
+        }
+        self.drain(feeder);
+    }
+}
