@@ -34,6 +34,13 @@ use crate::ingress::Routing;
 
 /// A peer that has not completed ICE and DTLS by then is given up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A connected peer that sends nothing for this long has vanished (a killed
+/// browser says no goodbye). Connected peers are never that quiet: publishers send
+/// media; subscribers send RTCP receiver reports every second or so and consent
+/// checks every five seconds or so, so one lost check is tolerated. str0m's own
+/// ICE-lite timeout (15 s after the last check) stays the backstop; this one keeps
+/// detection inside 15 s of the disappearance wherever the last check fell.
+const SILENCE_TIMEOUT: Duration = Duration::from_secs(12);
 /// At most one keyframe request per source in this interval, however many
 /// subscribers ask; a request inside it is sent when it ends, not dropped. Short,
 /// because a keyframe asked for just before a subscriber connected is of no use
@@ -165,6 +172,8 @@ struct Peer {
     ufrag: String,
     connected: bool,
     added: Instant,
+    /// When the peer last sent a datagram.
+    heard: Instant,
     next_timeout: Instant,
     remote: Option<SocketAddr>,
 }
@@ -287,6 +296,13 @@ impl Shard {
             }
             self.do_work();
             if now >= flush_at {
+                for (id, peer) in &self.peers {
+                    if peer.connected && now.duration_since(peer.heard) > SILENCE_TIMEOUT {
+                        tracing::debug!(peer = %id, "peer went silent");
+                        self.work.push_back(Work::Close { peer: *id, cause: CloseCause::Timeout });
+                    }
+                }
+                self.do_work();
                 self.flush_metrics();
                 flush_at = now + Duration::from_secs(1);
             }
@@ -380,6 +396,7 @@ impl Shard {
             }
         };
         let Some(peer) = self.peers.get_mut(&id) else { return };
+        peer.heard = at;
         if let Err(e) = peer.rtc.handle_input(input) {
             tracing::debug!(peer = %id, error = %e, "peer rejected input");
         }
@@ -426,7 +443,7 @@ impl Shard {
                 Role::Subscriber { source, audio: None, video: None, awaiting_keyframe: true }
             }
         };
-        self.peers.insert(id, Peer { rtc, role, ufrag, connected: false, added: now, next_timeout: now, remote: None });
+        self.peers.insert(id, Peer { rtc, role, ufrag, connected: false, added: now, heard: now, next_timeout: now, remote: None });
         self.links.loads[self.links.index].peers.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
