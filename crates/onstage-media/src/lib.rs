@@ -13,6 +13,7 @@
 //! SDP in, SDP out, ids, and [`MediaSignal`]s back.
 
 mod ingress;
+mod outbox;
 mod sdp_check;
 mod shard;
 

@@ -31,6 +31,7 @@ use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ingress::Routing;
+use crate::outbox::Outbox;
 
 /// A peer that has not completed ICE and DTLS by then is given up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -210,6 +211,7 @@ struct Counters {
 
 struct Shard {
     links: ShardLinks,
+    outbox: Outbox,
     peers: HashMap<PeerId, Peer>,
     by_remote: HashMap<SocketAddr, PeerId>,
     sources: HashMap<SourceId, Source>,
@@ -220,6 +222,7 @@ struct Shard {
 impl Shard {
     fn new(links: ShardLinks) -> Self {
         Shard {
+            outbox: Outbox::new(links.socket.clone()),
             links,
             peers: HashMap::new(),
             by_remote: HashMap::new(),
@@ -259,12 +262,16 @@ impl Shard {
                     Some(ShardInput::Stop) | None => break,
                     Some(input) => {
                         self.input(input);
+                        self.outbox.flush();
                         // Take whatever else is queued before looking at timers:
                         // under load the queue is rarely empty.
                         for _ in 0..64 {
                             match inputs.try_recv() {
                                 Ok(ShardInput::Stop) => return self.stop(),
-                                Ok(input) => self.input(input),
+                                Ok(input) => {
+                                    self.input(input);
+                                    self.outbox.flush();
+                                }
                                 Err(_) => break,
                             }
                         }
@@ -295,6 +302,7 @@ impl Shard {
                 self.request_keyframe(source);
             }
             self.do_work();
+            self.outbox.flush();
             if now >= flush_at {
                 for (id, peer) in &self.peers {
                     if peer.connected && now.duration_since(peer.heard) > SILENCE_TIMEOUT {
@@ -304,6 +312,7 @@ impl Shard {
                 }
                 self.do_work();
                 self.flush_metrics();
+                self.outbox.flush();
                 flush_at = now + Duration::from_secs(1);
             }
         }
@@ -311,6 +320,7 @@ impl Shard {
     }
 
     fn stop(&mut self) {
+        self.outbox.flush();
         for (_, mut peer) in self.peers.drain() {
             peer.rtc.disconnect();
         }
@@ -357,6 +367,8 @@ impl Shard {
         metrics::counter!("onstage_media_bytes_received_total").increment(c.bytes_in);
         metrics::counter!("onstage_media_frames_forwarded_total").increment(c.frames_forwarded);
         metrics::counter!("onstage_media_bytes_forwarded_total").increment(c.bytes_forwarded);
+        metrics::counter!("onstage_media_datagrams_sent_total").increment(std::mem::take(&mut self.outbox.sent));
+        metrics::counter!("onstage_media_datagrams_dropped_total").increment(std::mem::take(&mut self.outbox.dropped));
         let load = &self.links.loads[self.links.index];
         load.peers.store(self.peers.len(), Ordering::Relaxed);
         // A source is counted by its home shard only, however many shards have
@@ -500,7 +512,7 @@ impl Shard {
     /// Sends RTCP BYE and DTLS close_notify so the remote end learns at once that
     /// the connection is over (a replaced publisher, a disconnected participant),
     /// instead of after its consent checks time out.
-    fn say_goodbye(&self, id: PeerId, rtc: &mut Rtc) {
+    fn say_goodbye(&mut self, id: PeerId, rtc: &mut Rtc) {
         if rtc.is_alive() && rtc.close().is_ok() {
             // Closing only queues datagrams; a few polls flush them.
             for _ in 0..64 {
@@ -508,9 +520,7 @@ impl Shard {
                     break;
                 }
                 match rtc.poll_output() {
-                    Ok(Output::Transmit(t)) => {
-                        let _ = self.links.socket.send_to(&t.contents, t.destination);
-                    }
+                    Ok(Output::Transmit(t)) => self.outbox.push(t.contents.into(), t.destination),
                     Ok(Output::Event(_)) => {}
                     Ok(Output::Timeout(_)) | Err(_) => break,
                 }
@@ -541,13 +551,7 @@ impl Shard {
                     peer.next_timeout = t;
                     return;
                 }
-                Output::Transmit(t) => {
-                    // Non-blocking: a full send buffer drops the datagram, as the
-                    // network would, rather than stalling every peer of the shard.
-                    if let Err(e) = self.links.socket.send_to(&t.contents, t.destination) {
-                        tracing::trace!(error = %e, "media send dropped");
-                    }
-                }
+                Output::Transmit(t) => self.outbox.push(t.contents.into(), t.destination),
                 Output::Event(event) => match event {
                     Event::Connected => {
                         peer.connected = true;
