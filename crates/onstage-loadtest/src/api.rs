@@ -21,13 +21,13 @@ use crate::{ApiArgs, Operation};
 
 /// Where requests go: the address to connect to and the `Host` header to send.
 #[derive(Clone, Debug)]
-struct Target {
-    connect_to: String,
-    host: String,
+pub(crate) struct Target {
+    pub(crate) connect_to: String,
+    pub(crate) host: String,
 }
 
 impl Target {
-    fn parse(endpoint: &str) -> anyhow::Result<Self> {
+    pub(crate) fn parse(endpoint: &str) -> anyhow::Result<Self> {
         let rest = match endpoint.strip_prefix("http://") {
             Some(rest) => rest,
             None if endpoint.starts_with("https://") => bail!("https endpoints are not supported; use http://"),
@@ -96,12 +96,13 @@ impl Connection {
     }
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// One signed call outside the measurement (setup and cleanup).
-async fn call(
+/// One signed call outside the measurement (setup and cleanup; also the media
+/// load generator's stage and token calls).
+pub(crate) async fn call(
     target: &Target,
     signer: &mut Signer,
     operation: &str,

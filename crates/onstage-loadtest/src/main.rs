@@ -13,6 +13,7 @@
 //! gets the other core; pin both with `taskset` for steady numbers.
 
 mod api;
+mod media;
 mod report;
 mod sigv4;
 
@@ -38,6 +39,10 @@ enum Command {
     /// --concurrency keep-alive connections for --duration. Non-2xx answers count
     /// as errors; the first error body is printed. The stage is deleted at the end.
     Api(ApiArgs),
+    /// Load the media plane with real WebRTC peers: synthetic publishers and
+    /// many cheap subscribers; reports rates, loss, jitter, latency, join time
+    /// and the server's CPU and RSS (see README: "Load testing the media plane").
+    Media(Box<media::MediaArgs>),
 }
 
 /// The operations `api` can drive.
@@ -126,6 +131,23 @@ fn main() -> ExitCode {
             };
             match runtime.block_on(api::run(args)) {
                 Ok(report) if report.errors == 0 => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::from(2),
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Media(args) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: could not start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(media::run(*args)) {
+                Ok(report) if report.failures.is_empty() => ExitCode::SUCCESS,
                 Ok(_) => ExitCode::from(2),
                 Err(e) => {
                     eprintln!("error: {e:#}");
