@@ -14,6 +14,7 @@
 
 mod api;
 mod media;
+mod raw;
 mod report;
 mod sigv4;
 
@@ -39,6 +40,10 @@ enum Command {
     /// --concurrency keep-alive connections for --duration. Non-2xx answers count
     /// as errors; the first error body is printed. The stage is deleted at the end.
     Api(ApiArgs),
+    /// Measure this machine's UDP fan-out ceiling without WebRTC: one forwarder
+    /// thread sends each input packet to N subscribers with sendto, sendmmsg or
+    /// UDP GSO, and reports copies per second of forwarder CPU.
+    Raw(raw::RawArgs),
     /// Load the media plane with real WebRTC peers: synthetic publishers and
     /// many cheap subscribers; reports rates, loss, jitter, latency, join time
     /// and the server's CPU and RSS (see README: "Load testing the media plane").
@@ -138,6 +143,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Raw(args) => match raw::run(&args) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Media(args) => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
