@@ -13,6 +13,7 @@
 //! gets the other core; pin both with `taskset` for steady numbers.
 
 mod api;
+mod janus;
 mod media;
 mod raw;
 mod report;
@@ -44,6 +45,10 @@ enum Command {
     /// thread sends each input packet to N subscribers with sendto, sendmmsg or
     /// UDP GSO, and reports copies per second of forwarder CPU.
     Raw(raw::RawArgs),
+    /// Start Janus (VideoRoom), publish one str0m peer and subscribe another,
+    /// and check RTP flows end to end through it.
+    #[command(hide = true)]
+    JanusSmoke(janus::SmokeArgs),
     /// Load the media plane with real WebRTC peers: synthetic publishers and
     /// many cheap subscribers; reports rates, loss, jitter, latency, join time
     /// and the server's CPU and RSS (see README: "Load testing the media plane").
@@ -167,6 +172,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::JanusSmoke(args) => match janus::smoke(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
