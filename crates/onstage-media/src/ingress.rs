@@ -10,6 +10,9 @@
 //! so the datagrams that follow (DTLS, SRTP, SRTCP) are routed by address alone —
 //! one hash lookup per packet.
 //!
+//! A shard that falls behind has datagrams shed here (its queue is bounded, see
+//! [`crate::shard::DATA_QUEUE`]) rather than delayed without bound.
+//!
 //! Datagrams are read into slices of a shared pool buffer ([`BytesMut`] split into
 //! [`Bytes`]): a shard drops its slice when done and the pool reuses the memory, so
 //! the steady state allocates nothing per packet.
@@ -22,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::shard::ShardInput;
+use crate::shard::ShardData;
 
 /// Largest datagram read.
 pub(crate) const MAX_DATAGRAM: usize = 2000;
@@ -109,10 +112,12 @@ pub(crate) fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {
 
 /// Reads the socket until the routing channel closes (the media plane was
 /// dropped), handing each datagram to its shard.
-pub(crate) async fn run(socket: UdpSocket, mut routing: mpsc::UnboundedReceiver<Routing>, shards: Vec<mpsc::UnboundedSender<ShardInput>>) {
+pub(crate) async fn run(socket: UdpSocket, mut routing: mpsc::UnboundedReceiver<Routing>, shards: Vec<mpsc::Sender<ShardData>>) {
     let mut router = Router::default();
     let mut pool = BytesMut::with_capacity(POOL_CHUNK);
     let mut unrouted: u64 = 0;
+    let mut flushed_at = Instant::now();
+    let mut shed: u64 = 0;
     loop {
         if pool.capacity() < MAX_DATAGRAM {
             pool.reserve(POOL_CHUNK);
@@ -138,7 +143,9 @@ pub(crate) async fn run(socket: UdpSocket, mut routing: mpsc::UnboundedReceiver<
                     match router.route(&datagram, from) {
                         Some(shard) => {
                             if let Some(tx) = shards.get(shard) {
-                                let _ = tx.send(ShardInput::Datagram { at, from, datagram });
+                                if tx.try_send(ShardData::Datagram { at, from, datagram }).is_err() {
+                                    shed += 1;
+                                }
                             }
                         }
                         None => {
@@ -151,6 +158,10 @@ pub(crate) async fn run(socket: UdpSocket, mut routing: mpsc::UnboundedReceiver<
                 }
                 Err(e) => tracing::debug!(error = %e, "media socket read failed"),
             },
+        }
+        if shed > 0 && flushed_at.elapsed().as_secs() >= 1 {
+            metrics::counter!("onstage_media_datagrams_shed_total").increment(std::mem::take(&mut shed));
+            flushed_at = Instant::now();
         }
     }
 }

@@ -137,19 +137,21 @@ impl MediaServer {
         let (routing, routing_rx) = mpsc::unbounded_channel();
         let loads: Arc<[ShardLoad]> = (0..shard_count).map(|_| ShardLoad::default()).collect();
         let (shard_txs, shard_rxs): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| mpsc::unbounded_channel()).unzip();
-        for (index, inputs) in shard_rxs.into_iter().enumerate() {
+        let (data_txs, data_rxs): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| mpsc::channel(shard::DATA_QUEUE)).unzip();
+        for (index, (inputs, data)) in shard_rxs.into_iter().zip(data_rxs).enumerate() {
             let links = shard::ShardLinks {
                 index,
                 shards: shard_txs.clone(),
+                data: data_txs.clone(),
                 loads: loads.clone(),
                 routing: routing.clone(),
                 signals: signals.clone(),
                 socket: sender.clone(),
                 local,
             };
-            shard::spawn(links, inputs).map_err(StartError::Thread)?;
+            shard::spawn(links, inputs, data).map_err(StartError::Thread)?;
         }
-        let ingress_shards = shard_txs.clone();
+        let ingress_shards = data_txs;
         std::thread::Builder::new()
             .name("onstage-media-rx".into())
             .spawn(move || {

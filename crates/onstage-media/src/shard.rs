@@ -48,6 +48,13 @@ const SILENCE_TIMEOUT: Duration = Duration::from_secs(12);
 /// to it (replication start → first frame went from ~305 ms to ~158 ms p50).
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(100);
 
+/// Datagrams and frames a shard may have queued. A shard that cannot keep up
+/// sheds what arrives beyond this, as a network card drops what overflows its
+/// ring, instead of queueing without bound: a backlog would delay every packet,
+/// connectivity checks included, by as long as it takes to clear (at ~30,000
+/// datagrams a second, 2,048 is under 70 ms).
+pub(crate) const DATA_QUEUE: usize = 2048;
+
 /// Bits of a [`PeerId`] that name its shard: the id alone says where a peer lives.
 const SHARD_BITS: u32 = 8;
 /// Most shards a media plane runs.
@@ -71,10 +78,16 @@ pub(crate) enum NewRole {
     Subscriber { source: SourceId },
 }
 
-/// Everything a shard is sent.
-pub(crate) enum ShardInput {
+/// Media for a shard: shed when the shard falls behind (see [`DATA_QUEUE`]).
+pub(crate) enum ShardData {
     /// A datagram from a peer of this shard.
     Datagram { at: Instant, from: SocketAddr, datagram: Bytes },
+    /// From the source's home shard: a frame for this shard's subscribers of it.
+    Frame { source: SourceId, frame: Frame },
+}
+
+/// Everything else a shard is sent: never shed.
+pub(crate) enum ShardInput {
     AddPeer {
         id: PeerId,
         rtc: Box<Rtc>,
@@ -93,8 +106,6 @@ pub(crate) enum ShardInput {
     Attach { source: SourceId, shard: usize },
     /// To the source's home shard: shard `shard` has no subscribers of `source` left.
     Detach { source: SourceId, shard: usize },
-    /// From the source's home shard: a frame for this shard's subscribers of it.
-    Frame { source: SourceId, frame: Frame },
     /// From the source's home shard: a new publisher feeds the source, so its
     /// subscribers wait for that publisher's first keyframe.
     Restart(SourceId),
@@ -137,8 +148,10 @@ pub(crate) struct ShardLoad {
 /// What a shard needs to reach the rest of the media plane.
 pub(crate) struct ShardLinks {
     pub(crate) index: usize,
-    /// Every shard's input, this one's included, by index.
+    /// Every shard's control input, this one's included, by index.
     pub(crate) shards: Vec<mpsc::UnboundedSender<ShardInput>>,
+    /// Every shard's media input, by index.
+    pub(crate) data: Vec<mpsc::Sender<ShardData>>,
     pub(crate) loads: Arc<[ShardLoad]>,
     pub(crate) routing: mpsc::UnboundedSender<Routing>,
     pub(crate) signals: mpsc::UnboundedSender<MediaSignal>,
@@ -147,7 +160,11 @@ pub(crate) struct ShardLinks {
     pub(crate) local: SocketAddr,
 }
 
-pub(crate) fn spawn(links: ShardLinks, inputs: mpsc::UnboundedReceiver<ShardInput>) -> std::io::Result<()> {
+pub(crate) fn spawn(
+    links: ShardLinks,
+    inputs: mpsc::UnboundedReceiver<ShardInput>,
+    data: mpsc::Receiver<ShardData>,
+) -> std::io::Result<()> {
     let name = format!("onstage-media-{}", links.index);
     std::thread::Builder::new().name(name).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -157,7 +174,7 @@ pub(crate) fn spawn(links: ShardLinks, inputs: mpsc::UnboundedReceiver<ShardInpu
                 return;
             }
         };
-        runtime.block_on(Shard::new(links).run(inputs));
+        runtime.block_on(Shard::new(links).run(inputs, data));
     })?;
     Ok(())
 }
@@ -207,6 +224,8 @@ struct Counters {
     bytes_in: u64,
     frames_forwarded: u64,
     bytes_forwarded: u64,
+    /// Frames not passed to a shard that was behind.
+    frames_shed: u64,
 }
 
 struct Shard {
@@ -242,7 +261,16 @@ impl Shard {
         }
     }
 
-    async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<ShardInput>) {
+    /// Passes media to another shard, or sheds it if that shard is behind.
+    fn send_data_to_shard(&mut self, shard: usize, data: ShardData) {
+        if let Some(tx) = self.links.data.get(shard) {
+            if tx.try_send(data).is_err() {
+                self.counters.frames_shed += 1;
+            }
+        }
+    }
+
+    async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<ShardInput>, mut data: mpsc::Receiver<ShardData>) {
         let mut flush_at = Instant::now() + Duration::from_secs(1);
         // Reused across wakes: the loop wakes for every datagram and allocates
         // nothing to find the peers and sources whose timers are due.
@@ -258,26 +286,41 @@ impl Shard {
                 .unwrap_or(flush_at)
                 .min(flush_at);
             tokio::select! {
+                // Control first: a new peer or a close must not wait behind media.
+                biased;
                 input = inputs.recv() => match input {
                     Some(ShardInput::Stop) | None => break,
                     Some(input) => {
                         self.input(input);
                         self.outbox.flush();
-                        // Take whatever else is queued before looking at timers:
-                        // under load the queue is rarely empty.
-                        for _ in 0..64 {
-                            match inputs.try_recv() {
-                                Ok(ShardInput::Stop) => return self.stop(),
-                                Ok(input) => {
-                                    self.input(input);
-                                    self.outbox.flush();
-                                }
-                                Err(_) => break,
-                            }
-                        }
                     }
                 },
+                media = data.recv() => if let Some(media) = media {
+                    self.media(media);
+                    self.outbox.flush();
+                },
                 _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            // Take whatever else is queued before looking at timers: under load
+            // the queues are rarely empty.
+            for _ in 0..64 {
+                let mut idle = true;
+                match inputs.try_recv() {
+                    Ok(ShardInput::Stop) => return self.stop(),
+                    Ok(input) => {
+                        self.input(input);
+                        idle = false;
+                    }
+                    Err(_) => {}
+                }
+                if let Ok(media) = data.try_recv() {
+                    self.media(media);
+                    idle = false;
+                }
+                self.outbox.flush();
+                if idle {
+                    break;
+                }
             }
             let now = Instant::now();
             due.clear();
@@ -326,9 +369,16 @@ impl Shard {
         }
     }
 
+    fn media(&mut self, media: ShardData) {
+        match media {
+            ShardData::Datagram { at, from, datagram } => self.receive(at, &datagram, from),
+            ShardData::Frame { source, frame } => self.forward_here(source, &frame),
+        }
+        self.do_work();
+    }
+
     fn input(&mut self, input: ShardInput) {
         match input {
-            ShardInput::Datagram { at, from, datagram } => self.receive(at, &datagram, from),
             ShardInput::AddPeer { id, rtc, role, ufrag, reply } => {
                 let result = self.add_peer(id, rtc, role, ufrag.clone());
                 if result.is_err() {
@@ -354,7 +404,6 @@ impl Shard {
                     s.attached.retain(|x| *x != shard);
                 }
             }
-            ShardInput::Frame { source, frame } => self.forward_here(source, &frame),
             ShardInput::Restart(source) => self.await_keyframe(source),
             ShardInput::Stop => {}
         }
@@ -367,6 +416,7 @@ impl Shard {
         metrics::counter!("onstage_media_bytes_received_total").increment(c.bytes_in);
         metrics::counter!("onstage_media_frames_forwarded_total").increment(c.frames_forwarded);
         metrics::counter!("onstage_media_bytes_forwarded_total").increment(c.bytes_forwarded);
+        metrics::counter!("onstage_media_frames_shed_total").increment(c.frames_shed);
         metrics::counter!("onstage_media_datagrams_sent_total").increment(std::mem::take(&mut self.outbox.sent));
         metrics::counter!("onstage_media_datagrams_dropped_total").increment(std::mem::take(&mut self.outbox.dropped));
         let load = &self.links.loads[self.links.index];
@@ -604,10 +654,12 @@ impl Shard {
     /// A frame from a source's publisher (on its home shard): to the other shards
     /// with subscribers of it, then to the subscribers here.
     fn forward(&mut self, source: SourceId, frame: Frame) {
-        if let Some(s) = self.sources.get(&source) {
-            for &shard in &s.attached {
-                self.send_to_shard(shard, ShardInput::Frame { source, frame: frame.clone() });
-            }
+        let attached = self.sources.get_mut(&source).map(|s| std::mem::take(&mut s.attached)).unwrap_or_default();
+        for &shard in &attached {
+            self.send_data_to_shard(shard, ShardData::Frame { source, frame: frame.clone() });
+        }
+        if let Some(s) = self.sources.get_mut(&source) {
+            s.attached = attached;
         }
         self.forward_here(source, &frame);
     }
