@@ -197,6 +197,8 @@ struct ForwarderStats {
     errors: u64,
     user: Duration,
     sys: Duration,
+    /// From the first packet read to the last copy sent.
+    active: Duration,
 }
 
 fn step(args: &RawArgs, mode: Mode, subscribers: u32) -> anyhow::Result<StepResult> {
@@ -260,8 +262,8 @@ fn step(args: &RawArgs, mode: Mode, subscribers: u32) -> anyhow::Result<StepResu
     stop_sender.store(true, Ordering::Relaxed);
     let sent = join(sender)?;
     let seconds = started.elapsed().as_secs_f64();
-    // Let the forwarder drain its socket, then the receivers theirs.
-    thread::sleep(Duration::from_millis(200));
+    // The forwarder drains its socket before it returns; then the receivers
+    // get a moment to drain theirs.
     stop_forwarder.store(true, Ordering::Relaxed);
     let stats = join(forwarder_thread)?;
     thread::sleep(Duration::from_millis(200));
@@ -276,9 +278,9 @@ fn step(args: &RawArgs, mode: Mode, subscribers: u32) -> anyhow::Result<StepResu
         _ => None,
     };
     let expected = stats.input * u64::from(subscribers);
-    // Rates over the sending window; the forwarder's CPU also covers the short
-    // drain after it, when it is idle.
-    let busy = seconds.max(1e-9);
+    // Rates over the forwarder's active time (first read to last send, which
+    // includes draining the window left in flight when the sender stopped).
+    let busy = stats.active.as_secs_f64().max(1e-9);
     Ok(StepResult {
         mode,
         subscribers,
@@ -313,7 +315,7 @@ fn join<T>(handle: thread::JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T> {
 }
 
 /// Packets the closed-loop sender keeps ahead of the forwarder.
-const WINDOW: u64 = 512;
+const WINDOW: u64 = 128;
 
 fn send(to: SocketAddr, pps: u32, burst: u32, size: usize, stop: &AtomicBool, consumed: &AtomicU64) -> anyhow::Result<u64> {
     let socket = UdpSocket::bind(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)))?;
@@ -374,22 +376,38 @@ fn forward(
     let mut buffers = vec![vec![0_u8; size.max(1500)]; READ_BATCH];
     let mut lengths = [0_usize; READ_BATCH];
     let mut out = Batch::new(burst);
-    while !stop.load(Ordering::Relaxed) {
+    let mut first: Option<Instant> = None;
+    let mut last = Instant::now();
+    // After `stop`, keep going until the socket is empty, so that every packet
+    // the sender got out is forwarded and the loss figures are not skewed by
+    // the closed-loop window still in flight.
+    loop {
         let count = match mode {
             Mode::Sendto => match socket.recv(&mut buffers[0]) {
                 Ok(n) => {
                     lengths[0] = n;
                     1
                 }
-                Err(e) if is_timeout(&e) => continue,
+                Err(e) if is_timeout(&e) => {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e).context("forwarder recv"),
             },
             Mode::Sendmmsg | Mode::Gso => match recv_batch(fd, &mut buffers, &mut lengths) {
                 Ok(n) => n,
-                Err(e) if is_timeout(&e) => continue,
+                Err(e) if is_timeout(&e) => {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    continue;
+                }
                 Err(e) => return Err(e).context("forwarder recvmmsg"),
             },
         };
+        first.get_or_insert_with(Instant::now);
         stats.input += count as u64;
         consumed.store(stats.input, Ordering::Relaxed);
         let packets: Vec<&[u8]> = buffers[..count].iter().zip(&lengths[..count]).map(|(b, &n)| &b[..n]).collect();
@@ -450,7 +468,9 @@ fn forward(
                 out.flush(fd, &mut stats);
             }
         }
+        last = Instant::now();
     }
+    stats.active = first.map_or(Duration::ZERO, |f| last.saturating_duration_since(f));
     let (user1, sys1) = thread_cpu();
     stats.user = user1.saturating_sub(user0);
     stats.sys = sys1.saturating_sub(sys0);
