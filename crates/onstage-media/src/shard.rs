@@ -674,6 +674,7 @@ impl Shard {
             return;
         };
         let mut wants_keyframe = false;
+        let now = Instant::now();
         for &sub_id in &subscribers {
             let Some(sub) = self.peers.get_mut(&sub_id) else { continue };
             if !sub.connected {
@@ -702,6 +703,11 @@ impl Shard {
             if let Err(e) = writer.write(pt, frame.network_time, frame.time, frame.data.clone()) {
                 tracing::debug!(peer = %sub_id, error = %e, "write to subscriber failed");
                 continue;
+            }
+            // str0m packetizes written frames on its next timeout; run it now so the
+            // packets leave with this frame instead of on a later pass of the loop.
+            if let Err(e) = sub.rtc.handle_input(Input::Timeout(now)) {
+                tracing::debug!(peer = %sub_id, error = %e, "subscriber failed on timeout");
             }
             self.counters.frames_forwarded += 1;
             self.counters.bytes_forwarded += frame.data.len() as u64;
