@@ -26,7 +26,10 @@
 //! end of a veth pair carries [`ICE_ADDRESS`] (198.18.0.1, from the range RFC 2544
 //! reserves for benchmarks). Janus gathers there, the load peers bind there too,
 //! and every datagram is still local delivery through the namespace's loopback
-//! device: nothing is routed anywhere. `scripts/bench-netns <command>` makes such
+//! device: nothing is routed anywhere. The namespace also routes all of
+//! [`PEER_NETWORK`] as local on the veth, so every load peer can have its own
+//! source address there ([`PEER_ADDRESSES`]), as it has under 127/8 with onstage.
+//! `scripts/bench-netns <command>` makes such
 //! a namespace; [`enter_bench_netns`] makes one for the current process (before
 //! it starts threads). onstage and the load peers must run inside it.
 //!
@@ -62,6 +65,15 @@ const JANUS_LIB_DIR: &str = "/usr/lib/x86_64-linux-gnu/janus";
 pub const ICE_ADDRESS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// The veth pair that carries [`ICE_ADDRESS`] in the benchmark namespace.
 const VETH: (&str, &str) = ("osbench0", "osbench1");
+/// Routed as local on the veth in the benchmark namespace (a `local` route, like
+/// 127.0.0.0/8 on `lo`): any address in it can be a load peer's source address
+/// without being added to an interface, and Janus's interface-pinned sockets
+/// reach it.
+pub const PEER_NETWORK: &str = "198.18.0.0/16";
+/// The load peers' addresses when talking to Janus: `PEER_ADDRESSES.0` up to,
+/// not including, `PEER_ADDRESSES.1` (inside [`PEER_NETWORK`], clear of
+/// [`ICE_ADDRESS`]).
+pub const PEER_ADDRESSES: (Ipv4Addr, Ipv4Addr) = (Ipv4Addr::new(198, 18, 1, 0), Ipv4Addr::new(198, 19, 0, 0));
 
 /// How to start Janus.
 #[derive(Clone, Debug)]
@@ -172,7 +184,6 @@ impl JanusServer {
     }
 
     /// The generated configuration folder (also holds `janus.log`).
-    #[allow(dead_code)] // API for the media load peers; not every caller uses it yet
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -241,7 +252,8 @@ fn has_non_loopback_address(address: Ipv4Addr) -> bool {
 }
 
 /// Moves the calling thread into a new network namespace with loopback up and a
-/// veth pair carrying [`ICE_ADDRESS`]/32, as `scripts/bench-netns` does.
+/// veth pair carrying [`ICE_ADDRESS`]/32 and [`PEER_NETWORK`] routed as local on
+/// it, as `scripts/bench-netns` does.
 /// Call it first thing in `main`, before any thread exists: a namespace change
 /// applies to the calling thread and the threads and children it starts later.
 /// Does nothing when an interface already carries the address. Needs root.
@@ -254,12 +266,13 @@ pub fn enter_bench_netns() -> anyhow::Result<()> {
         bail!("could not make a network namespace (root needed): {}", std::io::Error::last_os_error());
     }
     let address = format!("{ICE_ADDRESS}/32");
-    let steps: [&[&str]; 5] = [
+    let steps: [&[&str]; 6] = [
         &["link", "set", "lo", "up"],
         &["link", "add", VETH.0, "type", "veth", "peer", "name", VETH.1],
         &["addr", "add", &address, "dev", VETH.0],
         &["link", "set", VETH.1, "up"],
         &["link", "set", VETH.0, "up"],
+        &["route", "add", "local", PEER_NETWORK, "dev", VETH.0, "table", "local"],
     ];
     for args in steps {
         let status = Command::new("ip").args(args).status().context("could not run ip (iproute2)")?;
@@ -274,6 +287,29 @@ pub fn enter_bench_netns() -> anyhow::Result<()> {
             bail!("{} did not come up", VETH.0);
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// Makes sure the load peers can use [`PEER_ADDRESSES`]: binding to the first
+/// one works only where [`PEER_NETWORK`] is routed as local. A namespace from
+/// [`enter_bench_netns`] or `scripts/bench-netns` has the route; an older one
+/// gets it added here (needs root inside it).
+pub fn ensure_peer_addresses() -> anyhow::Result<()> {
+    let probe = SocketAddrV4::new(Ipv4Addr::from(u32::from(PEER_ADDRESSES.0) + 1), 0);
+    if UdpSocket::bind(probe).is_ok() {
+        return Ok(());
+    }
+    if !has_non_loopback_address(ICE_ADDRESS) {
+        bail!(
+            "no non-loopback interface carries {ICE_ADDRESS}: run inside scripts/bench-netns \
+             (or let the tool start janus, which makes its own namespace)"
+        );
+    }
+    let args = ["route", "replace", "local", PEER_NETWORK, "dev", VETH.0, "table", "local"];
+    let status = Command::new("ip").args(args).status().context("could not run ip (iproute2)")?;
+    if !status.success() || UdpSocket::bind(probe).is_err() {
+        bail!("the load peers cannot use {PEER_NETWORK} (ip {} failed: {status})", args.join(" "));
     }
     Ok(())
 }

@@ -16,6 +16,7 @@
 //! through a [`target::Target`], so the same load runs against onstage or Janus.
 
 mod http;
+mod janus;
 mod net;
 mod onstage;
 mod peer;
@@ -165,6 +166,18 @@ pub struct MediaArgs {
     /// The server's process id: its CPU% and RSS are sampled from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Janus target: the HTTP API of a running Janus (http://127.0.0.1:8088/janus),
+    /// whose ICE address must be 198.18.0.1 in the benchmark namespace.
+    /// Without it the tool starts Janus itself (in its own benchmark namespace
+    /// unless already in one), samples it and stops it at the end.
+    #[arg(long)]
+    pub janus_url: Option<String>,
+    /// Janus target: pin the Janus the tool starts to these CPUs (taskset -c list).
+    #[arg(long)]
+    pub janus_cpus: Option<String>,
+    /// Janus target: log level (0-7) of the Janus the tool starts.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=7))]
+    pub janus_debug_level: u8,
     /// Also write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -544,7 +557,22 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
         TargetKind::Onstage => {
             Box::new(onstage::Onstage::new(&args.endpoint, &args.access_key_id, &args.secret_access_key, &args.region)?)
         }
-        TargetKind::Janus => target::janus()?,
+        TargetKind::Janus => {
+            if args.janus_url.is_none() {
+                // Janus needs the benchmark namespace (see `janus`); entering it
+                // moves this thread only, so it must come before any other
+                // thread exists: the runtime is current-thread and nothing has
+                // been spawned yet. A no-op inside scripts/bench-netns.
+                crate::janus::enter_bench_netns().context("janus target")?;
+            }
+            let settings = janus::JanusSettings {
+                url: args.janus_url.clone(),
+                cpus: args.janus_cpus.clone(),
+                debug_level: args.janus_debug_level,
+                codec: args.codec,
+            };
+            Box::new(janus::JanusTarget::connect(&settings).await?)
+        }
     };
     let server_pid = args.server_pid.or_else(|| target.server_pid());
     if server_pid.is_none() {
@@ -559,7 +587,10 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
         target,
         factory: PeerFactory::new()?,
         shards,
-        addresses: LoopbackAddresses::new(),
+        addresses: match args.target {
+            TargetKind::Onstage => LoopbackAddresses::new(),
+            TargetKind::Janus => LoopbackAddresses::range(crate::janus::PEER_ADDRESSES.0, crate::janus::PEER_ADDRESSES.1),
+        },
         failures: failures.clone(),
         next_shard: AtomicUsize::new(0),
         wanted_subscribers: AtomicU64::new(0),
@@ -628,7 +659,7 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
     let report = MediaReport {
         target: ctx.target.name().to_owned(),
         scenario: args.scenario.map(|s| format!("{s:?}").to_lowercase()),
-        endpoint: args.endpoint.clone(),
+        endpoint: ctx.target.endpoint().unwrap_or_else(|| args.endpoint.clone()),
         plan: serde_json::to_value(&plan)?,
         measured,
         steps,

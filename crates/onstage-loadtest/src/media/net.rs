@@ -18,24 +18,33 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-/// Hands out loopback addresses, never the same one twice in a run (the server
+/// Hands out local addresses, never the same one twice in a run (the server
 /// may still hold a mapping for an address whose peer just left).
 pub struct LoopbackAddresses {
+    first: u32,
+    end: u32,
     next: AtomicU32,
 }
 
 impl LoopbackAddresses {
+    /// 127.1.0.1, 127.1.0.2, …: all of 127.0.0.0/8 is local.
     pub fn new() -> Self {
-        LoopbackAddresses { next: AtomicU32::new(0) }
+        Self::range(Ipv4Addr::new(127, 1, 0, 0), Ipv4Addr::new(128, 0, 0, 0))
     }
 
-    /// 127.1.0.1, 127.1.0.2, … skipping .0 and .255 host bytes.
+    /// Addresses from `first` up to, not including, `end`, all of which must be
+    /// local (e.g. under a `local` route, as the Janus benchmark namespace has).
+    pub fn range(first: Ipv4Addr, end: Ipv4Addr) -> Self {
+        LoopbackAddresses { first: u32::from(first), end: u32::from(end), next: AtomicU32::new(0) }
+    }
+
+    /// The next address of the range, skipping .0 and .255 host bytes.
     pub fn next(&self) -> io::Result<Ipv4Addr> {
         loop {
             let n = self.next.fetch_add(1, Ordering::Relaxed);
-            let ip = u32::from(Ipv4Addr::new(127, 1, 0, 0)).checked_add(n).filter(|ip| ip >> 24 == 127);
+            let ip = self.first.checked_add(n).filter(|&ip| ip < self.end);
             let Some(ip) = ip else {
-                return Err(io::Error::other("out of loopback addresses"));
+                return Err(io::Error::other("out of peer addresses"));
             };
             if matches!(ip & 0xFF, 0 | 255) {
                 continue;

@@ -4,7 +4,7 @@
 //! the server; what differs is signaling: how a room is made, how a publisher's
 //! offer gets an answer, how a subscription is negotiated and how a peer leaves.
 //! A [`Target`] does exactly that over the server's own API. onstage's is in
-//! [`super::onstage`]; Janus's VideoRoom plugs in here too, and differs in one
+//! [`super::onstage`], Janus's VideoRoom in [`super::janus`]; they differ in one
 //! way that shapes the trait: Janus makes the subscribe *offer* and the client
 //! answers ([`SubscribeMode::ServerOffers`]), where onstage answers the client's
 //! offer ([`SubscribeMode::ClientOffers`]).
@@ -57,7 +57,6 @@ pub enum SubscribeMode {
     /// The client offers (recvonly) and the server answers: onstage.
     ClientOffers,
     /// The server offers (sendonly) and the client answers: Janus.
-    #[allow(dead_code)] // made only by targets not wired in yet
     ServerOffers,
 }
 
@@ -102,6 +101,11 @@ pub trait Target: Send + Sync {
         None
     }
 
+    /// Where the target's API is, for the report, when it differs from `--endpoint`.
+    fn endpoint(&self) -> Option<String> {
+        None
+    }
+
     /// Creates a room for up to `publishers` publishers.
     async fn create_room(&self, name: &str, publishers: u32) -> anyhow::Result<Room>;
 
@@ -138,13 +142,4 @@ pub trait Target: Send + Sync {
     async fn shutdown(&self) -> anyhow::Result<()> {
         Ok(())
     }
-}
-
-/// The Janus VideoRoom target: its process control and HTTP signaling come
-/// with the Janus module; until it is wired in, choosing it says so.
-pub fn janus() -> anyhow::Result<Box<dyn Target>> {
-    bail!(
-        "the janus target is not wired into `media` yet: its signaling (VideoRoom over the Janus HTTP API) \
-         must implement media::target::Target"
-    )
 }
