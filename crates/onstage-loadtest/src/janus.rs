@@ -90,6 +90,9 @@ pub struct JanusOptions {
     pub cpus: Option<String>,
     /// Janus's log level, 0 (silent) to 7.
     pub debug_level: u8,
+    /// Shared event loops for the PeerConnections (Janus's `event_loops`);
+    /// 0 keeps Janus's default of one thread per handle.
+    pub event_loops: u32,
     /// How long to wait for the HTTP API to answer after start.
     pub start_timeout: Duration,
 }
@@ -104,6 +107,7 @@ impl Default for JanusOptions {
             rtp_ports: (40_000, 49_999),
             cpus: None,
             debug_level: 3,
+            event_loops: 0,
             start_timeout: Duration::from_secs(15),
         }
     }
@@ -356,7 +360,7 @@ fn write_config(dir: &Path, options: &JanusOptions, http_port: u16) -> anyhow::R
 	debug_level = {debug}
 	interface = "{ice}"
 	session_timeout = 60
-	server_name = "onstage-loadtest"
+	server_name = "onstage-loadtest"{event_loops}
 }}
 certificates: {{
 }}
@@ -386,6 +390,10 @@ events: {{
         configs = dir.display(),
         lib = lib.display(),
         debug = options.debug_level.min(7),
+        event_loops = match options.event_loops {
+            0 => String::new(),
+            n => format!("\n\tevent_loops = {n}"),
+        },
         ice = options.ice_address,
         plugins = disable_all_but(&lib.join("plugins"), "libjanus_videoroom.so"),
         transports = disable_all_but(&lib.join("transports"), "libjanus_http.so"),

@@ -52,6 +52,8 @@ pub struct JanusSettings {
     /// `taskset -c` list for the Janus the tool starts.
     pub cpus: Option<String>,
     pub debug_level: u8,
+    /// Janus's `event_loops` (0: its default, a thread per PeerConnection).
+    pub event_loops: u32,
     pub codec: VideoCodec,
 }
 
@@ -76,6 +78,7 @@ impl JanusTarget {
                 let options = JanusOptions {
                     cpus: settings.cpus.clone(),
                     debug_level: settings.debug_level,
+                    event_loops: settings.event_loops,
                     ..JanusOptions::default()
                 };
                 let server = JanusServer::start(&options).await.context("could not start janus")?;

@@ -178,6 +178,10 @@ pub struct MediaArgs {
     /// Janus target: log level (0-7) of the Janus the tool starts.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=7))]
     pub janus_debug_level: u8,
+    /// Janus target: event loops shared by its PeerConnections (Janus's
+    /// `event_loops`); 0 keeps Janus's default, one thread per PeerConnection.
+    #[arg(long, default_value_t = 0)]
+    pub janus_event_loops: u32,
     /// Also write the result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -569,6 +573,7 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
                 url: args.janus_url.clone(),
                 cpus: args.janus_cpus.clone(),
                 debug_level: args.janus_debug_level,
+                event_loops: args.janus_event_loops,
                 codec: args.codec,
             };
             Box::new(janus::JanusTarget::connect(&settings).await?)
