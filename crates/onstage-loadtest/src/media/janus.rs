@@ -192,11 +192,21 @@ impl Target for JanusTarget {
             bail!("janus makes the subscription offer itself");
         }
         let feed: u64 = publisher_id.parse().with_context(|| format!("not a janus feed id: {publisher_id}"))?;
-        let subscribed = self
-            .client
-            .subscribe(room_number(room)?, feed)
-            .await
-            .map_err(|e| Failure::new("janus_subscribe", format!("{e:#}")))?;
+        // Janus offers a feed only once its publisher is fully set up; a
+        // subscribe that comes first is refused with 428 "No such feed". The
+        // onstage target has no such window (its publish answer means the source
+        // exists), so retry briefly rather than count a failure the server under
+        // test did not make.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let subscribed = loop {
+            match self.client.subscribe(room_number(room)?, feed).await {
+                Ok(subscribed) => break subscribed,
+                Err(e) if format!("{e:#}").contains("No such feed") && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(Failure::new("janus_subscribe", format!("{e:#}"))),
+            }
+        };
         Ok(Subscribed {
             participant_id: None,
             server_sdp: subscribed.offer_sdp,
