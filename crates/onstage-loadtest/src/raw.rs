@@ -566,6 +566,20 @@ impl Batch {
     }
 }
 
+/// One `recvmmsg` header per iovec, each reading into that one buffer.
+fn receive_headers(iovecs: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
+    iovecs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: a zeroed mmsghdr is valid (null pointers, zero lengths).
+            let mut h: libc::mmsghdr = unsafe { zeroed() };
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect()
+}
+
 /// Reads up to `buffers.len()` datagrams: blocks (up to the socket's read
 /// timeout) for the first, then takes what is already queued.
 fn recv_batch(fd: libc::c_int, buffers: &mut [Vec<u8>], lengths: &mut [usize]) -> io::Result<usize> {
@@ -573,16 +587,7 @@ fn recv_batch(fd: libc::c_int, buffers: &mut [Vec<u8>], lengths: &mut [usize]) -
         .iter_mut()
         .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() })
         .collect();
-    // SAFETY: a zeroed mmsghdr is valid; each points at one live iovec.
-    let mut headers: Vec<libc::mmsghdr> = iovecs
-        .iter_mut()
-        .map(|iov| {
-            let mut h: libc::mmsghdr = unsafe { zeroed() };
-            h.msg_hdr.msg_iov = iov;
-            h.msg_hdr.msg_iovlen = 1;
-            h
-        })
-        .collect();
+    let mut headers = receive_headers(&mut iovecs);
     // SAFETY: headers and buffers live across the call.
     let rc = unsafe {
         libc::recvmmsg(fd, headers.as_mut_ptr(), headers.len() as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut())
@@ -620,16 +625,8 @@ fn receive(sockets: &[UdpSocket], stop: &AtomicBool) -> anyhow::Result<u64> {
                 continue;
             }
             loop {
+                let mut headers = receive_headers(&mut iovecs);
                 // SAFETY: as in `recv_batch`; the iovecs point into `buffers`.
-                let mut headers: Vec<libc::mmsghdr> = iovecs
-                    .iter_mut()
-                    .map(|iov| {
-                        let mut h: libc::mmsghdr = unsafe { zeroed() };
-                        h.msg_hdr.msg_iov = iov;
-                        h.msg_hdr.msg_iovlen = 1;
-                        h
-                    })
-                    .collect();
                 let rc = unsafe {
                     libc::recvmmsg(poll.fd, headers.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
                 };
