@@ -13,7 +13,9 @@
 //! SDP in, SDP out, ids, and [`MediaSignal`]s back.
 
 mod ingress;
+mod keyframe;
 mod outbox;
+mod rewrite;
 mod sdp_check;
 mod shard;
 
@@ -33,13 +35,6 @@ use tokio::sync::{mpsc, oneshot};
 pub use sdp_check::{OfferSummary, check_offer};
 
 use shard::{NewRole, ShardInput, ShardLoad};
-
-/// Video packets a subscriber's connection keeps to answer NACKs with. Each holds
-/// its own packetized copy, so this is most of a subscriber's memory: 128 packets
-/// is about half a second of 2.5 Mbit/s video, more than one round trip of
-/// retransmission on any network a live stage is usable on (str0m's default,
-/// 1000 packets or 3 s, costs ~800 KB per subscriber at that rate).
-const VIDEO_SEND_BUFFER_PACKETS: usize = 128;
 
 /// Where the media plane listens and what it tells peers.
 #[derive(Clone, Debug)]
@@ -206,8 +201,9 @@ impl MediaServer {
             .set_ice_lite(true)
             .set_crypto_provider(self.inner.crypto.clone())
             .set_dtls_cert(self.inner.dtls_cert.clone())
+            // Packets in, packets out: the shards forward RTP, not frames.
+            .set_rtp_mode(true)
             .clear_codecs()
-            .set_send_buffer_video(VIDEO_SEND_BUFFER_PACKETS)
             .enable_opus(true, false)
             .enable_vp8(video.contains(&VideoCodec::Vp8));
         if video.contains(&VideoCodec::H264) {

@@ -9,12 +9,20 @@
 //! keyframe, report a state change).
 //!
 //! Every source has a *home* shard (fixed by its id), where its publisher lives,
-//! keyframe requests are rate-limited, and its frames arrive. Subscribers are
+//! keyframe requests are rate-limited, and its packets arrive. Subscribers are
 //! placed on whichever shard has the fewest peers, so one big audience spreads
-//! over every core: the home shard writes a frame to its own subscribers of the
+//! over every core: the home shard writes a packet to its own subscribers of the
 //! source and sends it once to each other shard that has some, which writes it
-//! to theirs. Frames are shared (`Arc<[u8]>`), never copied per subscriber or per
-//! shard.
+//! to theirs.
+//!
+//! Media is forwarded as RTP packets, not frames: a publisher's packet is
+//! decrypted once, its payload shared (`Arc<[u8]>`) by every subscriber's send
+//! queue and retransmission cache, and each subscriber's copy differs only in
+//! the header ([`crate::rewrite`] renumbers it). Packets go out as they arrive,
+//! so a big keyframe does not hold up every subscriber until it is complete.
+//! Writing only queues a packet in the subscriber's `Rtc`; the subscribers
+//! written to are then run once per batch of input (see [`KICK_EVERY`]), which
+//! encrypts and sends everything they have queued in one go.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
@@ -24,14 +32,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use onstage_stage::media::{CloseCause, MediaRefusal, MediaSignal, PeerId, SourceId};
-use str0m::format::PayloadParams;
-use str0m::media::{KeyframeRequestKind, MediaData, MediaKind, MediaTime, Mid};
+use str0m::format::{Codec, PayloadParams};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, Ssrc};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::ingress::Routing;
+use crate::keyframe::{VideoFormat, starts_keyframe};
 use crate::outbox::Outbox;
+use crate::rewrite::OutgoingStream;
 
 /// A peer that has not completed ICE and DTLS by then is given up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -54,6 +65,18 @@ const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(100);
 /// connectivity checks included, by as long as it takes to clear (at ~30,000
 /// datagrams a second, 2,048 is under 70 ms).
 pub(crate) const DATA_QUEUE: usize = 2048;
+
+/// Media packets handled before the subscribers written to are run. Running a
+/// subscriber (its timers, then encrypting and sending what it has queued) costs
+/// more than queueing a packet, so a burst is written in runs of this many
+/// packets; more would hold the first packet of a run back for longer.
+const KICK_EVERY: usize = 8;
+
+/// Video packets a subscriber's connection keeps to answer NACKs with: about
+/// a second of 2.5 Mbit/s video. Their payloads are the publisher's, shared by
+/// every subscriber, so each entry costs only its header.
+pub(crate) const VIDEO_RETRANSMIT_PACKETS: usize = 256;
+const VIDEO_RETRANSMIT_AGE: Duration = Duration::from_secs(2);
 
 /// Bits of a [`PeerId`] that name its shard: the id alone says where a peer lives.
 const SHARD_BITS: u32 = 8;
@@ -82,8 +105,8 @@ pub(crate) enum NewRole {
 pub(crate) enum ShardData {
     /// A datagram from a peer of this shard.
     Datagram { at: Instant, from: SocketAddr, datagram: Bytes },
-    /// From the source's home shard: a frame for this shard's subscribers of it.
-    Frame { source: SourceId, frame: Frame },
+    /// From the source's home shard: a packet for this shard's subscribers of it.
+    Packet { source: SourceId, packet: Packet },
 }
 
 /// Everything else a shard is sent: never shed.
@@ -107,34 +130,29 @@ pub(crate) enum ShardInput {
     /// To the source's home shard: shard `shard` has no subscribers of `source` left.
     Detach { source: SourceId, shard: usize },
     /// From the source's home shard: a new publisher feeds the source, so its
-    /// subscribers wait for that publisher's first keyframe.
+    /// subscribers' video waits for that publisher's first keyframe.
     Restart(SourceId),
     /// The media plane is being dropped.
     Stop,
 }
 
-/// One frame of a source, as forwarded to subscribers.
+/// One RTP packet of a source, as forwarded to subscribers: what a subscriber's
+/// header needs, and the payload, shared.
 #[derive(Clone)]
-pub(crate) struct Frame {
+pub(crate) struct Packet {
     kind: MediaKind,
     params: PayloadParams,
-    network_time: Instant,
-    time: MediaTime,
-    keyframe: bool,
-    data: Arc<[u8]>,
-}
-
-impl Frame {
-    fn of(kind: MediaKind, data: MediaData) -> Frame {
-        Frame {
-            kind,
-            params: data.params,
-            network_time: data.network_time,
-            time: data.time,
-            keyframe: data.is_keyframe(),
-            data: data.data,
-        }
-    }
+    /// The incoming stream (publisher and SSRC) it belongs to.
+    feed: u64,
+    seq: u64,
+    time: u32,
+    arrival: Instant,
+    marker: bool,
+    /// The first packet of a keyframe, where a subscriber's video may start.
+    keyframe_start: bool,
+    audio_level: Option<i8>,
+    voice_activity: Option<bool>,
+    payload: Arc<[u8]>,
 }
 
 /// How busy a shard is, read by the media plane to place subscribers and to
@@ -180,8 +198,41 @@ pub(crate) fn spawn(
 }
 
 enum Role {
-    Publisher { source: SourceId, kinds: Vec<(Mid, MediaKind)> },
-    Subscriber { source: SourceId, audio: Option<Mid>, video: Option<Mid>, awaiting_keyframe: bool },
+    Publisher { source: SourceId, kinds: Vec<(Mid, MediaKind)>, streams: Vec<IncomingStream> },
+    Subscriber { source: SourceId, audio: Option<Track>, video: Option<Track> },
+}
+
+/// One of a publisher's RTP streams, as the packets forwarded from it need.
+struct IncomingStream {
+    ssrc: Ssrc,
+    kind: MediaKind,
+    feed: u64,
+    /// The payload type last seen and what it stands for.
+    params: Option<PayloadParams>,
+    format: Option<VideoFormat>,
+    /// The RTP timestamp of the last packet: a new one starts a frame.
+    last_time: Option<u32>,
+}
+
+/// A subscriber's media line of one kind.
+struct Track {
+    mid: Mid,
+    /// The send stream str0m made for the line, found on the first write.
+    ssrc: Option<Ssrc>,
+    /// The incoming payload parameters last matched, and the local payload type
+    /// they matched (publishers and subscribers number codecs independently).
+    pt: Option<(PayloadParams, Pt)>,
+    stream: OutgoingStream,
+}
+
+impl Track {
+    fn new(mid: Mid, kind: MediaKind, id: PeerId) -> Self {
+        let clock_rate = if kind == MediaKind::Audio { 48_000 } else { 90_000 };
+        // Any first sequence number will do; differing ones keep subscribers'
+        // streams from looking alike.
+        let first_seq = (id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u16;
+        Track { mid, ssrc: None, pt: None, stream: OutgoingStream::new(clock_rate, first_seq) }
+    }
 }
 
 struct Peer {
@@ -194,6 +245,8 @@ struct Peer {
     heard: Instant,
     next_timeout: Instant,
     remote: Option<SocketAddr>,
+    /// Written to since it was last run (see [`KICK_EVERY`]).
+    written: bool,
 }
 
 /// A source as one shard sees it: its subscribers here, and on its home shard
@@ -213,7 +266,7 @@ struct Source {
 
 /// Work produced while draining a peer's output, done after the drain.
 enum Work {
-    Forward { source: SourceId, frame: Frame },
+    Forward { source: SourceId, packet: Packet },
     Keyframe { source: SourceId },
     Close { peer: PeerId, cause: CloseCause },
 }
@@ -222,10 +275,10 @@ enum Work {
 struct Counters {
     packets_in: u64,
     bytes_in: u64,
-    frames_forwarded: u64,
+    packets_forwarded: u64,
     bytes_forwarded: u64,
-    /// Frames not passed to a shard that was behind.
-    frames_shed: u64,
+    /// Packets not passed to a shard that was behind.
+    packets_shed: u64,
 }
 
 struct Shard {
@@ -235,6 +288,10 @@ struct Shard {
     by_remote: HashMap<SocketAddr, PeerId>,
     sources: HashMap<SourceId, Source>,
     work: VecDeque<Work>,
+    /// Subscribers written to since they were last run.
+    written: Vec<PeerId>,
+    /// Media packets handled since the written subscribers were last run.
+    unkicked: usize,
     counters: Counters,
 }
 
@@ -247,6 +304,8 @@ impl Shard {
             by_remote: HashMap::new(),
             sources: HashMap::new(),
             work: VecDeque::new(),
+            written: Vec::new(),
+            unkicked: 0,
             counters: Counters::default(),
         }
     }
@@ -265,7 +324,7 @@ impl Shard {
     fn send_data_to_shard(&mut self, shard: usize, data: ShardData) {
         if let Some(tx) = self.links.data.get(shard) {
             if tx.try_send(data).is_err() {
-                self.counters.frames_shed += 1;
+                self.counters.packets_shed += 1;
             }
         }
     }
@@ -290,14 +349,10 @@ impl Shard {
                 biased;
                 input = inputs.recv() => match input {
                     Some(ShardInput::Stop) | None => break,
-                    Some(input) => {
-                        self.input(input);
-                        self.outbox.flush();
-                    }
+                    Some(input) => self.input(input),
                 },
                 media = data.recv() => if let Some(media) = media {
                     self.media(media);
-                    self.outbox.flush();
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {}
             }
@@ -317,11 +372,11 @@ impl Shard {
                     self.media(media);
                     idle = false;
                 }
-                self.outbox.flush();
                 if idle {
                     break;
                 }
             }
+            self.flush();
             let now = Instant::now();
             due.clear();
             due.extend(self.peers.iter().filter(|(_, p)| p.next_timeout <= now).map(|(id, _)| *id));
@@ -345,7 +400,7 @@ impl Shard {
                 self.request_keyframe(source);
             }
             self.do_work();
-            self.outbox.flush();
+            self.flush();
             if now >= flush_at {
                 for (id, peer) in &self.peers {
                     if peer.connected && now.duration_since(peer.heard) > SILENCE_TIMEOUT {
@@ -355,15 +410,45 @@ impl Shard {
                 }
                 self.do_work();
                 self.flush_metrics();
-                self.outbox.flush();
+                self.flush();
                 flush_at = now + Duration::from_secs(1);
             }
         }
         self.stop();
     }
 
-    fn stop(&mut self) {
+    /// Runs the subscribers written to and sends everything queued.
+    fn flush(&mut self) {
+        self.kick_written();
         self.outbox.flush();
+    }
+
+    /// Runs every subscriber written to since the last kick: str0m moves queued
+    /// packets to its send queue on a timeout, then they are polled out
+    /// (encrypted) into the outbox.
+    fn kick_written(&mut self) {
+        self.unkicked = 0;
+        if self.written.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let written = std::mem::take(&mut self.written);
+        for &id in &written {
+            let Some(peer) = self.peers.get_mut(&id) else { continue };
+            peer.written = false;
+            if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
+                tracing::debug!(peer = %id, error = %e, "subscriber failed on timeout");
+            }
+            self.drain(id);
+        }
+        // Hand the (now empty) list back to keep its capacity.
+        self.written = written;
+        self.written.clear();
+        self.do_work();
+    }
+
+    fn stop(&mut self) {
+        self.flush();
         for (_, mut peer) in self.peers.drain() {
             peer.rtc.disconnect();
         }
@@ -372,9 +457,13 @@ impl Shard {
     fn media(&mut self, media: ShardData) {
         match media {
             ShardData::Datagram { at, from, datagram } => self.receive(at, &datagram, from),
-            ShardData::Frame { source, frame } => self.forward_here(source, &frame),
+            ShardData::Packet { source, packet } => self.forward_here(source, &packet),
         }
         self.do_work();
+        self.unkicked += 1;
+        if self.unkicked >= KICK_EVERY {
+            self.kick_written();
+        }
     }
 
     fn input(&mut self, input: ShardInput) {
@@ -414,9 +503,9 @@ impl Shard {
         let c = std::mem::take(&mut self.counters);
         metrics::counter!("onstage_media_packets_received_total").increment(c.packets_in);
         metrics::counter!("onstage_media_bytes_received_total").increment(c.bytes_in);
-        metrics::counter!("onstage_media_frames_forwarded_total").increment(c.frames_forwarded);
+        metrics::counter!("onstage_media_packets_forwarded_total").increment(c.packets_forwarded);
         metrics::counter!("onstage_media_bytes_forwarded_total").increment(c.bytes_forwarded);
-        metrics::counter!("onstage_media_frames_shed_total").increment(c.frames_shed);
+        metrics::counter!("onstage_media_packets_shed_total").increment(c.packets_shed);
         metrics::counter!("onstage_media_datagrams_sent_total").increment(std::mem::take(&mut self.outbox.sent));
         metrics::counter!("onstage_media_datagrams_dropped_total").increment(std::mem::take(&mut self.outbox.dropped));
         let load = &self.links.loads[self.links.index];
@@ -483,7 +572,7 @@ impl Shard {
                 if let Some(old) = replaced {
                     self.close_peer(old, CloseCause::Requested);
                 }
-                Role::Publisher { source, kinds: Vec::new() }
+                Role::Publisher { source, kinds: Vec::new(), streams: Vec::new() }
             }
             NewRole::Subscriber { source } => {
                 // A source whose publisher is away (a replication's reconnect
@@ -502,10 +591,10 @@ impl Shard {
                         self.send_to_shard(home, ShardInput::Attach { source, shard: self.links.index });
                     }
                 }
-                Role::Subscriber { source, audio: None, video: None, awaiting_keyframe: true }
+                Role::Subscriber { source, audio: None, video: None }
             }
         };
-        self.peers.insert(id, Peer { rtc, role, ufrag, connected: false, added: now, heard: now, next_timeout: now, remote: None });
+        self.peers.insert(id, Peer { rtc, role, ufrag, connected: false, added: now, heard: now, next_timeout: now, remote: None, written: false });
         self.links.loads[self.links.index].peers.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -513,8 +602,8 @@ impl Shard {
     fn await_keyframe(&mut self, source: SourceId) {
         let Some(s) = self.sources.get(&source) else { return };
         for sub in &s.subscribers {
-            if let Some(Peer { role: Role::Subscriber { awaiting_keyframe, .. }, .. }) = self.peers.get_mut(sub) {
-                *awaiting_keyframe = true;
+            if let Some(Peer { role: Role::Subscriber { video: Some(track), .. }, .. }) = self.peers.get_mut(sub) {
+                track.stream.restart();
             }
         }
     }
@@ -618,16 +707,16 @@ impl Shard {
                     }
                     Event::MediaAdded(added) => match &mut peer.role {
                         Role::Publisher { kinds, .. } => kinds.push((added.mid, added.kind)),
-                        Role::Subscriber { audio, video, .. } => match added.kind {
-                            MediaKind::Audio => *audio = audio.or(Some(added.mid)),
-                            MediaKind::Video => *video = video.or(Some(added.mid)),
-                        },
-                    },
-                    Event::MediaData(data) => {
-                        if let Role::Publisher { source, kinds } = &peer.role {
-                            if let Some((_, kind)) = kinds.iter().find(|(m, _)| *m == data.mid) {
-                                self.work.push_back(Work::Forward { source: *source, frame: Frame::of(*kind, data) });
+                        Role::Subscriber { audio, video, .. } => {
+                            let line = if added.kind == MediaKind::Audio { audio } else { video };
+                            if line.is_none() {
+                                *line = Some(Track::new(added.mid, added.kind, id));
                             }
+                        }
+                    },
+                    Event::RtpPacket(packet) => {
+                        if let Some((source, packet)) = incoming_packet(id, &mut peer.rtc, &mut peer.role, packet) {
+                            self.work.push_back(Work::Forward { source, packet });
                         }
                     }
                     Event::KeyframeRequest(_) => {
@@ -644,74 +733,54 @@ impl Shard {
     fn do_work(&mut self) {
         while let Some(work) = self.work.pop_front() {
             match work {
-                Work::Forward { source, frame } => self.forward(source, frame),
+                Work::Forward { source, packet } => self.forward(source, packet),
                 Work::Keyframe { source } => self.request_keyframe(source),
                 Work::Close { peer, cause } => self.close_peer(peer, cause),
             }
         }
     }
 
-    /// A frame from a source's publisher (on its home shard): to the other shards
+    /// A packet from a source's publisher (on its home shard): to the other shards
     /// with subscribers of it, then to the subscribers here.
-    fn forward(&mut self, source: SourceId, frame: Frame) {
+    fn forward(&mut self, source: SourceId, packet: Packet) {
         let attached = self.sources.get_mut(&source).map(|s| std::mem::take(&mut s.attached)).unwrap_or_default();
         for &shard in &attached {
-            self.send_data_to_shard(shard, ShardData::Frame { source, frame: frame.clone() });
+            self.send_data_to_shard(shard, ShardData::Packet { source, packet: packet.clone() });
         }
         if let Some(s) = self.sources.get_mut(&source) {
             s.attached = attached;
         }
-        self.forward_here(source, &frame);
+        self.forward_here(source, &packet);
     }
 
-    /// Writes one frame of a source into every connected subscriber's matching
+    /// Queues one packet of a source in every connected subscriber's matching
     /// media line on this shard (audio into audio, video into video: mixing them
-    /// up is accepted silently by the stack and stalls the receiver).
-    fn forward_here(&mut self, source: SourceId, frame: &Frame) {
-        // Borrow the list out of the source while peers are written and drained
-        // (neither touches sources); it goes back untouched.
+    /// up is accepted silently by the stack and stalls the receiver). The
+    /// subscribers are run, and the packets sent, at the next kick.
+    fn forward_here(&mut self, source: SourceId, packet: &Packet) {
+        // Borrow the list out of the source while peers are written (which does
+        // not touch sources); it goes back untouched.
         let Some(subscribers) = self.sources.get_mut(&source).map(|s| std::mem::take(&mut s.subscribers)) else {
             return;
         };
         let mut wants_keyframe = false;
-        let now = Instant::now();
         for &sub_id in &subscribers {
             let Some(sub) = self.peers.get_mut(&sub_id) else { continue };
             if !sub.connected {
                 continue;
             }
-            let Role::Subscriber { audio, video, awaiting_keyframe, .. } = &mut sub.role else { continue };
-            let mid = match frame.kind {
-                MediaKind::Audio => *audio,
-                MediaKind::Video => {
-                    // A subscriber starts (and, after its publisher is replaced,
-                    // restarts) at a keyframe; frames before one are undecodable.
-                    if *awaiting_keyframe {
-                        if frame.keyframe {
-                            *awaiting_keyframe = false;
-                        } else {
-                            wants_keyframe = true;
-                            continue;
-                        }
+            match write_packet(&mut sub.rtc, &mut sub.role, packet) {
+                Written::Queued => {
+                    self.counters.packets_forwarded += 1;
+                    self.counters.bytes_forwarded += packet.payload.len() as u64;
+                    if !sub.written {
+                        sub.written = true;
+                        self.written.push(sub_id);
                     }
-                    *video
                 }
-            };
-            let Some(mid) = mid else { continue };
-            let Some(writer) = sub.rtc.writer(mid) else { continue };
-            let Some(pt) = writer.match_params(frame.params) else { continue };
-            if let Err(e) = writer.write(pt, frame.network_time, frame.time, frame.data.clone()) {
-                tracing::debug!(peer = %sub_id, error = %e, "write to subscriber failed");
-                continue;
+                Written::AwaitingKeyframe => wants_keyframe = true,
+                Written::Skipped => {}
             }
-            // str0m packetizes written frames on its next timeout; run it now so the
-            // packets leave with this frame instead of on a later pass of the loop.
-            if let Err(e) = sub.rtc.handle_input(Input::Timeout(now)) {
-                tracing::debug!(peer = %sub_id, error = %e, "subscriber failed on timeout");
-            }
-            self.counters.frames_forwarded += 1;
-            self.counters.bytes_forwarded += frame.data.len() as u64;
-            self.drain(sub_id);
         }
         if let Some(s) = self.sources.get_mut(&source) {
             s.subscribers = subscribers;
@@ -740,12 +809,13 @@ impl Shard {
         let Some(peer) = self.peers.get_mut(&feeder) else { return };
         let Role::Publisher { kinds, .. } = &peer.role else { return };
         let mut asked = false;
+        let mut api = peer.rtc.direct_api();
         for &(mid, kind) in kinds.iter() {
             if kind != MediaKind::Video {
                 continue;
             }
-            if let Some(mut writer) = peer.rtc.writer(mid) {
-                let _ = writer.request_keyframe(None, KeyframeRequestKind::Pli);
+            if let Some(stream) = api.stream_rx_by_mid(mid, None) {
+                stream.request_keyframe(KeyframeRequestKind::Pli);
                 asked = true;
             }
         }
@@ -754,4 +824,113 @@ impl Shard {
         }
         self.drain(feeder);
     }
+}
+
+/// What became of a packet written to a subscriber.
+enum Written {
+    Queued,
+    /// The subscriber's video waits for a keyframe and this packet does not start one.
+    AwaitingKeyframe,
+    /// Nothing to write it to (no such media line, no matching codec, a stray).
+    Skipped,
+}
+
+/// Turns a publisher's RTP packet into the packet forwarded to its source's
+/// subscribers: which kind and codec it is, whether a keyframe starts with it.
+fn incoming_packet(id: PeerId, rtc: &mut Rtc, role: &mut Role, packet: RtpPacket) -> Option<(SourceId, Packet)> {
+    let Role::Publisher { source, kinds, streams } = role else { return None };
+    let ssrc = packet.header.ssrc;
+    let index = match streams.iter().position(|s| s.ssrc == ssrc) {
+        Some(i) => i,
+        None => {
+            let mid = rtc.direct_api().stream_rx(&ssrc)?.mid();
+            let kind = kinds.iter().find(|(m, _)| *m == mid)?.1;
+            // Tells this stream from any other that fed the source: another SSRC
+            // of this publisher, or the next publisher.
+            let feed = id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(*ssrc);
+            streams.push(IncomingStream { ssrc, kind, feed, params: None, format: None, last_time: None });
+            streams.len() - 1
+        }
+    };
+    let stream = &mut streams[index];
+    let pt = packet.header.payload_type;
+    if stream.params.is_none_or(|p| p.pt() != pt) {
+        let params = *rtc.codec_config().find(|p| p.pt() == pt)?;
+        stream.format = match params.spec().codec {
+            Codec::Vp8 => Some(VideoFormat::Vp8),
+            Codec::H264 => Some(VideoFormat::H264),
+            _ => None,
+        };
+        stream.params = Some(params);
+    }
+    let params = stream.params?;
+    let time = packet.header.timestamp;
+    let starts_frame = stream.last_time != Some(time);
+    stream.last_time = Some(time);
+    let keyframe_start = stream.kind == MediaKind::Video
+        && stream.format.is_some_and(|f| starts_keyframe(f, &packet.payload, starts_frame));
+    let ext = &packet.header.ext_vals;
+    Some((
+        *source,
+        Packet {
+            kind: stream.kind,
+            params,
+            feed: stream.feed,
+            seq: *packet.seq_no,
+            time,
+            arrival: packet.timestamp,
+            marker: packet.header.marker,
+            keyframe_start,
+            audio_level: ext.audio_level,
+            voice_activity: ext.voice_activity,
+            payload: packet.payload,
+        },
+    ))
+}
+
+/// Queues `packet` in the subscriber's media line of its kind, renumbered for it.
+fn write_packet(rtc: &mut Rtc, role: &mut Role, packet: &Packet) -> Written {
+    let Role::Subscriber { audio, video, .. } = role else { return Written::Skipped };
+    let video_packet = packet.kind == MediaKind::Video;
+    let Some(track) = (if video_packet { video.as_mut() } else { audio.as_mut() }) else { return Written::Skipped };
+    let pt = match track.pt {
+        Some((params, pt)) if params == packet.params => pt,
+        _ => {
+            let Some(pt) = rtc.codec_config().match_params(packet.params).map(|p| p.pt()) else {
+                return Written::Skipped;
+            };
+            track.pt = Some((packet.params, pt));
+            pt
+        }
+    };
+    let mut api = rtc.direct_api();
+    let ssrc = match track.ssrc {
+        Some(ssrc) => ssrc,
+        None => {
+            let Some(stream) = api.stream_tx_by_mid(track.mid, None) else { return Written::Skipped };
+            if video_packet {
+                stream.set_rtx_cache(VIDEO_RETRANSMIT_PACKETS, VIDEO_RETRANSMIT_AGE, None);
+            }
+            let ssrc = stream.ssrc();
+            track.ssrc = Some(ssrc);
+            ssrc
+        }
+    };
+    // A subscriber starts (and, after its publisher is replaced, restarts) its
+    // video at a keyframe; frames before one are undecodable. Audio starts anywhere.
+    let can_start = !video_packet || packet.keyframe_start;
+    let Some(out) = track.stream.renumber(packet.feed, packet.seq, packet.time, packet.arrival, can_start) else {
+        return if video_packet && !track.stream.is_following() { Written::AwaitingKeyframe } else { Written::Skipped };
+    };
+    let Some(stream) = api.stream_tx(&ssrc) else { return Written::Skipped };
+    let mut ext = ExtensionValues::default();
+    ext.audio_level = packet.audio_level;
+    ext.voice_activity = packet.voice_activity;
+    stream.write_rtp(
+        RtpWrite::new(pt, out.seq.into(), out.time, packet.arrival, packet.payload.clone())
+            .marker(packet.marker)
+            .nackable(video_packet)
+            .ext_vals(ext),
+    );
+    Written::Queued
 }
