@@ -271,7 +271,7 @@ async def measure(args, server: PinnedServer, ivs) -> dict:
             "subscriber_received_video_fps_avg": round(statistics.fmean(fps), 1),
             "subscriber_received_audio_frames_per_s": audio_fps,
             "server_forwarded": {
-                "frames_per_s": round(rate("onstage_media_frames_forwarded_total"), 1),
+                "packets_per_s": round(rate("onstage_media_packets_forwarded_total"), 1),
                 "mbit_per_s": round(rate("onstage_media_bytes_forwarded_total") * 8 / 1e6, 2),
                 "packets_in_per_s": round(rate("onstage_media_packets_received_total"), 1),
                 "mbit_in_per_s": round(rate("onstage_media_bytes_received_total") * 8 / 1e6, 2),
