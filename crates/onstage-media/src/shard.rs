@@ -73,10 +73,12 @@ pub(crate) const DATA_QUEUE: usize = 2048;
 const KICK_EVERY: usize = 8;
 
 /// Video packets a subscriber's connection keeps to answer NACKs with: about
-/// a second of 2.5 Mbit/s video. Their payloads are the publisher's, shared by
-/// every subscriber, so each entry costs only its header.
-pub(crate) const VIDEO_RETRANSMIT_PACKETS: usize = 256;
-const VIDEO_RETRANSMIT_AGE: Duration = Duration::from_secs(2);
+/// half a second of 2.5 Mbit/s video, more than a round trip and a retry on any
+/// network a live stage is usable on. Their payloads are the publisher's, shared
+/// by every subscriber, so an entry costs only str0m's packet record (~430 bytes,
+/// ~55 KB per subscriber; own copies of the packets cost ~190 KB).
+const VIDEO_RETRANSMIT_PACKETS: usize = 128;
+const VIDEO_RETRANSMIT_AGE: Duration = Duration::from_secs(1);
 
 /// Bits of a [`PeerId`] that name its shard: the id alone says where a peer lives.
 const SHARD_BITS: u32 = 8;
@@ -217,8 +219,9 @@ struct IncomingStream {
 /// A subscriber's media line of one kind.
 struct Track {
     mid: Mid,
-    /// The send stream str0m made for the line, found on the first write.
-    ssrc: Option<Ssrc>,
+    /// Whether str0m's send stream for the line has had its retransmission
+    /// cache sized (on the first write).
+    configured: bool,
     /// The incoming payload parameters last matched, and the local payload type
     /// they matched (publishers and subscribers number codecs independently).
     pt: Option<(PayloadParams, Pt)>,
@@ -231,7 +234,7 @@ impl Track {
         // Any first sequence number will do; differing ones keep subscribers'
         // streams from looking alike.
         let first_seq = (id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u16;
-        Track { mid, ssrc: None, pt: None, stream: OutgoingStream::new(clock_rate, first_seq) }
+        Track { mid, configured: false, pt: None, stream: OutgoingStream::new(clock_rate, first_seq) }
     }
 }
 
@@ -284,9 +287,9 @@ struct Counters {
 struct Shard {
     links: ShardLinks,
     outbox: Outbox,
-    peers: HashMap<PeerId, Peer>,
+    peers: HashMap<PeerId, Peer, IdHash>,
     by_remote: HashMap<SocketAddr, PeerId>,
-    sources: HashMap<SourceId, Source>,
+    sources: HashMap<SourceId, Source, IdHash>,
     work: VecDeque<Work>,
     /// Subscribers written to since they were last run.
     written: Vec<PeerId>,
@@ -300,9 +303,9 @@ impl Shard {
         Shard {
             outbox: Outbox::new(links.socket.clone()),
             links,
-            peers: HashMap::new(),
+            peers: HashMap::default(),
             by_remote: HashMap::new(),
-            sources: HashMap::new(),
+            sources: HashMap::default(),
             work: VecDeque::new(),
             written: Vec::new(),
             unkicked: 0,
@@ -826,6 +829,33 @@ impl Shard {
     }
 }
 
+/// Hashing for the shard's maps keyed by our own ids (a peer is looked up for
+/// every packet and subscriber): one multiply spreads the bits, where the
+/// standard library's SipHash, built to resist chosen keys, costs more and
+/// protects nothing here — the server picks these ids, not a peer.
+type IdHash = std::hash::BuildHasherDefault<IdHasher>;
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // The product's high bits depend on every input bit; the table indexes
+        // by the low bits (a peer id's low bits are its shard, the same for all).
+        self.0.rotate_left(26)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// What became of a packet written to a subscriber.
 enum Written {
     Queued,
@@ -903,26 +933,22 @@ fn write_packet(rtc: &mut Rtc, role: &mut Role, packet: &Packet) -> Written {
             pt
         }
     };
-    let mut api = rtc.direct_api();
-    let ssrc = match track.ssrc {
-        Some(ssrc) => ssrc,
-        None => {
-            let Some(stream) = api.stream_tx_by_mid(track.mid, None) else { return Written::Skipped };
-            if video_packet {
-                stream.set_rtx_cache(VIDEO_RETRANSMIT_PACKETS, VIDEO_RETRANSMIT_AGE, None);
-            }
-            let ssrc = stream.ssrc();
-            track.ssrc = Some(ssrc);
-            ssrc
-        }
-    };
     // A subscriber starts (and, after its publisher is replaced, restarts) its
     // video at a keyframe; frames before one are undecodable. Audio starts anywhere.
     let can_start = !video_packet || packet.keyframe_start;
     let Some(out) = track.stream.renumber(packet.feed, packet.seq, packet.time, packet.arrival, can_start) else {
         return if video_packet && !track.stream.is_following() { Written::AwaitingKeyframe } else { Written::Skipped };
     };
-    let Some(stream) = api.stream_tx(&ssrc) else { return Written::Skipped };
+    // By media line, not by SSRC: a scan of the line's two streams costs less
+    // than hashing an SSRC, and this runs for every packet and subscriber.
+    let mut api = rtc.direct_api();
+    let Some(stream) = api.stream_tx_by_mid(track.mid, None) else { return Written::Skipped };
+    if !track.configured {
+        track.configured = true;
+        if video_packet {
+            stream.set_rtx_cache(VIDEO_RETRANSMIT_PACKETS, VIDEO_RETRANSMIT_AGE, None);
+        }
+    }
     let mut ext = ExtensionValues::default();
     ext.audio_level = packet.audio_level;
     ext.voice_activity = packet.voice_activity;
