@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use onstage_stage::media::{MediaPlane, MediaRefusal, MediaSignal, PeerId, SourceId};
 use str0m::change::SdpOffer;
 use str0m::crypto::CryptoProvider;
+use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, Rtc, RtcConfig};
 use tokio::sync::{mpsc, oneshot};
 
@@ -80,6 +81,13 @@ impl Drop for Inner {
             let _ = shard.send(ShardInput::Stop);
         }
     }
+}
+
+/// Which way a peer's media goes, seen from the peer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Publish,
+    Subscribe,
 }
 
 /// The video codec families onstage forwards.
@@ -195,7 +203,7 @@ impl MediaServer {
     /// task, not in the forwarding loop.
     /// `video`: the codec families to accept (a subscriber gets only its
     /// publisher's).
-    fn answer(&self, offer_sdp: &str, video: &[VideoCodec]) -> Result<(Rtc, String), MediaRefusal> {
+    fn answer(&self, offer_sdp: &str, video: &[VideoCodec], direction: Direction) -> Result<(Rtc, String), MediaRefusal> {
         let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| MediaRefusal::InvalidOffer(e.to_string()))?;
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
@@ -206,6 +214,20 @@ impl MediaServer {
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(video.contains(&VideoCodec::Vp8));
+        if direction == Direction::Subscribe {
+            // Transport-wide congestion control numbers every packet sent and keeps
+            // a record of the last thousand for bandwidth estimation (~100 KB per
+            // connection), and has the receiver report on each. Nothing here
+            // estimates a subscriber's bandwidth (there are no layers to pick
+            // from), so a subscriber's connection does not negotiate it. A
+            // publisher's does: its sender needs our feedback to pace itself.
+            let standard = ExtensionMap::standard();
+            let mut exts = ExtensionMap::empty();
+            for (id, ext) in standard.iter().filter(|(_, e)| **e != Extension::TransportSequenceNumber) {
+                exts.set(id, ext.clone());
+            }
+            config = config.set_extension_map(exts);
+        }
         if video.contains(&VideoCodec::H264) {
             // H.264 as IVS takes it: Baseline and Constrained Baseline, packetization-mode 1.
             config.codec_config().add_h264(127.into(), Some(121.into()), true, 0x42001f);
@@ -263,7 +285,7 @@ impl MediaPlane for MediaServer {
 
     async fn publish(&self, source: SourceId, offer_sdp: String) -> Result<(PeerId, String), MediaRefusal> {
         check_offer(&offer_sdp)?;
-        let (rtc, answer) = self.answer(&offer_sdp, &[VideoCodec::H264, VideoCodec::Vp8])?;
+        let (rtc, answer) = self.answer(&offer_sdp, &[VideoCodec::H264, VideoCodec::Vp8], Direction::Publish)?;
         let ufrag = local_ufrag(&answer)?;
         let home = shard::home_of(source, self.inner.shards.len());
         let (id, accepted) = {
@@ -281,7 +303,7 @@ impl MediaPlane for MediaServer {
             Some(codec) => vec![codec],
             None => vec![VideoCodec::H264, VideoCodec::Vp8],
         };
-        let (rtc, answer) = self.answer(&offer_sdp, &video)?;
+        let (rtc, answer) = self.answer(&offer_sdp, &video, Direction::Subscribe)?;
         if let (Some(codec), true) = (publisher_video, summary.video_lines > 0) {
             if negotiated_video(&answer) != Some(codec) {
                 return Err(MediaRefusal::InvalidOffer(format!(
