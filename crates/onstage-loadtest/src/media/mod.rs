@@ -19,6 +19,7 @@ mod http;
 mod janus;
 mod net;
 mod onstage;
+mod packetize;
 mod peer;
 mod procstat;
 mod report;
@@ -131,6 +132,10 @@ pub struct MediaArgs {
     pub audio_bytes: u32,
     #[arg(long, value_enum, default_value = "vp8")]
     pub codec: VideoCodec,
+    /// Publishers pace video as libwebrtc does, at this many times --bitrate
+    /// (a keyframe then takes ~100 ms to send); 0 sends each frame as one burst.
+    #[arg(long, default_value_t = 2.5)]
+    pub pacing_factor: f64,
     /// Subscriptions started per second while joining.
     #[arg(long, default_value_t = 50.0)]
     pub ramp: f64,
@@ -218,6 +223,7 @@ struct Plan {
     bitrate: u64,
     fps: u32,
     codec: VideoCodec,
+    pacing_factor: f64,
     delta_frame_bytes: usize,
     keyframe_bytes: usize,
     audio_frame_bytes: u32,
@@ -248,6 +254,7 @@ impl Plan {
             bitrate: a.bitrate,
             fps: a.fps,
             codec: a.codec,
+            pacing_factor: a.pacing_factor,
             delta_frame_bytes: shape.delta_bytes,
             keyframe_bytes: shape.key_bytes,
             audio_frame_bytes: a.audio_bytes,
@@ -258,6 +265,9 @@ impl Plan {
         }
         if !(a.ramp > 0.0) {
             bail!("--ramp must be positive");
+        }
+        if !(plan.pacing_factor >= 0.0 && plan.pacing_factor.is_finite()) {
+            bail!("--pacing-factor must be 0 (no pacing) or positive");
         }
         if plan.churn_per_second < 0.0 {
             bail!("--churn must not be negative");
@@ -297,6 +307,7 @@ struct Ctx {
     wanted_subscribers: AtomicU64,
     shape: VideoShape,
     audio_bytes: usize,
+    pacing_factor: f64,
 }
 
 impl Ctx {
@@ -328,7 +339,14 @@ async fn publish(ctx: &Ctx, room: &Room, index: u32, user: &str) -> anyhow::Resu
     ctx.shards[shard].add(NewPeer {
         local,
         rtc,
-        role: NewRole::Publisher { index, audio, video, shape: ctx.shape, audio_bytes: ctx.audio_bytes },
+        role: NewRole::Publisher {
+            index,
+            audio,
+            video,
+            shape: ctx.shape,
+            audio_bytes: ctx.audio_bytes,
+            pacing_factor: ctx.pacing_factor,
+        },
         on_connected: Some(tell),
     })?;
     match tokio::time::timeout(Duration::from_secs(20), connected).await {
@@ -601,6 +619,7 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
         wanted_subscribers: AtomicU64::new(0),
         shape,
         audio_bytes: args.audio_bytes as usize,
+        pacing_factor: args.pacing_factor,
     });
     eprintln!("plan: {}", serde_json::to_string(&plan)?);
 

@@ -1,7 +1,9 @@
-//! Building the client peers: str0m `Rtc`s for a publisher (frame mode, it
-//! writes synthetic frames) and a subscriber (RTP mode: str0m hands over each
-//! decrypted RTP packet and does no depacketizing, jitter buffering or frame
-//! assembly, which keeps a subscriber far cheaper than the server's side of it).
+//! Building the client peers: str0m `Rtc`s in RTP mode. A publisher writes
+//! RTP packets it packetized itself (see `packetize`: every packet stamped,
+//! paced as a browser paces them); a subscriber gets each decrypted RTP packet
+//! and does no depacketizing, jitter buffering or frame assembly, which keeps
+//! it far cheaper than the server's side of it. str0m still runs RTCP for both
+//! (sender and receiver reports, NACKs and their retransmissions, PLI).
 //!
 //! Every peer is the full-ICE, controlling side (the servers are ICE-lite) with
 //! one host candidate: its own loopback address on its shard's socket. All
@@ -61,7 +63,7 @@ impl PeerFactory {
 
     /// A publisher with a sendonly audio and video line, and its offer.
     pub fn publisher(&self, local: SocketAddr, codec: VideoCodec) -> anyhow::Result<OfferingPeer> {
-        let mut rtc = self.build(self.config(false, &[codec]), local)?;
+        let mut rtc = self.build(self.config(true, &[codec]), local)?;
         let mut change = rtc.sdp_api();
         let audio = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
         let video = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);

@@ -41,12 +41,17 @@ pub struct Window {
     pub rx_bits_per_second: f64,
     /// RTP packets expected (from sequence numbers) but not received, in percent.
     pub loss_percent: f64,
-    /// Publisher frames missing at subscribers (gaps in the stamped frame
-    /// counters), in percent: loss before the SFU or inside it.
+    /// Publisher frames missing at subscribers (gaps in the frame counters
+    /// stamped into every packet: no packet of the frame arrived), in percent:
+    /// loss before the SFU or inside it.
     pub frame_loss_percent: f64,
     /// Mean RFC 3550 interarrival jitter of the video streams at the end, ms.
     pub video_jitter_ms: Option<f64>,
-    /// Publisher send → subscriber receive of stamped frames' first packets.
+    /// Added latency of the SFU, per packet: the packet's arrival at a
+    /// subscriber − the time its publisher handed it to str0m (stamped into
+    /// every packet, so a paced keyframe's last packet counts from its own
+    /// send time, not the frame's). Packets an SFU repacketized without their
+    /// stamp near the start are not counted.
     pub latency_ms: Percentiles,
     /// Subscribe POST → first RTP packet, for subscribers that joined in the window.
     pub join_ms: Percentiles,

@@ -2,13 +2,13 @@
 //!
 //! The thread reads all waiting datagrams, hands each to the peer its
 //! destination address names, drains that peer's output (datagrams out, events
-//! in), runs the publishers' frame clocks and the peers' str0m timers, and
-//! sleeps in `ppoll` when idle. Peers arrive and leave over a channel, so the
+//! in), runs the publishers' frame clocks and pacers and the peers' str0m
+//! timers, and sleeps in `ppoll` when idle. Peers arrive and leave over a channel, so the
 //! receive path takes no lock. A few shards carry thousands of subscribers: the
 //! cost per packet is one `recvmsg`, str0m's SRTP and RTP parsing, and a few
 //! counter updates — no allocation of ours, no frame assembly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError, channel};
@@ -18,13 +18,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use str0m::format::Codec;
-use str0m::media::{Frequency, MediaTime, Mid, Pt};
+use str0m::media::{Frequency, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpPacket;
+use str0m::rtp::{RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::oneshot;
 
 use super::net::{RecvBatch, SharedSocket};
+use super::packetize::{self, OutPacket};
 use super::stats::{Failures, StreamStats, Totals};
 use super::synth::{self, Jiggle, Stamp, VideoShape};
 
@@ -47,10 +48,29 @@ const KEYFRAME_ANSWER_INTERVAL: Duration = Duration::from_millis(500);
 /// frames at once, then skips ahead.
 const MAX_CATCH_UP_FRAMES: u32 = 5;
 const AUDIO_FRAME: Duration = Duration::from_millis(20);
+/// Bytes a video packet costs the pacer beyond its payload: the RTP header
+/// with its extensions and the SRTP tag, roughly.
+const PACKET_OVERHEAD: usize = 40;
+/// The pacer sends faster than its rate when its queue would otherwise take
+/// longer than this to drain (libwebrtc's queue time limit).
+const PACER_QUEUE_LIMIT: Duration = Duration::from_secs(2);
+/// Packets a publisher's video stream keeps for answering NACKs, and for how
+/// long (str0m's defaults, set explicitly because the stream is written directly).
+const RTX_CACHE_PACKETS: usize = 1024;
+const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+const RTX_RATIO_CAP: Option<f32> = Some(0.15);
 
 /// What a peer added to a shard does.
 pub enum NewRole {
-    Publisher { index: u32, audio: Mid, video: Mid, shape: VideoShape, audio_bytes: usize },
+    Publisher {
+        index: u32,
+        audio: Mid,
+        video: Mid,
+        shape: VideoShape,
+        audio_bytes: usize,
+        /// Video leaves at this many times the bitrate; 0 sends a frame's packets at once.
+        pacing_factor: f64,
+    },
     Subscriber {
         /// When its subscribe request was sent, for the join time.
         join_started: Instant,
@@ -109,7 +129,7 @@ impl Shard {
             departed_received: 0,
             departed_frames_seen: 0,
             departed_frames_missing: 0,
-            frame_buf: Vec::with_capacity(256 * 1024),
+            packets: Vec::with_capacity(128),
             arrival_ns: 0,
         };
         let thread = std::thread::Builder::new()
@@ -167,11 +187,31 @@ struct Publisher {
     last_key: Option<Instant>,
     keyframe_requested: bool,
     jiggle: Jiggle,
+    /// Extended RTP sequence numbers of the next packets (ROC 0 at the start).
+    video_seq: u64,
+    audio_seq: u64,
+    /// Video pacing rate in bytes per second; `None` sends frames as bursts.
+    pacing_rate: Option<f64>,
+    /// Video packets made but not yet handed to str0m, oldest first, and their bytes.
+    paced: VecDeque<PacedPacket>,
+    paced_bytes: usize,
+    /// When the pacer lets the next video packet go.
+    next_paced: Instant,
 }
 
-/// A publisher's frame counter as one subscriber sees it: frames the SFU
-/// never delivered (lost before it, or dropped by it) leave gaps, which RTP
-/// sequence numbers cannot show because the SFU numbers its own packets.
+/// A video packet waiting for the pacer.
+struct PacedPacket {
+    packet: OutPacket,
+    rtp_time: u32,
+    /// The frame's capture time, for str0m's sender reports.
+    wallclock: Instant,
+}
+
+/// A publisher's frame counter as one subscriber sees it: frames of which the
+/// SFU delivered no packet at all (lost before it, or dropped by it) leave
+/// gaps, which RTP sequence numbers cannot show because the SFU numbers its
+/// own packets. Every packet of a frame carries the counter; the first to
+/// arrive counts the frame, the rest are repeats.
 #[derive(Default, Clone, Copy)]
 struct FrameTrack {
     last: Option<u64>,
@@ -232,7 +272,8 @@ struct Worker {
     departed_received: u64,
     departed_frames_seen: u64,
     departed_frames_missing: u64,
-    frame_buf: Vec<u8>,
+    /// The packets of the frame being made, reused.
+    packets: Vec<OutPacket>,
     /// `CLOCK_MONOTONIC` time of the datagram being handled (taken once per batch).
     arrival_ns: u64,
 }
@@ -305,7 +346,13 @@ impl Worker {
     fn add(&mut self, new: NewPeer) {
         let now = Instant::now();
         let role = match new.role {
-            NewRole::Publisher { index, audio, video, shape, audio_bytes } => Role::Publisher(Box::new(Publisher {
+            NewRole::Publisher { index, audio, video, shape, audio_bytes, pacing_factor } => {
+                let mut jiggle = Jiggle::new(0x9E37_79B9_7F4A_7C15 ^ u64::from(index));
+                // Random first sequence numbers as senders pick them, low enough
+                // that the rollover counter starts at 0.
+                let (video_seq, audio_seq) = (jiggle.vary(16_384, 99) as u64, jiggle.vary(16_384, 99) as u64);
+                let pacing_rate = (pacing_factor > 0.0).then(|| pacing_factor * shape.bits_per_second as f64 / 8.0);
+                Role::Publisher(Box::new(Publisher {
                 index,
                 audio,
                 video,
@@ -321,8 +368,15 @@ impl Worker {
                 frames_since_key: 0,
                 last_key: None,
                 keyframe_requested: false,
-                jiggle: Jiggle::new(0x9E37_79B9_7F4A_7C15 ^ u64::from(index)),
-            })),
+                jiggle,
+                video_seq,
+                audio_seq,
+                pacing_rate,
+                paced: VecDeque::new(),
+                paced_bytes: 0,
+                next_paced: now,
+            }))
+            }
             NewRole::Subscriber { join_started } => Role::Subscriber(Subscriber {
                 join_started,
                 audio: StreamStats::default(),
@@ -437,9 +491,7 @@ impl Worker {
         self.peers
             .iter()
             .filter_map(|p| match &p.role {
-                Role::Publisher(publisher) if publisher.started.is_some() => {
-                    Some(publisher.next_video.min(publisher.next_audio))
-                }
+                Role::Publisher(publisher) if publisher.started.is_some() => Some(publisher.next_due()),
                 _ => None,
             })
             .min()
@@ -448,17 +500,15 @@ impl Worker {
     fn run_publishers(&mut self, now: Instant) {
         let mut index = 0;
         while index < self.peers.len() {
-            let due = matches!(&self.peers[index].role, Role::Publisher(p)
-                if p.started.is_some() && (p.next_video <= now || p.next_audio <= now));
-            if due {
-                let peer = &mut self.peers[index];
-                let death = match write_due_frames(peer, now, &mut self.frame_buf, &mut self.totals) {
-                    Ok(()) => drain(peer, &self.socket, &mut self.totals, synth::monotonic_ns()),
-                    Err(e) => Some(Death::Failed("write", e.to_string())),
-                };
-                if let Some(death) = death {
-                    self.bury(index, death);
-                    continue;
+            let due = matches!(&self.peers[index].role, Role::Publisher(p) if p.started.is_some() && p.next_due() <= now);
+            if due && write_due_packets(&mut self.peers[index], now, &mut self.packets, &mut self.totals) {
+                // str0m sends what was written once time moves on: its pacer
+                // snapshots the stream queues in `handle_timeout`.
+                let before = self.peers.len();
+                self.arrival_ns = synth::monotonic_ns();
+                self.feed(index, Input::Timeout(now));
+                if self.peers.len() < before {
+                    continue; // it died; another peer moved into `index`
                 }
             }
             index += 1;
@@ -558,7 +608,11 @@ fn drain(peer: &mut Peer, socket: &SharedSocket, totals: &mut Totals, arrival_ns
 }
 
 /// Counts one subscriber RTP packet: loss and jitter per stream, latency from
-/// a frame's stamp, the join time from the first packet.
+/// the packet's own stamp (arrival − the time its publisher handed it to
+/// str0m), the join time from the first packet. A frame counts as received
+/// when the first of its packets to arrive does, whichever packet that is.
+/// A packet without a stamp (an SFU that repacketizes frames moves the stamps
+/// around) counts for loss and jitter only.
 fn on_rtp(s: &mut Subscriber, packet: &RtpPacket, totals: &mut Totals, arrival_ns: u64) {
     totals.rtp_packets += 1;
     let clock = packet.time.denom();
@@ -579,37 +633,64 @@ fn on_rtp(s: &mut Subscriber, packet: &RtpPacket, totals: &mut Totals, arrival_n
     }
 }
 
+impl Publisher {
+    /// When this publisher next has something to send.
+    fn next_due(&self) -> Instant {
+        let media = self.next_video.min(self.next_audio);
+        if self.paced.is_empty() { media } else { media.min(self.next_paced) }
+    }
+}
+
 fn start_publishing(p: &mut Publisher, rtc: &mut Rtc, now: Instant) {
-    let pt_of = |rtc: &mut Rtc, mid: Mid, want: &[Codec]| {
-        rtc.writer(mid)
-            .and_then(|w| w.payload_params().find(|params| want.contains(&params.spec().codec)).map(|params| params.pt()))
+    // The payload types the server accepted, as str0m's frame writer would pick them.
+    let pt_of = |rtc: &Rtc, mid: Mid, want: &[Codec]| {
+        let accepted = rtc.media(mid)?.remote_pts();
+        rtc.codec_config()
+            .params()
+            .iter()
+            .find(|params| accepted.contains(&params.pt()) && want.contains(&params.spec().codec))
+            .map(|params| params.pt())
     };
     p.audio_pt = pt_of(rtc, p.audio, &[Codec::Opus]);
     p.video_pt = pt_of(rtc, p.video, &[Codec::Vp8, Codec::H264]);
+    if let Some(stream) = rtc.direct_api().stream_tx_by_mid(p.video, None) {
+        stream.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, RTX_RATIO_CAP);
+    }
     p.started = Some(now);
     p.next_video = now;
     p.next_audio = now;
+    p.next_paced = now;
 }
 
-/// Writes the frames whose time has come (the first video frame is a keyframe).
-fn write_due_frames(peer: &mut Peer, now: Instant, buf: &mut Vec<u8>, totals: &mut Totals) -> Result<(), str0m::RtcError> {
-    let Role::Publisher(p) = &mut peer.role else { return Ok(()) };
-    let Some(started) = p.started else { return Ok(()) };
+/// Makes the frames whose time has come (the first video frame is a
+/// keyframe) and writes their packets to str0m: audio at once, video as the
+/// pacer allows. Each packet's stamp gets the time it is written. Returns
+/// whether anything was written.
+fn write_due_packets(peer: &mut Peer, now: Instant, packets: &mut Vec<OutPacket>, totals: &mut Totals) -> bool {
+    let Role::Publisher(p) = &mut peer.role else { return false };
+    let Some(started) = p.started else { return false };
     let interval = p.shape.frame_interval();
-    let mut written = 0;
-    while p.next_video <= now && written < MAX_CATCH_UP_FRAMES {
+    let mut made = 0;
+    while p.next_video <= now && made < MAX_CATCH_UP_FRAMES {
         let keyframe_due = p.video_frames == 0 || p.frames_since_key + 1 >= p.shape.gop;
         let answer_request =
             p.keyframe_requested && p.last_key.is_none_or(|t| now.duration_since(t) >= KEYFRAME_ANSWER_INTERVAL);
         let keyframe = keyframe_due || answer_request;
         let size = if keyframe { p.jiggle.vary(p.shape.key_bytes, 5) } else { p.jiggle.vary(p.shape.delta_bytes, 15) };
-        let stamp = Stamp { publisher: p.index, frame: p.video_frames, sent_ns: synth::monotonic_ns() };
-        synth::video_frame(buf, p.shape.codec, keyframe, size, &stamp);
-        let rtp_time = MediaTime::from_90khz(p.next_video.duration_since(started).as_micros() as u64 * 9 / 100);
-        if let (Some(pt), Some(writer)) = (p.video_pt, peer.rtc.writer(p.video)) {
-            writer.write(pt, p.next_video, rtp_time, buf.as_slice())?;
-            totals.frames_sent += 1;
+        let stamp = Stamp { publisher: p.index, frame: p.video_frames, sent_ns: 0 };
+        packets.clear();
+        packetize::video_frame(packets, p.shape.codec, keyframe, size, &stamp, p.video_frames as u16);
+        // 90 kHz from the frame's scheduled time; RTP timestamps wrap.
+        let rtp_time = (p.next_video.duration_since(started).as_micros() as u64 * 9 / 100) as u32;
+        if p.paced.is_empty() {
+            // An idle pacer has no credit saved up: the frame starts now.
+            p.next_paced = p.next_paced.max(now);
         }
+        for packet in packets.drain(..) {
+            p.paced_bytes += packet.payload.len();
+            p.paced.push_back(PacedPacket { packet, rtp_time, wallclock: p.next_video });
+        }
+        totals.frames_sent += 1;
         if keyframe {
             p.frames_since_key = 0;
             p.last_key = Some(now);
@@ -619,27 +700,56 @@ fn write_due_frames(peer: &mut Peer, now: Instant, buf: &mut Vec<u8>, totals: &m
         }
         p.video_frames += 1;
         p.next_video += interval;
-        written += 1;
+        made += 1;
     }
     if p.next_video <= now {
         p.next_video = now + interval;
     }
-    written = 0;
-    while p.next_audio <= now && written < MAX_CATCH_UP_FRAMES {
-        let stamp = Stamp { publisher: p.index, frame: p.audio_frames, sent_ns: synth::monotonic_ns() };
-        synth::audio_frame(buf, p.audio_bytes, &stamp);
-        let rtp_time =
-            MediaTime::new(p.next_audio.duration_since(started).as_micros() as u64 * 48 / 1000, Frequency::FORTY_EIGHT_KHZ);
-        if let (Some(pt), Some(writer)) = (p.audio_pt, peer.rtc.writer(p.audio)) {
-            writer.write(pt, p.next_audio, rtp_time, buf.as_slice())?;
+
+    let mut wrote = false;
+    let mut direct = peer.rtc.direct_api();
+    made = 0;
+    while p.next_audio <= now && made < MAX_CATCH_UP_FRAMES {
+        let stamp = Stamp { publisher: p.index, frame: p.audio_frames, sent_ns: 0 };
+        let rtp_time = (p.next_audio.duration_since(started).as_micros() as u64 * 48 / 1000) as u32;
+        if let (Some(pt), Some(stream)) = (p.audio_pt, direct.stream_tx_by_mid(p.audio, None)) {
+            let mut packet = packetize::audio_frame(p.audio_bytes, &stamp);
+            packet.stamp_sent(synth::monotonic_ns());
+            stream.write_rtp(RtpWrite::new(pt, p.audio_seq.into(), rtp_time, p.next_audio, packet.payload));
+            p.audio_seq += 1;
             totals.frames_sent += 1;
+            wrote = true;
         }
         p.audio_frames += 1;
         p.next_audio += AUDIO_FRAME;
-        written += 1;
+        made += 1;
     }
     if p.next_audio <= now {
         p.next_audio = now + AUDIO_FRAME;
     }
-    Ok(())
+
+    let (Some(pt), Some(stream)) = (p.video_pt, direct.stream_tx_by_mid(p.video, None)) else {
+        p.paced.clear();
+        p.paced_bytes = 0;
+        return wrote;
+    };
+    while p.paced.front().is_some() {
+        // libwebrtc's pacer: its rate, or faster when the queue would take
+        // longer than its limit to drain.
+        let rate = p.pacing_rate.map(|r| r.max(p.paced_bytes as f64 / PACER_QUEUE_LIMIT.as_secs_f64()));
+        if rate.is_some() && p.next_paced > now {
+            break;
+        }
+        let Some(PacedPacket { mut packet, rtp_time, wallclock }) = p.paced.pop_front() else { break };
+        p.paced_bytes = p.paced_bytes.saturating_sub(packet.payload.len());
+        if let Some(rate) = rate {
+            p.next_paced += Duration::from_secs_f64((packet.payload.len() + PACKET_OVERHEAD) as f64 / rate);
+        }
+        packet.stamp_sent(synth::monotonic_ns());
+        let write = RtpWrite::new(pt, p.video_seq.into(), rtp_time, wallclock, packet.payload);
+        stream.write_rtp(write.marker(packet.marker).nackable(true));
+        p.video_seq += 1;
+        wrote = true;
+    }
+    wrote
 }

@@ -173,7 +173,7 @@ pub struct Totals {
     /// Packets expected and received per RFC 3550, summed over every stream.
     pub expected: u64,
     pub received: u64,
-    /// Frames stamped by publishers and found again by subscribers: latency in µs.
+    /// Stamped packets subscribers received: publisher send → arrival, in µs.
     pub latency_us: Histogram,
     /// WHIP subscribe POST → first RTP packet at that subscriber, in µs.
     pub join_us: Histogram,

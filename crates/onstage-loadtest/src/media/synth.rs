@@ -1,20 +1,18 @@
 //! Synthetic media: frames that look like a camera's to an SFU, made without an
 //! encoder.
 //!
-//! The server under test forwards *frames*: it depacketizes what a publisher
-//! sends, asks str0m whether a frame is a keyframe (to start new subscribers on
-//! one), and packetizes it again for each subscriber. So a synthetic frame needs
-//! just enough codec syntax for that — a VP8 frame tag with the P bit clear and
-//! the keyframe start code, or an H.264 IDR NAL unit — and a realistic size:
+//! An SFU needs no more than the codec syntax that tells it where frames and
+//! keyframes start (written by [`super::packetize`]) and realistic sizes:
 //! delta frames around the target bitrate, a keyframe every `keyframe_interval`
-//! about nine deltas big, Opus-sized audio every 20 ms.
+//! about nine deltas big, Opus-sized audio every 20 ms ([`VideoShape`]).
 //!
-//! Right after the codec header every frame carries a [`Stamp`]: a magic, the
-//! publisher's index, its frame counter and the send time on `CLOCK_MONOTONIC`
-//! (one clock for every process on the machine), which lets a subscriber compute
-//! end-to-end latency from the first packet of a frame. The stamp is encoded
-//! without zero bytes, and the filler is `0xAA`, so no start code (`00 00 01`)
-//! can appear inside an H.264 NAL unit.
+//! Every RTP packet carries a [`Stamp`] right after its codec header: a magic,
+//! the publisher's index, the frame's counter and the packet's send time on
+//! `CLOCK_MONOTONIC` (one clock for every process on the machine), which lets
+//! a subscriber compute each packet's latency through the SFU and find frames
+//! the SFU never delivered. The stamp is encoded without zero bytes, and the
+//! filler is `0xAA`, so no start code (`00 00 01`) can appear inside an H.264
+//! NAL unit.
 
 use std::time::Duration;
 
@@ -32,9 +30,11 @@ pub const MAGIC: [u8; 6] = [0xF3, b'O', b'S', b'L', b'G', 0xF7];
 /// Largest encoded stamp: magic, 5-byte publisher index, two 10-byte u64s.
 pub const STAMP_LEN: usize = MAGIC.len() + 5 + 10 + 10;
 /// How far into an RTP payload a subscriber looks for the magic: the payload
-/// descriptor and codec header come first (VP8: ≤ 6 + 10 bytes; H.264 FU-A: 2).
+/// descriptor and codec header come first (VP8: 4 + 10 bytes; H.264 FU-A: 2;
+/// the STAP-A of a keyframe: 38, see `packetize`).
 pub const STAMP_SEARCH_WINDOW: usize = 48;
-const FILLER: u8 = 0xAA;
+/// What fills frames past their headers and stamps: no zero byte.
+pub const FILLER: u8 = 0xAA;
 
 /// What a stamped frame says about itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +79,17 @@ impl Stamp {
         put_septets(out, self.sent_ns, 10);
     }
 
+    /// Overwrites the send time of the stamp that `at` starts with (written
+    /// by [`Stamp::write`]); does nothing if `at` is too short to hold one.
+    pub fn set_sent_ns(at: &mut [u8], sent_ns: u64) {
+        let field = MAGIC.len() + 5 + 10;
+        if let Some(slot) = at.get_mut(field..field + 10) {
+            for (i, b) in slot.iter_mut().enumerate() {
+                *b = 0x80 | ((sent_ns >> (7 * (9 - i))) & 0x7F) as u8;
+            }
+        }
+    }
+
     /// Finds a stamp near the start of an RTP payload.
     pub fn find(payload: &[u8]) -> Option<Stamp> {
         let window = &payload[..payload.len().min(STAMP_SEARCH_WINDOW + STAMP_LEN)];
@@ -96,6 +107,7 @@ impl Stamp {
 #[derive(Clone, Copy, Debug)]
 pub struct VideoShape {
     pub codec: VideoCodec,
+    pub bits_per_second: u64,
     pub fps: u32,
     /// Frames from one keyframe to the next.
     pub gop: u32,
@@ -113,55 +125,11 @@ impl VideoShape {
         // One GOP = (gop - 1) deltas + one keyframe of KEYFRAME_RATIO deltas.
         let gop_bytes = bits_per_second as f64 / 8.0 * f64::from(gop) / f64::from(fps);
         let delta = (gop_bytes / (f64::from(gop - 1) + KEYFRAME_RATIO as f64)).max(64.0) as usize;
-        VideoShape { codec, fps, gop, delta_bytes: delta, key_bytes: delta * KEYFRAME_RATIO }
+        VideoShape { codec, bits_per_second, fps, gop, delta_bytes: delta, key_bytes: delta * KEYFRAME_RATIO }
     }
 
     pub fn frame_interval(&self) -> Duration {
         Duration::from_secs_f64(1.0 / f64::from(self.fps))
-    }
-}
-
-/// Fills `out` (cleared first) with one video frame of about `size` bytes.
-pub fn video_frame(out: &mut Vec<u8>, codec: VideoCodec, keyframe: bool, size: usize, stamp: &Stamp) {
-    out.clear();
-    match codec {
-        VideoCodec::Vp8 => {
-            // Frame tag (RFC 6386 §9.1): P bit (0 = key frame), version 0,
-            // show_frame 1, 19-bit first partition size.
-            let partition = (size.saturating_sub(10) as u32).min(0x7FFFF);
-            let tag = (if keyframe { 0 } else { 1 }) | (1 << 4) | (partition << 5);
-            out.extend_from_slice(&[tag as u8, (tag >> 8) as u8, (tag >> 16) as u8]);
-            if keyframe {
-                // Start code, then 1280x720 with no scaling.
-                out.extend_from_slice(&[0x9d, 0x01, 0x2a, 0x00, 0x05, 0xd0, 0x02]);
-            }
-        }
-        VideoCodec::H264 => {
-            if keyframe {
-                // SPS (Constrained Baseline 3.1) and PPS; nothing decodes them, so
-                // their bodies are placeholders without zero bytes.
-                out.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0xe0, 0x1f, 0x8d, 0x68, 0x05, 0x8b]);
-                out.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x3c, 0x80]);
-                out.extend_from_slice(&[0, 0, 0, 1, 0x65]); // IDR slice
-            } else {
-                out.extend_from_slice(&[0, 0, 0, 1, 0x41]); // non-IDR slice, nal_ref_idc 2
-            }
-        }
-    }
-    stamp.write(out);
-    if out.len() < size {
-        out.resize(size, FILLER);
-    }
-}
-
-/// Opus-sized audio: a 20 ms frame of `size` bytes (a CELT fullband TOC byte,
-/// the stamp, filler).
-pub fn audio_frame(out: &mut Vec<u8>, size: usize, stamp: &Stamp) {
-    out.clear();
-    out.push(0xFC);
-    stamp.write(out);
-    if out.len() < size {
-        out.resize(size, FILLER);
     }
 }
 
@@ -198,30 +166,9 @@ mod tests {
         assert_eq!(out.len(), 3 + STAMP_LEN);
         assert!(out[3..].iter().all(|&b| b != 0));
         assert_eq!(Stamp::find(&out), Some(stamp));
+        Stamp::set_sent_ns(&mut out[3..], 987_654_321);
+        assert_eq!(Stamp::find(&out), Some(Stamp { sent_ns: 987_654_321, ..stamp }));
         assert_eq!(Stamp::find(&[0xAA; 100]), None);
-    }
-
-    #[test]
-    fn vp8_keyframes_pass_the_keyframe_test() {
-        let stamp = Stamp { publisher: 0, frame: 0, sent_ns: 1 };
-        let mut f = Vec::new();
-        video_frame(&mut f, VideoCodec::Vp8, true, 5000, &stamp);
-        assert_eq!(f.len(), 5000);
-        assert_eq!(f[0] & 1, 0);
-        assert_eq!(&f[3..6], &[0x9d, 0x01, 0x2a]);
-        video_frame(&mut f, VideoCodec::Vp8, false, 500, &stamp);
-        assert_eq!(f[0] & 1, 1);
-        assert_eq!(Stamp::find(&f[3..]), Some(stamp));
-    }
-
-    #[test]
-    fn h264_frames_have_no_stray_start_codes() {
-        let stamp = Stamp { publisher: 1, frame: 65_536, sent_ns: 1 << 40 };
-        let mut f = Vec::new();
-        video_frame(&mut f, VideoCodec::H264, true, 3000, &stamp);
-        let starts = f.windows(3).filter(|w| *w == [0, 0, 1]).count();
-        assert_eq!(starts, 3);
-        assert_eq!(f[f.iter().rposition(|&b| b == 1).unwrap_or(0) + 1] & 0x1f, 5);
     }
 
     #[test]
