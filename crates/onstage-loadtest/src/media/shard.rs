@@ -123,6 +123,7 @@ impl Shard {
             shared: shared.clone(),
             failures,
             peers: Vec::new(),
+            publishers: Vec::new(),
             by_local: HashMap::new(),
             totals: Totals::default(),
             departed_expected: 0,
@@ -264,6 +265,9 @@ struct Worker {
     shared: Arc<ShardShared>,
     failures: Arc<Failures>,
     peers: Vec<Peer>,
+    /// Indices in `peers` of the publishers, so the frame clocks are run
+    /// without touching every subscriber's (large, cold) `Peer` on each wake.
+    publishers: Vec<usize>,
     by_local: HashMap<Ipv4Addr, usize>,
     totals: Totals,
     /// Expected and received packets, seen and missing frames of subscribers
@@ -317,7 +321,9 @@ impl Worker {
                 self.flush();
                 next_flush = now + FLUSH_INTERVAL;
             }
-            if received == 0 {
+            // A batch that did not fill up emptied the socket: sleep rather
+            // than ask again (`ppoll` returns at once if more has arrived).
+            if received < RECV_BATCH {
                 let wake = self.next_publisher_due().unwrap_or(next_sweep).min(next_sweep).min(next_flush);
                 let idle = wake.saturating_duration_since(Instant::now()).min(MAX_IDLE);
                 if !idle.is_zero() {
@@ -399,6 +405,9 @@ impl Worker {
         };
         let index = self.peers.len();
         self.by_local.insert(new.local, index);
+        if matches!(peer.role, Role::Publisher(_)) {
+            self.publishers.push(index);
+        }
         self.peers.push(peer);
         self.arrival_ns = synth::monotonic_ns();
         self.feed(index, Input::Timeout(now));
@@ -410,6 +419,8 @@ impl Worker {
         if let Some(moved) = self.peers.get(index) {
             self.by_local.insert(moved.local, index);
         }
+        let publishers = self.peers.iter().enumerate().filter(|(_, p)| matches!(p.role, Role::Publisher(_)));
+        self.publishers = publishers.map(|(i, _)| i).collect();
         if let Role::Subscriber(s) = &peer.role {
             self.departed_expected += s.audio.expected() + s.video.expected();
             self.departed_received += s.audio.received() + s.video.received();
@@ -488,9 +499,9 @@ impl Worker {
     }
 
     fn next_publisher_due(&self) -> Option<Instant> {
-        self.peers
+        self.publishers
             .iter()
-            .filter_map(|p| match &p.role {
+            .filter_map(|&i| match &self.peers.get(i)?.role {
                 Role::Publisher(publisher) if publisher.started.is_some() => Some(publisher.next_due()),
                 _ => None,
             })
@@ -498,20 +509,19 @@ impl Worker {
     }
 
     fn run_publishers(&mut self, now: Instant) {
-        let mut index = 0;
-        while index < self.peers.len() {
-            let due = matches!(&self.peers[index].role, Role::Publisher(p) if p.started.is_some() && p.next_due() <= now);
-            if due && write_due_packets(&mut self.peers[index], now, &mut self.packets, &mut self.totals) {
+        let mut i = 0;
+        while let Some(&index) = self.publishers.get(i) {
+            i += 1;
+            let Some(peer) = self.peers.get_mut(index) else { continue };
+            let due = matches!(&peer.role, Role::Publisher(p) if p.started.is_some() && p.next_due() <= now);
+            if due && write_due_packets(peer, now, &mut self.packets, &mut self.totals) {
                 // str0m sends what was written once time moves on: its pacer
-                // snapshots the stream queues in `handle_timeout`.
-                let before = self.peers.len();
+                // snapshots the stream queues in `handle_timeout`. If the
+                // publisher dies, `publishers` is rebuilt and one publisher
+                // may wait for the next wake.
                 self.arrival_ns = synth::monotonic_ns();
                 self.feed(index, Input::Timeout(now));
-                if self.peers.len() < before {
-                    continue; // it died; another peer moved into `index`
-                }
             }
-            index += 1;
         }
     }
 

@@ -93,7 +93,16 @@ impl Stamp {
     /// Finds a stamp near the start of an RTP payload.
     pub fn find(payload: &[u8]) -> Option<Stamp> {
         let window = &payload[..payload.len().min(STAMP_SEARCH_WINDOW + STAMP_LEN)];
-        let at = window.windows(MAGIC.len()).take(STAMP_SEARCH_WINDOW).position(|w| w == MAGIC)?;
+        // Runs for every received packet: look for the magic's first byte,
+        // then compare the rest, rather than compare at every offset.
+        let mut from = 0;
+        let at = loop {
+            let at = from + window.get(from..STAMP_SEARCH_WINDOW.min(window.len()))?.iter().position(|&b| b == MAGIC[0])?;
+            if window.get(at..at + MAGIC.len()) == Some(&MAGIC[..]) {
+                break at;
+            }
+            from = at + 1;
+        };
         let rest = window.get(at + MAGIC.len()..at + STAMP_LEN)?;
         Some(Stamp {
             publisher: u32::try_from(get_septets(&rest[..5])?).ok()?,
