@@ -282,3 +282,47 @@ def test_lost_packets_are_retransmitted_to_the_subscriber(stage, token_for, arun
             await c.close()
 
     arun(go(), timeout=60)
+
+
+TRANSPORT_CC = "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01"
+
+
+def _offer_transport_cc(sdp: str) -> str:
+    """Offers transport-wide congestion control on every media line, as browsers do
+    (aiortc does not): id 14, which nothing else in aiortc's offer uses."""
+    lines = sdp.split("\r\n")
+    out = []
+    for line in lines:
+        out.append(line)
+        if line.startswith("a=mid:"):
+            out.append(f"a=extmap:14 {TRANSPORT_CC}")
+    return "\r\n".join(out)
+
+
+def test_transport_cc_is_kept_for_publishers_and_left_out_for_subscribers(stage, token_for, arun):
+    """The publisher's sender paces itself by our transport-cc feedback, so its answer
+    keeps the extension; onstage estimates no subscriber's bandwidth, so a subscriber's
+    answer leaves it out (it would cost the connection a record of every packet sent)
+    and the subscription still decodes its publisher."""
+    whip = stage["endpoints"]["whip"]
+    tp = token_for(stage, "presenter", ("PUBLISH",))
+    tv = token_for(stage, "viewer", ("SUBSCRIBE",))
+
+    async def go():
+        c = Cleanup()
+        try:
+            p = c.add(Publisher("publisher offering transport-cc", colour=GREEN, tone=440.0, video_codec="video/VP8"))
+            assert_answer(await p.publish(whip, tp["token"], munge=_offer_transport_cc), "VP8")
+            assert TRANSPORT_CC in p.answer_sdp, f"publish answer without transport-cc: {p.answer_sdp}"
+            await p.wait_connected()
+            s = c.add(Subscriber("subscriber offering transport-cc"))
+            assert_answer(await s.subscribe(whip, tp["participantId"], tv["token"], munge=_offer_transport_cc))
+            assert TRANSPORT_CC not in s.answer_sdp, f"subscribe answer with transport-cc: {s.answer_sdp}"
+            await s.wait_connected()
+            await s.wait_video(30, timeout=10)
+            await s.wait_audio(50, timeout=10)
+            assert_identity(s, GREEN, RED, 440.0)
+        finally:
+            await c.close()
+
+    arun(go(), timeout=60)
