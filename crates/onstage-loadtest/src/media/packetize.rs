@@ -86,10 +86,10 @@ pub fn video_frame(
         VideoCodec::Vp8 => vp8_frame(out, keyframe, size, stamp, picture_id),
         VideoCodec::H264 => h264_frame(out, keyframe, size, stamp),
     }
-    if out.len() > first {
-        if let Some(last) = out.last_mut() {
-            last.marker = true;
-        }
+    if out.len() > first
+        && let Some(last) = out.last_mut()
+    {
+        last.marker = true;
     }
 }
 
@@ -148,7 +148,7 @@ fn h264_frame(out: &mut Vec<OutPacket>, keyframe: bool, size: usize, stamp: &Sta
     // nal_ref_idc 3 for an IDR slice, 2 for the others, as libwebrtc's encoders set them.
     let nal_header = if keyframe { 0x60 | NAL_IDR } else { 0x40 | NAL_NON_IDR };
     let body = size.saturating_sub(1).max(STAMP_LEN);
-    if 1 + body <= MAX_PAYLOAD {
+    if body < MAX_PAYLOAD {
         let mut payload = Vec::with_capacity(1 + body);
         payload.push(nal_header);
         stamp.write(&mut payload);
