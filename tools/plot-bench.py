@@ -42,6 +42,14 @@ def steps(path: Path) -> list[dict]:
     return sorted(rows, key=lambda row: row["subscribers"])
 
 
+def pacing(path: Path) -> str:
+    """How the run's publishers sent video."""
+    factor = (json.loads(path.read_text()).get("plan") or {}).get("pacing_factor")
+    if not factor:
+        return "frames as bursts"
+    return f"paced at {factor:g}× the bitrate"
+
+
 def main() -> int:
     if len(sys.argv) != 3:
         print(__doc__, file=sys.stderr)
@@ -58,17 +66,20 @@ def main() -> int:
                 xs, ys = zip(*pts)
                 ax_rate.plot(xs, ys, style, color="grey", label=f"raw UDP ceiling ({mode})")
 
+    # The run as published (publishers paced like a browser), and, where present,
+    # the same run with each frame sent as one burst (`*-burst.json`).
     for name, file, colour in SERVERS:
-        path = results / file
-        if not path.exists():
-            continue
-        rows = steps(path)
-        if not rows:
-            continue
-        xs = [r["subscribers"] for r in rows]
-        ax_rate.plot(xs, [r["fwd_per_core"] for r in rows], "o-", color=colour, label=name)
-        ax_cpu.plot(xs, [r["cpu"] for r in rows], "o-", color=colour, label=name)
-        ax_loss.plot(xs, [r["loss"] for r in rows], "o-", color=colour, label=name)
+        for path, style in ((results / file, "o-"), (results / file.replace(".json", "-burst.json"), "s--")):
+            if not path.exists():
+                continue
+            rows = steps(path)
+            if not rows:
+                continue
+            label = f"{name}, {pacing(path)}"
+            xs = [r["subscribers"] for r in rows]
+            ax_rate.plot(xs, [r["fwd_per_core"] for r in rows], style, color=colour, label=label)
+            ax_cpu.plot(xs, [r["cpu"] for r in rows], style, color=colour, label=label)
+            ax_loss.plot(xs, [r["loss"] for r in rows], style, color=colour, label=label)
 
     ax_rate.set(title="Forwarded packets/s per server core", xlabel="subscribers", ylabel="packets/s per core")
     ax_cpu.set(title="Server CPU (one core = 100%)", xlabel="subscribers", ylabel="%")
