@@ -202,6 +202,9 @@ pub(crate) fn spawn(
     Ok(())
 }
 
+// A subscriber's role is the larger; peers are few next to the packets written
+// to them, and boxing it would add a pointer chase to every write.
+#[allow(clippy::large_enum_variant)]
 enum Role {
     Publisher { source: SourceId, kinds: Vec<(Mid, MediaKind)>, streams: Vec<IncomingStream> },
     Subscriber { source: SourceId, audio: Option<Track>, video: Option<Track> },
@@ -952,9 +955,7 @@ fn write_packet(rtc: &mut Rtc, role: &mut Role, packet: &Packet) -> Written {
             stream.set_rtx_cache(VIDEO_RETRANSMIT_PACKETS, VIDEO_RETRANSMIT_AGE, None);
         }
     }
-    let mut ext = ExtensionValues::default();
-    ext.audio_level = packet.audio_level;
-    ext.voice_activity = packet.voice_activity;
+    let ext = ExtensionValues { audio_level: packet.audio_level, voice_activity: packet.voice_activity, ..Default::default() };
     stream.write_rtp(
         RtpWrite::new(pt, out.seq.into(), out.time, packet.arrival, packet.payload.clone())
             .marker(packet.marker)
