@@ -141,6 +141,24 @@ impl MediaServer {
         let loads: Arc<[ShardLoad]> = (0..shard_count).map(|_| ShardLoad::default()).collect();
         let (shard_txs, shard_rxs): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| mpsc::unbounded_channel()).unzip();
         let (data_txs, data_rxs): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| mpsc::channel(shard::DATA_QUEUE)).unzip();
+        // The receive loop, as it runs wherever it is put.
+        let ingress_shards = data_txs.clone();
+        let receive = move || -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+            Box::pin(async move {
+                match tokio::net::UdpSocket::from_std(socket) {
+                    Ok(socket) => ingress::run(socket, routing_rx, ingress_shards).await,
+                    Err(e) => tracing::error!(error = %e, "media socket could not join the runtime"),
+                }
+            })
+        };
+        // With one shard the receive loop shares its thread: each datagram would
+        // otherwise wake a second thread on the way (two context switches, ~10%
+        // of a core's time at a few hundred subscribers). With more, it has its own
+        // thread, so no shard's forwarding waits behind another's receiving.
+        let mut receive = Some(receive);
+        let companion = |index: usize, receive: &mut Option<_>| -> Option<shard::Companion> {
+            if shard_count == 1 && index == 0 { receive.take().map(|r| Box::new(r) as shard::Companion) } else { None }
+        };
         for (index, (inputs, data)) in shard_rxs.into_iter().zip(data_rxs).enumerate() {
             let links = shard::ShardLinks {
                 index,
@@ -152,27 +170,23 @@ impl MediaServer {
                 socket: sender.clone(),
                 local,
             };
-            shard::spawn(links, inputs, data).map_err(StartError::Thread)?;
+            shard::spawn(links, inputs, data, companion(index, &mut receive)).map_err(StartError::Thread)?;
         }
-        let ingress_shards = data_txs;
-        std::thread::Builder::new()
-            .name("onstage-media-rx".into())
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::error!(error = %e, "media receive loop could not start its runtime");
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    match tokio::net::UdpSocket::from_std(socket) {
-                        Ok(socket) => ingress::run(socket, routing_rx, ingress_shards).await,
-                        Err(e) => tracing::error!(error = %e, "media socket could not join the runtime"),
-                    }
-                });
-            })
-            .map_err(StartError::Thread)?;
+        if let Some(receive) = receive {
+            std::thread::Builder::new()
+                .name("onstage-media-rx".into())
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "media receive loop could not start its runtime");
+                            return;
+                        }
+                    };
+                    runtime.block_on(receive());
+                })
+                .map_err(StartError::Thread)?;
+        }
         tracing::info!(%local, %candidate, shards = shard_count, "media plane listening");
         Ok(MediaServer {
             inner: Arc::new(Inner {

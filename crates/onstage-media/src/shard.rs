@@ -25,7 +25,9 @@
 //! encrypts and sends everything they have queued in one go.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -183,10 +185,16 @@ pub(crate) struct ShardLinks {
     pub(crate) local: SocketAddr,
 }
 
+/// Work that runs on a shard's thread beside the shard, made there (it may need
+/// the thread's runtime to be built): the receive loop, when there is only one
+/// shard, so a datagram reaches its shard without crossing threads.
+pub(crate) type Companion = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
 pub(crate) fn spawn(
     links: ShardLinks,
     inputs: mpsc::UnboundedReceiver<ShardInput>,
     data: mpsc::Receiver<ShardData>,
+    companion: Option<Companion>,
 ) -> std::io::Result<()> {
     let name = format!("onstage-media-{}", links.index);
     std::thread::Builder::new().name(name).spawn(move || {
@@ -197,6 +205,10 @@ pub(crate) fn spawn(
                 return;
             }
         };
+        if let Some(companion) = companion {
+            let _entered = runtime.enter();
+            runtime.spawn(companion());
+        }
         runtime.block_on(Shard::new(links).run(inputs, data));
     })?;
     Ok(())

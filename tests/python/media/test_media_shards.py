@@ -1,8 +1,8 @@
 """Peers spread over the media plane's forwarding threads (`--media-threads`).
 
 A source's publisher lives on the source's home shard; its subscribers go to the
-least-loaded shard, so one audience spreads over every core and frames cross
-shards once per frame. These tests run a server with three shards and check, with
+least-loaded shard, so one audience spreads over every core and a packet crosses
+to another shard once, whatever its number of subscribers there. These tests run a server with three shards and check, with
 real aiortc peers, that (1) every shard holds peers, (2) every subscriber, on
 whichever shard, decodes *its* publisher, and (3) every shard's thread does the
 work (its CPU time grows), which is what "stages spread over cores" means.
@@ -71,6 +71,9 @@ def test_stages_and_subscribers_spread_over_shards(server_factory, arun):
                     assert resp.status_code == 201, resp.text
                     subs.append((s, colour))
             await asyncio.gather(*(s.wait_connected() for s, _ in subs))
+            threads = media_thread_names(server.proc.pid)
+            # (Linux keeps 15 characters of a thread name: "onstage-media-rx" reads "onstage-media-r".)
+            assert "onstage-media-r" in threads, f"with {SHARDS} shards the receive loop has its own thread: {threads}"
             before = media_thread_cpu(server.proc.pid)
             for s, _ in subs:
                 await s.wait_video(30, timeout=15)
@@ -98,8 +101,19 @@ def test_stages_and_subscribers_spread_over_shards(server_factory, arun):
     arun(go(), timeout=90)
 
 
+def media_thread_names(pid: int) -> set[str]:
+    names = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            names.add((task / "comm").read_text().strip())
+        except OSError:
+            continue
+    return {n for n in names if n.startswith("onstage-media")}
+
+
 def test_one_shard_still_forwards(server_factory, arun, token_for):
-    """--media-threads 1 is the single-loop layout: everything on one shard."""
+    """--media-threads 1 is the single-loop layout: everything on one shard, the
+    receive loop included (no thread of its own to hand datagrams across)."""
     server = server_factory(extra_args=["--media-threads", "1"])
     ivs = server.client()
     stage = ivs.create_stage(name="one-shard")["stage"]
@@ -124,6 +138,8 @@ def test_one_shard_still_forwards(server_factory, arun, token_for):
                     break
                 await asyncio.sleep(0.1)
             assert peers == {0: 2.0}, f"one shard, a publisher and a subscriber; gauges say {peers}"
+            threads = media_thread_names(server.proc.pid)
+            assert threads == {"onstage-media-0"}, f"one shard should be the only media thread: {threads}"
         finally:
             await c.close()
 
