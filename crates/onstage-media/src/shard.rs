@@ -3,9 +3,9 @@
 //! The media plane runs one shard per core. A shard owns the `Rtc` of every peer
 //! placed on it and is the only thread that touches them, so forwarding takes no
 //! lock. Its loop waits for an input (a datagram routed to it by [`crate::ingress`],
-//! a command, a frame from another shard) or the earliest peer timeout, hands the
+//! a command, a packet from another shard) or the earliest peer timeout, hands the
 //! input to the one `Rtc` it concerns, then drains that peer's output: datagrams
-//! go to the shared socket, events become work (forward a frame, ask for a
+//! go to the shared socket, events become work (forward a packet, ask for a
 //! keyframe, report a state change).
 //!
 //! Every source has a *home* shard (fixed by its id), where its publisher lives,
@@ -61,7 +61,7 @@ const SILENCE_TIMEOUT: Duration = Duration::from_secs(12);
 /// to it (replication start → first frame went from ~305 ms to ~158 ms p50).
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Datagrams and frames a shard may have queued. A shard that cannot keep up
+/// Datagrams and forwarded packets a shard may have queued. A shard that cannot keep up
 /// sheds what arrives beyond this, as a network card drops what overflows its
 /// ring, instead of queueing without bound: a backlog would delay every packet,
 /// connectivity checks included, by as long as it takes to clear (at ~30,000
