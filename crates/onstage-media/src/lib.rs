@@ -141,24 +141,19 @@ impl MediaServer {
         let loads: Arc<[ShardLoad]> = (0..shard_count).map(|_| ShardLoad::default()).collect();
         let (shard_txs, shard_rxs): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| mpsc::unbounded_channel()).unzip();
         let (data_txs, data_rxs): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| mpsc::channel(shard::DATA_QUEUE)).unzip();
-        // The receive loop, as it runs wherever it is put.
+        // With one shard the receive loop shares its thread: each datagram would
+        // otherwise wake a second thread on the way (two context switches, ~10%
+        // of a core's time at a few hundred subscribers). With more, it has its own
+        // thread, so no shard's forwarding waits behind another's receiving.
         let ingress_shards = data_txs.clone();
-        let receive = move || -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let mut receive: Option<shard::Companion> = Some(Box::new(move || {
             Box::pin(async move {
                 match tokio::net::UdpSocket::from_std(socket) {
                     Ok(socket) => ingress::run(socket, routing_rx, ingress_shards).await,
                     Err(e) => tracing::error!(error = %e, "media socket could not join the runtime"),
                 }
             })
-        };
-        // With one shard the receive loop shares its thread: each datagram would
-        // otherwise wake a second thread on the way (two context switches, ~10%
-        // of a core's time at a few hundred subscribers). With more, it has its own
-        // thread, so no shard's forwarding waits behind another's receiving.
-        let mut receive = Some(receive);
-        let companion = |index: usize, receive: &mut Option<_>| -> Option<shard::Companion> {
-            if shard_count == 1 && index == 0 { receive.take().map(|r| Box::new(r) as shard::Companion) } else { None }
-        };
+        }));
         for (index, (inputs, data)) in shard_rxs.into_iter().zip(data_rxs).enumerate() {
             let links = shard::ShardLinks {
                 index,
@@ -170,7 +165,8 @@ impl MediaServer {
                 socket: sender.clone(),
                 local,
             };
-            shard::spawn(links, inputs, data, companion(index, &mut receive)).map_err(StartError::Thread)?;
+            let companion = if shard_count == 1 { receive.take() } else { None };
+            shard::spawn(links, inputs, data, companion).map_err(StartError::Thread)?;
         }
         if let Some(receive) = receive {
             std::thread::Builder::new()

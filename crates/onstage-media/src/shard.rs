@@ -251,7 +251,7 @@ impl Track {
         let clock_rate = if kind == MediaKind::Audio { 48_000 } else { 90_000 };
         // Any first sequence number will do; differing ones keep subscribers'
         // streams from looking alike.
-        let first_seq = (id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u16;
+        let first_seq = (spread(id.0) >> 48) as u16;
         Track { mid, configured: false, pt: None, stream: OutgoingStream::new(clock_rate, first_seq) }
     }
 }
@@ -865,13 +865,19 @@ impl std::hash::Hasher for IdHasher {
 
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.0 = spread(self.0.rotate_left(8) ^ u64::from(b));
         }
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = spread(self.0 ^ n);
     }
+}
+
+/// Multiplies by 2^64 / φ (Fibonacci hashing): nearby inputs land far apart in
+/// the high bits. Used wherever an id needs scattering.
+fn spread(x: u64) -> u64 {
+    x.wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// What became of a packet written to a subscriber.
@@ -895,7 +901,7 @@ fn incoming_packet(id: PeerId, rtc: &mut Rtc, role: &mut Role, packet: RtpPacket
             let kind = kinds.iter().find(|(m, _)| *m == mid)?.1;
             // Tells this stream from any other that fed the source: another SSRC
             // of this publisher, or the next publisher.
-            let feed = id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(*ssrc);
+            let feed = spread(id.0) ^ u64::from(*ssrc);
             streams.push(IncomingStream { ssrc, kind, feed, params: None, format: None, last_time: None });
             streams.len() - 1
         }
