@@ -61,6 +61,10 @@ pub struct Received {
     pub from: SocketAddrV4,
     /// The local address it was sent to: the peer it is for.
     pub to: Ipv4Addr,
+    /// When the kernel queued it on the socket (`SO_TIMESTAMPNS`,
+    /// `CLOCK_REALTIME` in ns), if the kernel said: the arrival time that does
+    /// not include the time the datagram then waited for this tool to read it.
+    pub queued_realtime_ns: Option<u64>,
 }
 
 /// Largest datagram read; WebRTC media stays under ~1,250 bytes.
@@ -85,11 +89,16 @@ impl RecvBatch {
         let size = size.max(1);
         // SAFETY: all-zero is a valid value for these plain C structs.
         let (name, header): (libc::sockaddr_in, libc::mmsghdr) = unsafe { (zeroed(), zeroed()) };
-        let none = Received { len: 0, from: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0), to: Ipv4Addr::UNSPECIFIED };
+        let none = Received {
+            len: 0,
+            from: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+            to: Ipv4Addr::UNSPECIFIED,
+            queued_realtime_ns: None,
+        };
         RecvBatch {
             buffers: vec![[0; DATAGRAM_MAX]; size],
             names: vec![name; size],
-            controls: (0..size).map(|_| ControlBuffer([0; 64])).collect(),
+            controls: (0..size).map(|_| ControlBuffer([0; CONTROL_BYTES])).collect(),
             iovecs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; size],
             headers: vec![header; size],
             received: vec![none; size],
@@ -103,15 +112,20 @@ impl RecvBatch {
     }
 }
 
-/// A non-blocking UDP socket bound to `0.0.0.0:<port>` with `IP_PKTINFO` on.
+/// A non-blocking UDP socket bound to `0.0.0.0:<port>` with `IP_PKTINFO` and
+/// `SO_TIMESTAMPNS` on.
 pub struct SharedSocket {
     socket: UdpSocket,
     port: u16,
 }
 
-/// Room for one `in_pktinfo` control message (aligned as `cmsghdr` needs).
+/// Bytes of control messages one datagram may carry: an `in_pktinfo` and a
+/// `timespec`, each behind its `cmsghdr` (32 bytes each on 64-bit Linux), with room to spare.
+const CONTROL_BYTES: usize = 128;
+
+/// Room for the control messages of one datagram (aligned as `cmsghdr` needs).
 #[repr(C, align(8))]
-struct ControlBuffer([u8; 64]);
+struct ControlBuffer([u8; CONTROL_BYTES]);
 
 fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: passes a pointer to a live i32 and its size.
@@ -131,6 +145,8 @@ impl SharedSocket {
         let port = socket.local_addr()?.port();
         let fd = socket.as_raw_fd();
         setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+        // Best effort: without it, arrival is when the tool reads a datagram.
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1);
         let size = i32::try_from(buffer_bytes).unwrap_or(i32::MAX);
         if setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
             setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, size)?;
@@ -177,15 +193,20 @@ impl SharedSocket {
         for i in 0..got {
             let hdr = &batch.headers[i].msg_hdr;
             let mut to = None;
+            let mut queued_realtime_ns = None;
             // SAFETY: the CMSG_* macros walk the control buffer the kernel filled
             // in, bounded by `msg_controllen`.
             unsafe {
                 let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
                 while !cmsg.is_null() {
-                    if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_PKTINFO {
+                    let (level, kind) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
+                    if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO {
                         let info = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
                         to = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
-                        break;
+                    } else if level == libc::SOL_SOCKET && kind == libc::SCM_TIMESTAMPNS {
+                        let ts = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::timespec);
+                        queued_realtime_ns =
+                            Some((ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64));
                     }
                     cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
                 }
@@ -196,6 +217,7 @@ impl SharedSocket {
                 from: SocketAddrV4::new(Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)), u16::from_be(name.sin_port)),
                 // A datagram without the option cannot be placed: no peer has 0.0.0.0.
                 to: to.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                queued_realtime_ns,
             };
         }
         Ok(got)
@@ -211,7 +233,7 @@ impl SharedSocket {
         dest.sin_family = libc::AF_INET as libc::sa_family_t;
         dest.sin_port = to.port().to_be();
         dest.sin_addr.s_addr = u32::from(*to.ip()).to_be();
-        let mut control = ControlBuffer([0; 64]);
+        let mut control = ControlBuffer([0; CONTROL_BYTES]);
         let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
         // SAFETY: as above.
         let mut msg: libc::msghdr = unsafe { zeroed() };
@@ -307,6 +329,30 @@ mod tests {
         }
         let server_seen = SocketAddrV4::new(Ipv4Addr::LOCALHOST, server_addr.port());
         assert_eq!(got, vec![(b, b"to b".to_vec(), server_seen), (a, b"to a".to_vec(), server_seen)]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_received_datagram_says_when_the_kernel_queued_it() -> io::Result<()> {
+        let shared = SharedSocket::bind(1 << 20)?;
+        // The first socket to ask for timestamps turns them on for the whole
+        // stack a moment later (a deferred kernel work item); until then the
+        // kernel stamps a datagram when it is read.
+        std::thread::sleep(Duration::from_millis(200));
+        let client = UdpSocket::bind("127.0.0.1:0")?;
+        let before = crate::media::synth::realtime_ns();
+        client.send_to(b"stamped", SocketAddrV4::new(Ipv4Addr::LOCALHOST, shared.port()))?;
+        // Read well after it arrived: the stamp is the arrival, not the read.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut batch = RecvBatch::new(4);
+        shared.wait_readable(Duration::from_millis(500))?;
+        assert_eq!(shared.recv_batch(&mut batch)?, 1);
+        let read = crate::media::synth::realtime_ns();
+        let (data, r) = batch.get(0);
+        assert_eq!(data, b"stamped");
+        let queued = r.queued_realtime_ns.expect("SO_TIMESTAMPNS gives every datagram a stamp");
+        assert!(queued >= before, "queued {queued} before the send at {before}");
+        assert!(read - queued >= 40_000_000, "the stamp is the arrival, {} ns before the read", read - queued);
         Ok(())
     }
 }

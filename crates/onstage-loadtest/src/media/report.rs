@@ -47,12 +47,16 @@ pub struct Window {
     pub frame_loss_percent: f64,
     /// Mean RFC 3550 interarrival jitter of the video streams at the end, ms.
     pub video_jitter_ms: Option<f64>,
-    /// Added latency of the SFU, per packet: the packet's arrival at a
-    /// subscriber − the time its publisher handed it to str0m (stamped into
-    /// every packet, so a paced keyframe's last packet counts from its own
-    /// send time, not the frame's). Packets an SFU repacketized without their
-    /// stamp near the start are not counted.
+    /// Added latency of the SFU, per packet: the packet's arrival on a
+    /// subscriber's socket (the kernel's receive timestamp) − the time its
+    /// publisher handed it to str0m (stamped into every packet, so a paced
+    /// keyframe's last packet counts from its own send time, not the frame's).
+    /// Packets an SFU repacketized without their stamp near the start are not
+    /// counted.
     pub latency_ms: Percentiles,
+    /// The same until the tool read the packet: adds the time it waited in the
+    /// tool's socket, which grows when the tool's own core is busy.
+    pub read_latency_ms: Percentiles,
     /// Subscribe POST → first RTP packet, for subscribers that joined in the window.
     pub join_ms: Percentiles,
     pub server_cpu_percent_avg: Option<f64>,
@@ -105,6 +109,7 @@ impl Window {
             },
             video_jitter_ms: tb.mean_video_jitter_ms().map(|j| round(j, 3)),
             latency_ms: Percentiles::of_micros(&tb.latency_us.since(&ta.latency_us)),
+            read_latency_ms: Percentiles::of_micros(&tb.read_latency_us.since(&ta.read_latency_us)),
             join_ms: Percentiles::of_micros(&tb.join_us.since(&ta.join_us)),
             server_cpu_percent_avg: server_cpu.map(|c| round(c, 1)),
             server_cpu_percent_max: cpu_max.or(server_cpu).map(|c| round(c, 1)),
@@ -169,6 +174,7 @@ impl Window {
         );
         println!("  video jitter           {}", opt(self.video_jitter_ms, " ms"));
         println!("  latency                {}", pct(&self.latency_ms));
+        println!("    until read by tool   {}", pct(&self.read_latency_ms));
         println!("  join (POST → 1st RTP)  {}", pct(&self.join_ms));
         println!(
             "  server CPU             avg {} max {}   RSS avg {} max {}",

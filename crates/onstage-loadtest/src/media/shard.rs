@@ -131,7 +131,7 @@ impl Shard {
             departed_frames_seen: 0,
             departed_frames_missing: 0,
             packets: Vec::with_capacity(128),
-            arrival_ns: 0,
+            arrival: Arrival::default(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("peers-{index}"))
@@ -278,8 +278,27 @@ struct Worker {
     departed_frames_missing: u64,
     /// The packets of the frame being made, reused.
     packets: Vec<OutPacket>,
-    /// `CLOCK_MONOTONIC` time of the datagram being handled (taken once per batch).
-    arrival_ns: u64,
+    /// When the datagram being handled arrived.
+    arrival: Arrival,
+}
+
+/// When a datagram arrived, on `CLOCK_MONOTONIC` (the clock of the stamps).
+#[derive(Clone, Copy, Debug, Default)]
+struct Arrival {
+    /// When the kernel queued it on this tool's socket: the server's part of
+    /// the latency ends here.
+    queued_ns: u64,
+    /// When this tool read it (taken once per batch); later than `queued_ns`
+    /// by however long the datagram waited for the tool.
+    read_ns: u64,
+}
+
+impl Arrival {
+    /// Both times "now": for inputs that are not datagrams.
+    fn now() -> Self {
+        let now = synth::monotonic_ns();
+        Arrival { queued_ns: now, read_ns: now }
+    }
 }
 
 /// Why a peer stopped.
@@ -304,11 +323,18 @@ impl Worker {
                 }
             };
             if received > 0 {
-                // Every datagram of the batch had arrived by now.
-                let (now, now_ns) = (Instant::now(), synth::monotonic_ns());
+                // Every datagram of the batch had arrived by now. The kernel
+                // stamps arrivals on the realtime clock: read both clocks once
+                // and move the stamps over (a slewing realtime clock moves by
+                // microseconds per second, and this is redone every batch).
+                let (now, now_ns, realtime_now_ns) = (Instant::now(), synth::monotonic_ns(), synth::realtime_ns());
                 for i in 0..received {
                     let (datagram, r) = batch.get(i);
-                    self.on_datagram(datagram, SocketAddr::V4(r.from), r.to, now, now_ns);
+                    let queued_ns = r.queued_realtime_ns.map_or(now_ns, |queued| {
+                        now_ns.saturating_sub(realtime_now_ns.saturating_sub(queued)).min(now_ns)
+                    });
+                    let arrival = Arrival { queued_ns, read_ns: now_ns };
+                    self.on_datagram(datagram, SocketAddr::V4(r.from), r.to, now, arrival);
                 }
             }
             let now = Instant::now();
@@ -409,7 +435,7 @@ impl Worker {
             self.publishers.push(index);
         }
         self.peers.push(peer);
-        self.arrival_ns = synth::monotonic_ns();
+        self.arrival = Arrival::now();
         self.feed(index, Input::Timeout(now));
     }
 
@@ -429,7 +455,7 @@ impl Worker {
         }
     }
 
-    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr, to: Ipv4Addr, now: Instant, now_ns: u64) {
+    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr, to: Ipv4Addr, now: Instant, arrival: Arrival) {
         self.totals.rx_bytes += datagram.len() as u64;
         let Some(&index) = self.by_local.get(&to) else {
             self.totals.stray_datagrams += 1;
@@ -440,7 +466,7 @@ impl Worker {
             now,
             Receive { proto: Protocol::Udp, source: from, destination: SocketAddr::new(to.into(), self.port), contents },
         );
-        self.arrival_ns = now_ns;
+        self.arrival = arrival;
         self.feed(index, input);
     }
 
@@ -448,7 +474,7 @@ impl Worker {
     fn feed(&mut self, index: usize, input: Input) {
         let Some(peer) = self.peers.get_mut(index) else { return };
         let death = match peer.rtc.handle_input(input) {
-            Ok(()) => drain(peer, &self.socket, &mut self.totals, self.arrival_ns),
+            Ok(()) => drain(peer, &self.socket, &mut self.totals, self.arrival),
             Err(e) => Some(Death::Failed("rtc_error", e.to_string())),
         };
         if let Some(death) = death {
@@ -471,7 +497,7 @@ impl Worker {
     }
 
     fn sweep(&mut self, now: Instant) {
-        self.arrival_ns = synth::monotonic_ns();
+        self.arrival = Arrival::now();
         let mut index = 0;
         while index < self.peers.len() {
             let peer = &mut self.peers[index];
@@ -519,7 +545,7 @@ impl Worker {
                 // snapshots the stream queues in `handle_timeout`. If the
                 // publisher dies, `publishers` is rebuilt and one publisher
                 // may wait for the next wake.
-                self.arrival_ns = synth::monotonic_ns();
+                self.arrival = Arrival::now();
                 self.feed(index, Input::Timeout(now));
             }
         }
@@ -568,7 +594,7 @@ impl Worker {
 
 /// Drains a peer's output: datagrams go out now, events update its state.
 /// Returns why the peer died, if it did.
-fn drain(peer: &mut Peer, socket: &SharedSocket, totals: &mut Totals, arrival_ns: u64) -> Option<Death> {
+fn drain(peer: &mut Peer, socket: &SharedSocket, totals: &mut Totals, arrival: Arrival) -> Option<Death> {
     loop {
         if !peer.rtc.is_alive() {
             return Some(Death::Failed("closed", "the connection was closed".into()));
@@ -590,7 +616,7 @@ fn drain(peer: &mut Peer, socket: &SharedSocket, totals: &mut Totals, arrival_ns
             Output::Event(event) => match event {
                 Event::RtpPacket(packet) => {
                     if let Role::Subscriber(s) = &mut peer.role {
-                        on_rtp(s, &packet, totals, arrival_ns);
+                        on_rtp(s, &packet, totals, arrival);
                     }
                 }
                 Event::Connected => {
@@ -618,17 +644,18 @@ fn drain(peer: &mut Peer, socket: &SharedSocket, totals: &mut Totals, arrival_ns
 }
 
 /// Counts one subscriber RTP packet: loss and jitter per stream, latency from
-/// the packet's own stamp (arrival − the time its publisher handed it to
-/// str0m), the join time from the first packet. A frame counts as received
+/// the packet's own stamp (arrival on the socket − the time its publisher
+/// handed it to str0m; also until the tool read it), the join time from the
+/// first packet. A frame counts as received
 /// when the first of its packets to arrive does, whichever packet that is.
 /// A packet without a stamp (an SFU that repacketizes frames moves the stamps
 /// around) counts for loss and jitter only.
-fn on_rtp(s: &mut Subscriber, packet: &RtpPacket, totals: &mut Totals, arrival_ns: u64) {
+fn on_rtp(s: &mut Subscriber, packet: &RtpPacket, totals: &mut Totals, arrival: Arrival) {
     totals.rtp_packets += 1;
     let clock = packet.time.denom();
     let is_video = clock == Frequency::NINETY_KHZ.get();
     let stream = if is_video { &mut s.video } else { &mut s.audio };
-    stream.on_packet(*packet.seq_no, packet.time.numer(), clock, arrival_ns);
+    stream.on_packet(*packet.seq_no, packet.time.numer(), clock, arrival.queued_ns);
     if !s.got_media {
         s.got_media = true;
         totals.join_us.record(s.join_started.elapsed().as_micros() as u64);
@@ -638,7 +665,8 @@ fn on_rtp(s: &mut Subscriber, packet: &RtpPacket, totals: &mut Totals, arrival_n
         totals.first_video_us.record(s.join_started.elapsed().as_micros() as u64);
     }
     if let Some(stamp) = Stamp::find(&packet.payload) {
-        totals.latency_us.record(arrival_ns.saturating_sub(stamp.sent_ns) / 1000);
+        totals.latency_us.record(arrival.queued_ns.saturating_sub(stamp.sent_ns) / 1000);
+        totals.read_latency_us.record(arrival.read_ns.saturating_sub(stamp.sent_ns) / 1000);
         if is_video { &mut s.video_frames } else { &mut s.audio_frames }.on_frame(stamp.frame);
     }
 }

@@ -173,8 +173,11 @@ pub struct Totals {
     /// Packets expected and received per RFC 3550, summed over every stream.
     pub expected: u64,
     pub received: u64,
-    /// Stamped packets subscribers received: publisher send → arrival, in µs.
+    /// Stamped packets subscribers received: publisher send → arrival on the
+    /// subscriber's socket, in µs.
     pub latency_us: Histogram,
+    /// The same, until the tool read the packet (adds the tool's own queue).
+    pub read_latency_us: Histogram,
     /// WHIP subscribe POST → first RTP packet at that subscriber, in µs.
     pub join_us: Histogram,
     /// WHIP subscribe POST → first video packet (a keyframe's) at that subscriber, in µs.
@@ -203,6 +206,7 @@ impl Totals {
         self.expected += o.expected;
         self.received += o.received;
         self.latency_us.add(&o.latency_us);
+        self.read_latency_us.add(&o.read_latency_us);
         self.join_us.add(&o.join_us);
         self.first_video_us.add(&o.first_video_us);
         self.frames_sent += o.frames_sent;
