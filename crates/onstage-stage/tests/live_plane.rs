@@ -395,6 +395,23 @@ async fn a_close_reported_before_the_answer_returns_is_not_lost() {
 }
 
 #[tokio::test]
+async fn the_echo_of_a_requested_close_is_not_kept() {
+    let w = world().await;
+    for round in 0..300 {
+        let (_, token) = w.both().await;
+        let published = w.live.publish(token, "offer".into(), None).await.unwrap();
+        assert!(w.live.end_connection(&published.resource_id).await);
+        // The media plane confirms the close it was asked for, after the
+        // connection has already ended.
+        w.live
+            .on_media_signal(MediaSignal::Closed(w.media.peer(round), CloseCause::Requested))
+            .await;
+    }
+    assert_eq!(w.live.remembered_early_closes(), 0);
+    assert_eq!(w.live.live_stage_count(), 0);
+}
+
+#[tokio::test]
 async fn disconnect_participant_cuts_and_revokes() {
     let w = world().await;
     let (alice, alice_token) = w.both().await;

@@ -278,6 +278,10 @@ impl LivePlane {
                     let mut routes = lock(&self.routes);
                     match routes.peers.get(&peer) {
                         Some(stage) => stage.clone(),
+                        // The echo of a close this plane asked for: the
+                        // connection had already ended (a peer is always
+                        // routed before anyone can ask to close it).
+                        None if cause == CloseCause::Requested => return,
                         None => {
                             routes.remember_early_close(peer, cause);
                             return;
@@ -384,6 +388,12 @@ impl LivePlane {
     /// Stages with someone on them (or being deleted).
     pub fn live_stage_count(&self) -> usize {
         lock(&self.stages).len()
+    }
+
+    /// Closes the media plane reported for peers not (yet) routed, kept until
+    /// their connection registers; for diagnostics and tests.
+    pub fn remembered_early_closes(&self) -> usize {
+        lock(&self.routes).early_closes.len()
     }
 
     // ----- the operations ----------------------------------------------------
