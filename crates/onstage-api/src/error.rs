@@ -73,7 +73,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ApiError { kind, message: message.into() }
+        ApiError {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -90,7 +93,10 @@ impl From<DomainError> for ApiError {
         if kind == ErrorKind::InternalServer {
             // The details are for the operator, not the caller.
             tracing::error!(error = %e, "internal error");
-            return ApiError::new(kind, "The service encountered an internal error; see the server log");
+            return ApiError::new(
+                kind,
+                "The service encountered an internal error; see the server log",
+            );
         }
         ApiError::new(kind, e.to_string())
     }
@@ -100,9 +106,10 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "exceptionMessage": self.message, "message": self.message });
         let mut response = (self.kind.status(), axum::Json(body)).into_response();
-        response
-            .headers_mut()
-            .insert("x-amzn-ErrorType", HeaderValue::from_static(self.kind.type_name()));
+        response.headers_mut().insert(
+            "x-amzn-ErrorType",
+            HeaderValue::from_static(self.kind.type_name()),
+        );
         response
     }
 }

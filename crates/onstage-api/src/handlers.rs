@@ -81,11 +81,19 @@ struct Paging<'a> {
 
 impl<'a> Paging<'a> {
     fn new(state: &'a ApiState, operation: &'static str, account: &'a Account) -> Self {
-        Paging { state, operation, account }
+        Paging {
+            state,
+            operation,
+            account,
+        }
     }
 
     fn request(&self, p: &PageIn, default_max: u32) -> Result<(Option<i64>, u32), ApiError> {
-        let after = self.state.page_tokens.decode(self.operation, &self.account.id, p.next_token.as_deref())?;
+        let after = self.state.page_tokens.decode(
+            self.operation,
+            &self.account.id,
+            p.next_token.as_deref(),
+        )?;
         // The model's range has been enforced; the default is per operation.
         let limit = p.max_results.map(|m| m as u32).unwrap_or(default_max);
         Ok((after, limit))
@@ -93,9 +101,19 @@ impl<'a> Paging<'a> {
 
     fn reply<T>(&self, key: &str, page: Page<T>, shape: impl Fn(&T) -> Value) -> Reply {
         let mut body = serde_json::Map::new();
-        body.insert(key.into(), Value::Array(page.items.iter().map(shape).collect()));
+        body.insert(
+            key.into(),
+            Value::Array(page.items.iter().map(shape).collect()),
+        );
         if let Some(next) = page.next {
-            body.insert("nextToken".into(), json!(self.state.page_tokens.encode(self.operation, &self.account.id, next)));
+            body.insert(
+                "nextToken".into(),
+                json!(
+                    self.state
+                        .page_tokens
+                        .encode(self.operation, &self.account.id, next)
+                ),
+            );
         }
         Ok(Value::Object(body))
     }
@@ -120,8 +138,15 @@ async fn create_stage(state: &ApiState, account: &Account, doc: Value) -> Reply 
             NewStage {
                 name: i.name,
                 tags: i.tags.unwrap_or_default(),
-                auto_participant_recording: i.auto_participant_recording_configuration.map(Into::into),
-                participant_tokens: i.participant_token_configurations.unwrap_or_default().into_iter().map(Into::into).collect(),
+                auto_participant_recording: i
+                    .auto_participant_recording_configuration
+                    .map(Into::into),
+                participant_tokens: i
+                    .participant_token_configurations
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(Into::into)
+                    .collect(),
             },
         )
         .await?;
@@ -148,7 +173,12 @@ async fn update_stage(state: &ApiState, account: &Account, doc: Value) -> Reply 
     let i: In = input(doc)?;
     let stage = state
         .control
-        .update_stage(account, &i.arn, i.name, i.auto_participant_recording_configuration.map(Into::into))
+        .update_stage(
+            account,
+            &i.arn,
+            i.name,
+            i.auto_participant_recording_configuration.map(Into::into),
+        )
         .await?;
     Ok(json!({ "stage": wire::stage(&stage) }))
 }
@@ -177,7 +207,10 @@ async fn create_participant_token(state: &ApiState, account: &Account, doc: Valu
         token: TokenConfigurationIn,
     }
     let i: In = input(doc)?;
-    let token = state.control.create_participant_token(account, &i.stage_arn, TokenRequest::from(i.token)).await?;
+    let token = state
+        .control
+        .create_participant_token(account, &i.stage_arn, TokenRequest::from(i.token))
+        .await?;
     Ok(json!({ "participantToken": wire::participant_token(&token) }))
 }
 
@@ -194,7 +227,12 @@ async fn import_public_key(state: &ApiState, account: &Account, doc: Value) -> R
     let i: In = input(doc)?;
     let key = state
         .control
-        .import_public_key(account, &i.public_key_material, i.name, i.tags.unwrap_or_default())
+        .import_public_key(
+            account,
+            &i.public_key_material,
+            i.name,
+            i.tags.unwrap_or_default(),
+        )
         .await?;
     Ok(json!({ "publicKey": wire::public_key(&key) }))
 }
@@ -214,7 +252,10 @@ async fn delete_public_key(state: &ApiState, account: &Account, doc: Value) -> R
 async fn list_public_keys(state: &ApiState, account: &Account, doc: Value) -> Reply {
     let paging = Paging::new(state, "ListPublicKeys", account);
     let (after, limit) = paging.request(&input(doc)?, 50)?;
-    let page = state.control.list_public_keys(account, after, limit).await?;
+    let page = state
+        .control
+        .list_public_keys(account, after, limit)
+        .await?;
     paging.reply("publicKeys", page, wire::public_key_summary)
 }
 
@@ -228,7 +269,10 @@ async fn tag_resource(state: &ApiState, account: &Account, doc: Value) -> Reply 
         tags: Tags,
     }
     let i: In = input(doc)?;
-    state.control.tag_resource(account, &i.resource_arn, i.tags).await?;
+    state
+        .control
+        .tag_resource(account, &i.resource_arn, i.tags)
+        .await?;
     Ok(json!({}))
 }
 
@@ -240,7 +284,10 @@ async fn untag_resource(state: &ApiState, account: &Account, doc: Value) -> Repl
         tag_keys: Vec<String>,
     }
     let i: In = input(doc)?;
-    state.control.untag_resource(account, &i.resource_arn, &i.tag_keys).await?;
+    state
+        .control
+        .untag_resource(account, &i.resource_arn, &i.tag_keys)
+        .await?;
     Ok(json!({}))
 }
 
@@ -267,27 +314,41 @@ async fn create_storage_configuration(state: &ApiState, account: &Account, doc: 
     let i: In = input(doc)?;
     let s = state
         .control
-        .create_storage_configuration(account, i.name, i.s3.bucket_name, i.tags.unwrap_or_default())
+        .create_storage_configuration(
+            account,
+            i.name,
+            i.s3.bucket_name,
+            i.tags.unwrap_or_default(),
+        )
         .await?;
     Ok(json!({ "storageConfiguration": wire::storage_configuration(&s) }))
 }
 
 async fn get_storage_configuration(state: &ApiState, account: &Account, doc: Value) -> Reply {
     let i: ByArn = input(doc)?;
-    let s = state.control.get_storage_configuration(account, &i.arn).await?;
+    let s = state
+        .control
+        .get_storage_configuration(account, &i.arn)
+        .await?;
     Ok(json!({ "storageConfiguration": wire::storage_configuration(&s) }))
 }
 
 async fn delete_storage_configuration(state: &ApiState, account: &Account, doc: Value) -> Reply {
     let i: ByArn = input(doc)?;
-    state.control.delete_storage_configuration(account, &i.arn).await?;
+    state
+        .control
+        .delete_storage_configuration(account, &i.arn)
+        .await?;
     Ok(json!({}))
 }
 
 async fn list_storage_configurations(state: &ApiState, account: &Account, doc: Value) -> Reply {
     let paging = Paging::new(state, "ListStorageConfigurations", account);
     let (after, limit) = paging.request(&input(doc)?, 100)?;
-    let page = state.control.list_storage_configurations(account, after, limit).await?;
+    let page = state
+        .control
+        .list_storage_configurations(account, after, limit)
+        .await?;
     paging.reply("storageConfigurations", page, wire::storage_configuration)
 }
 
@@ -301,28 +362,46 @@ async fn create_encoder_configuration(state: &ApiState, account: &Account, doc: 
     let i: In = input(doc)?;
     let e = state
         .control
-        .create_encoder_configuration(account, i.name, i.video.map(Into::into), i.tags.unwrap_or_default())
+        .create_encoder_configuration(
+            account,
+            i.name,
+            i.video.map(Into::into),
+            i.tags.unwrap_or_default(),
+        )
         .await?;
     Ok(json!({ "encoderConfiguration": wire::encoder_configuration(&e) }))
 }
 
 async fn get_encoder_configuration(state: &ApiState, account: &Account, doc: Value) -> Reply {
     let i: ByArn = input(doc)?;
-    let e = state.control.get_encoder_configuration(account, &i.arn).await?;
+    let e = state
+        .control
+        .get_encoder_configuration(account, &i.arn)
+        .await?;
     Ok(json!({ "encoderConfiguration": wire::encoder_configuration(&e) }))
 }
 
 async fn delete_encoder_configuration(state: &ApiState, account: &Account, doc: Value) -> Reply {
     let i: ByArn = input(doc)?;
-    state.control.delete_encoder_configuration(account, &i.arn).await?;
+    state
+        .control
+        .delete_encoder_configuration(account, &i.arn)
+        .await?;
     Ok(json!({}))
 }
 
 async fn list_encoder_configurations(state: &ApiState, account: &Account, doc: Value) -> Reply {
     let paging = Paging::new(state, "ListEncoderConfigurations", account);
     let (after, limit) = paging.request(&input(doc)?, 100)?;
-    let page = state.control.list_encoder_configurations(account, after, limit).await?;
-    paging.reply("encoderConfigurations", page, wire::encoder_configuration_summary)
+    let page = state
+        .control
+        .list_encoder_configurations(account, after, limit)
+        .await?;
+    paging.reply(
+        "encoderConfigurations",
+        page,
+        wire::encoder_configuration_summary,
+    )
 }
 
 // ----- sessions, participants, events --------------------------------------------
@@ -335,7 +414,10 @@ async fn get_stage_session(state: &ApiState, account: &Account, doc: Value) -> R
         session_id: String,
     }
     let i: In = input(doc)?;
-    let s = state.control.get_stage_session(account, &i.stage_arn, &i.session_id).await?;
+    let s = state
+        .control
+        .get_stage_session(account, &i.stage_arn, &i.session_id)
+        .await?;
     Ok(json!({ "stageSession": wire::stage_session(&s) }))
 }
 
@@ -350,7 +432,10 @@ async fn list_stage_sessions(state: &ApiState, account: &Account, doc: Value) ->
     let i: In = input(doc)?;
     let paging = Paging::new(state, "ListStageSessions", account);
     let (after, limit) = paging.request(&i.page, 50)?;
-    let page = state.control.list_stage_sessions(account, &i.stage_arn, after, limit).await?;
+    let page = state
+        .control
+        .list_stage_sessions(account, &i.stage_arn, after, limit)
+        .await?;
     paging.reply("stageSessions", page, wire::stage_session)
 }
 
@@ -363,7 +448,10 @@ async fn get_participant(state: &ApiState, account: &Account, doc: Value) -> Rep
         participant_id: String,
     }
     let i: In = input(doc)?;
-    let p = state.control.get_participant(account, &i.stage_arn, &i.session_id, &i.participant_id).await?;
+    let p = state
+        .control
+        .get_participant(account, &i.stage_arn, &i.session_id, &i.participant_id)
+        .await?;
     Ok(json!({ "participant": wire::participant(&p) }))
 }
 
@@ -388,7 +476,11 @@ async fn list_participants(state: &ApiState, account: &Account, doc: Value) -> R
     if let Some(p) = i.filter_by_published {
         filters.push(ParticipantFilter::Published(p));
     }
-    if let Some(s) = i.filter_by_state.as_deref().and_then(ParticipantState::parse) {
+    if let Some(s) = i
+        .filter_by_state
+        .as_deref()
+        .and_then(ParticipantState::parse)
+    {
         filters.push(ParticipantFilter::State(s));
     }
     if let Some(r) = i.filter_by_recording_state {
@@ -425,7 +517,14 @@ async fn list_participant_events(state: &ApiState, account: &Account, doc: Value
     let (after, limit) = paging.request(&i.page, 50)?;
     let page = state
         .control
-        .list_participant_events(account, &i.stage_arn, &i.session_id, &i.participant_id, after, limit)
+        .list_participant_events(
+            account,
+            &i.stage_arn,
+            &i.session_id,
+            &i.participant_id,
+            after,
+            limit,
+        )
         .await?;
     paging.reply("events", page, wire::participant_event)
 }
@@ -439,7 +538,10 @@ async fn disconnect_participant(state: &ApiState, account: &Account, doc: Value)
         reason: Option<String>,
     }
     let i: In = input(doc)?;
-    state.control.disconnect_participant(account, &i.stage_arn, &i.participant_id, i.reason).await?;
+    state
+        .control
+        .disconnect_participant(account, &i.stage_arn, &i.participant_id, i.reason)
+        .await?;
     Ok(json!({}))
 }
 
@@ -483,7 +585,12 @@ async fn stop_participant_replication(state: &ApiState, account: &Account, doc: 
     let i: In = input(doc)?;
     state
         .control
-        .stop_participant_replication(account, &i.source_stage_arn, &i.destination_stage_arn, &i.participant_id)
+        .stop_participant_replication(
+            account,
+            &i.source_stage_arn,
+            &i.destination_stage_arn,
+            &i.participant_id,
+        )
         .await?;
     Ok(json!({}))
 }
@@ -502,7 +609,13 @@ async fn list_participant_replicas(state: &ApiState, account: &Account, doc: Val
     let (after, limit) = paging.request(&i.page, 50)?;
     let page = state
         .control
-        .list_participant_replicas(account, &i.source_stage_arn, &i.participant_id, after, limit)
+        .list_participant_replicas(
+            account,
+            &i.source_stage_arn,
+            &i.participant_id,
+            after,
+            limit,
+        )
         .await?;
     paging.reply("replicas", page, wire::participant_replica)
 }

@@ -17,8 +17,14 @@ pub const SECURITY_HEADERS: [(&str, &str); 7] = [
         "Access-Control-Allow-Origin,Access-Control-Expose-Headers,Cache-Control,Content-Length,Content-Security-Policy,Content-Type,Date,Location,Strict-Transport-Security,X-Amzn-ErrorType,X-Amzn-RequestId,X-Content-Type-Options,X-Frame-Options",
     ),
     ("cache-control", "no-store, no-cache"),
-    ("content-security-policy", "default-src 'self'; upgrade-insecure-requests;"),
-    ("strict-transport-security", "max-age:47304000; includeSubDomains"),
+    (
+        "content-security-policy",
+        "default-src 'self'; upgrade-insecure-requests;",
+    ),
+    (
+        "strict-transport-security",
+        "max-age:47304000; includeSubDomains",
+    ),
     ("x-content-type-options", "nosniff"),
     ("x-frame-options", "DENY"),
 ];
@@ -36,7 +42,10 @@ pub async fn response_headers(request: Request, next: Next) -> Response {
     };
     let headers = response.headers_mut();
     for (name, value) in SECURITY_HEADERS {
-        headers.insert(HeaderName::from_static(name), HeaderValue::from_static(value));
+        headers.insert(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
     }
     if !headers.contains_key("x-amzn-requestid") {
         let id: u128 = rand::rng().random();
@@ -50,8 +59,14 @@ pub async fn response_headers(request: Request, next: Next) -> Response {
 fn preflight() -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     let h = r.headers_mut();
-    h.insert("access-control-allow-methods", HeaderValue::from_static("GET, POST, DELETE, PATCH, OPTIONS"));
-    h.insert("access-control-allow-headers", HeaderValue::from_static(ALLOWED_HEADERS));
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET, POST, DELETE, PATCH, OPTIONS"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static(ALLOWED_HEADERS),
+    );
     h.insert("access-control-max-age", HeaderValue::from_static("86400"));
     r
 }

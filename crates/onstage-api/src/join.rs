@@ -23,10 +23,22 @@ const ICON: &str = include_str!("../assets/icon.svg");
 /// `onstage_api::router(state).merge(onstage_api::join::join_router())`.
 pub fn join_router() -> Router {
     Router::new()
-        .route("/join", get(|| async { asset("text/html; charset=utf-8", HTML) }))
-        .route("/join/join.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
-        .route("/join/join.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
-        .route("/join/icon.svg", get(|| async { asset("image/svg+xml", ICON) }))
+        .route(
+            "/join",
+            get(|| async { asset("text/html; charset=utf-8", HTML) }),
+        )
+        .route(
+            "/join/join.js",
+            get(|| async { asset("text/javascript; charset=utf-8", JS) }),
+        )
+        .route(
+            "/join/join.css",
+            get(|| async { asset("text/css; charset=utf-8", CSS) }),
+        )
+        .route(
+            "/join/icon.svg",
+            get(|| async { asset("image/svg+xml", ICON) }),
+        )
         .layer(axum::middleware::from_fn(headers::response_headers))
 }
 
@@ -42,13 +54,27 @@ mod tests {
     use tower::ServiceExt;
 
     async fn get(path: &str) -> (StatusCode, String, String, String) {
-        let response = join_router().oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+        let response = join_router()
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         let status = response.status();
-        let header = |name| response.headers().get(name).map(|v: &http::HeaderValue| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map(|v: &http::HeaderValue| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
         let content_type = header(CONTENT_TYPE);
         let csp = header(http::header::CONTENT_SECURITY_POLICY);
         let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
-        (status, content_type, csp, String::from_utf8(body.to_vec()).unwrap())
+        (
+            status,
+            content_type,
+            csp,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
     }
 
     #[tokio::test]
@@ -81,8 +107,14 @@ mod tests {
         assert!(!HTML.contains(" style="));
         // No event-handler attributes (onclick= and the like).
         for (i, _) in HTML.match_indices(" on") {
-            let name: String = HTML[i + 1..].chars().take_while(|c| c.is_ascii_lowercase()).collect();
-            assert!(!HTML[i + 1 + name.len()..].starts_with('='), "inline handler {name}");
+            let name: String = HTML[i + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase())
+                .collect();
+            assert!(
+                !HTML[i + 1 + name.len()..].starts_with('='),
+                "inline handler {name}"
+            );
         }
         assert_eq!(HTML.matches("<script").count(), 1);
         assert!(HTML.contains("<script src="));

@@ -67,7 +67,13 @@ impl ApiState {
             .await
             .map_err(|e| ApiError::from(onstage_stage::DomainError::from(e)))?;
         model::warm_up();
-        Ok(ApiState { control, credentials, region, page_tokens: PageTokens::new(key), metrics })
+        Ok(ApiState {
+            control,
+            credentials,
+            region,
+            page_tokens: PageTokens::new(key),
+            metrics,
+        })
     }
 }
 
@@ -142,7 +148,10 @@ async fn handle(state: &ApiState, request: Request) -> Outcome {
         time::OffsetDateTime::now_utc(),
     )
     .map_err(|e| ("unauthenticated", e))?;
-    let account = Account { id: caller.account_id, region: state.region.clone() };
+    let account = Account {
+        id: caller.account_id,
+        region: state.region.clone(),
+    };
 
     let (operation, mut doc) = route(&parts.method, parts.uri.path(), parts.uri.query(), &body)
         .map_err(|e| ("unknown", e))?;
@@ -154,7 +163,9 @@ async fn handle(state: &ApiState, request: Request) -> Outcome {
         // Treat explicit nulls as absent, as the validator did.
         m.retain(|_, v| !v.is_null());
     }
-    let reply = handlers::dispatch(state, &account, name, doc).await.map_err(|e| (name, e))?;
+    let reply = handlers::dispatch(state, &account, name, doc)
+        .await
+        .map_err(|e| (name, e))?;
     Ok((name, reply))
 }
 
@@ -166,7 +177,10 @@ fn invalid_request(invalid: model::Invalid) -> ApiError {
             let plural = if n == 1 { "" } else { "s" };
             ApiError::new(
                 ErrorKind::Validation,
-                format!("{n} validation error{plural} detected: {}", errors.join("; ")),
+                format!(
+                    "{n} validation error{plural} detected: {}",
+                    errors.join("; ")
+                ),
             )
         }
     }
@@ -175,19 +189,37 @@ fn invalid_request(invalid: model::Invalid) -> ApiError {
 async fn read_body(body: Body) -> Result<Bytes, ApiError> {
     match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::new(
-            ErrorKind::PayloadTooLarge,
-            format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+            ))
+        }
+        Err(e) => Err(ApiError::new(
+            ErrorKind::Serialization,
+            format!("could not read the request body: {e}"),
         )),
-        Err(e) => Err(ApiError::new(ErrorKind::Serialization, format!("could not read the request body: {e}"))),
     }
 }
 
 /// Finds the operation for a method and path, and builds its request document:
 /// the JSON body (empty means `{}`, as paws sends it) plus members bound to the
 /// path and the query string.
-fn route(method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> Result<(&'static model::Operation, Value), ApiError> {
-    let unknown = || ApiError::new(ErrorKind::UnknownOperation, format!("no operation at {method} {path}"));
+fn route(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<(&'static model::Operation, Value), ApiError> {
+    let unknown = || {
+        ApiError::new(
+            ErrorKind::UnknownOperation,
+            format!("no operation at {method} {path}"),
+        )
+    };
     let (name, resource_arn) = if let Some(encoded_arn) = path.strip_prefix("/tags/") {
         let name = match *method {
             Method::POST => "TagResource",
@@ -195,23 +227,34 @@ fn route(method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> Resul
             Method::DELETE => "UntagResource",
             _ => return Err(unknown()),
         };
-        let arn = percent_decode_str(encoded_arn).decode_utf8().map_err(|_| unknown())?;
+        let arn = percent_decode_str(encoded_arn)
+            .decode_utf8()
+            .map_err(|_| unknown())?;
         (name, Some(arn.into_owned()))
     } else if *method == Method::POST {
         (path.trim_start_matches('/'), None)
     } else {
         return Err(unknown());
     };
-    let operation = model::operation(name).filter(|o| o.method == method.as_str()).ok_or_else(unknown)?;
+    let operation = model::operation(name)
+        .filter(|o| o.method == method.as_str())
+        .ok_or_else(unknown)?;
 
     let mut doc = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Default::default())
     } else {
-        serde_json::from_slice::<Value>(body)
-            .map_err(|e| ApiError::new(ErrorKind::Serialization, format!("the request body is not valid JSON: {e}")))?
+        serde_json::from_slice::<Value>(body).map_err(|e| {
+            ApiError::new(
+                ErrorKind::Serialization,
+                format!("the request body is not valid JSON: {e}"),
+            )
+        })?
     };
     let Value::Object(members) = &mut doc else {
-        return Err(ApiError::new(ErrorKind::Serialization, "the request body must be a JSON object"));
+        return Err(ApiError::new(
+            ErrorKind::Serialization,
+            "the request body must be a JSON object",
+        ));
     };
     if let Some(arn) = resource_arn {
         members.insert("resourceArn".into(), Value::String(arn));
@@ -222,7 +265,13 @@ fn route(method: &Method, path: &str, query: Option<&str>, body: &[u8]) -> Resul
             .split('&')
             .filter_map(|p| p.split_once('='))
             .filter(|(k, _)| *k == "tagKeys")
-            .map(|(_, v)| Value::String(percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().into_owned()))
+            .map(|(_, v)| {
+                Value::String(
+                    percent_decode_str(&v.replace('+', " "))
+                        .decode_utf8_lossy()
+                        .into_owned(),
+                )
+            })
             .collect();
         members.insert("tagKeys".into(), Value::Array(keys));
     }

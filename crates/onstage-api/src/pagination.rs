@@ -22,7 +22,8 @@ impl PageTokens {
     }
 
     fn tag(&self, operation: &str, account: &str, cursor: i64) -> [u8; TAG_LEN] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!());
         mac.update(operation.as_bytes());
         mac.update(b"\0");
         mac.update(account.as_bytes());
@@ -43,9 +44,21 @@ impl PageTokens {
     }
 
     /// `None` and the empty string mean "from the start".
-    pub fn decode(&self, operation: &str, account: &str, token: Option<&str>) -> Result<Option<i64>, ApiError> {
-        let Some(token) = token.filter(|t| !t.is_empty()) else { return Ok(None) };
-        let invalid = || ApiError::new(ErrorKind::Validation, "nextToken: the pagination token is not valid for this request");
+    pub fn decode(
+        &self,
+        operation: &str,
+        account: &str,
+        token: Option<&str>,
+    ) -> Result<Option<i64>, ApiError> {
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        let invalid = || {
+            ApiError::new(
+                ErrorKind::Validation,
+                "nextToken: the pagination token is not valid for this request",
+            )
+        };
         let raw = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
         if raw.len() != 8 + TAG_LEN {
             return Err(invalid());
@@ -71,11 +84,28 @@ mod tests {
         let t = PageTokens::new(b"k".to_vec());
         let token = t.encode("ListStages", "000000000000", 42);
         assert!(token.len() <= 1024);
-        assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
-        assert_eq!(t.decode("ListStages", "000000000000", Some(&token)).unwrap(), Some(42));
-        assert!(t.decode("ListStages", "111111111111", Some(&token)).is_err());
-        assert!(t.decode("ListPublicKeys", "000000000000", Some(&token)).is_err());
-        assert!(t.decode("ListStages", "000000000000", Some("AAAA")).is_err());
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert_eq!(
+            t.decode("ListStages", "000000000000", Some(&token))
+                .unwrap(),
+            Some(42)
+        );
+        assert!(
+            t.decode("ListStages", "111111111111", Some(&token))
+                .is_err()
+        );
+        assert!(
+            t.decode("ListPublicKeys", "000000000000", Some(&token))
+                .is_err()
+        );
+        assert!(
+            t.decode("ListStages", "000000000000", Some("AAAA"))
+                .is_err()
+        );
         assert_eq!(t.decode("ListStages", "000000000000", None).unwrap(), None);
     }
 }

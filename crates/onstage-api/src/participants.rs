@@ -28,7 +28,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use onstage_stage::LivePlane;
-use onstage_stage::live::{Accepted, EventsClose, EventsSubscription, EventsUpdate, Refusal, StageState};
+use onstage_stage::live::{
+    Accepted, EventsClose, EventsSubscription, EventsUpdate, Refusal, StageState,
+};
 use serde_json::{Value, json};
 
 use crate::headers;
@@ -58,13 +60,21 @@ pub fn participant_router(live: Arc<LivePlane>) -> Router {
         .layer(axum::middleware::from_fn(headers::response_headers))
 }
 
-async fn publish(State(live): State<Arc<LivePlane>>, request_headers: HeaderMap, body: Bytes) -> Response {
+async fn publish(
+    State(live): State<Arc<LivePlane>>,
+    request_headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let (token, offer) = match whip_request(&request_headers, &body) {
         Ok(parts) => parts,
-        Err((status, message)) if status == StatusCode::UNAUTHORIZED => return unauthorized(message),
+        Err((status, message)) if status == StatusCode::UNAUTHORIZED => {
+            return unauthorized(message);
+        }
         Err((status, message)) => return plain(status, message),
     };
-    let outcome = live.publish(token, offer, user_agent(&request_headers)).await;
+    let outcome = live
+        .publish(token, offer, user_agent(&request_headers))
+        .await;
     answer("publish", outcome)
 }
 
@@ -76,7 +86,9 @@ async fn subscribe(
 ) -> Response {
     let (token, offer) = match whip_request(&request_headers, &body) {
         Ok(parts) => parts,
-        Err((status, message)) if status == StatusCode::UNAUTHORIZED => return unauthorized(message),
+        Err((status, message)) if status == StatusCode::UNAUTHORIZED => {
+            return unauthorized(message);
+        }
         Err((status, message)) => return plain(status, message),
     };
     let outcome = live
@@ -85,7 +97,10 @@ async fn subscribe(
     answer("subscribe", outcome)
 }
 
-async fn end_connection(State(live): State<Arc<LivePlane>>, Path(resource_id): Path<String>) -> Response {
+async fn end_connection(
+    State(live): State<Arc<LivePlane>>,
+    Path(resource_id): Path<String>,
+) -> Response {
     if live.end_connection(&resource_id).await {
         StatusCode::OK.into_response()
     } else {
@@ -110,10 +125,16 @@ async fn events(
         .filter_map(|p| p.to_str().ok())
         .find(|p| p.split('.').count() == 3)
         .map(str::to_owned);
-    let Some(token) = from_protocol.clone().or_else(|| bearer_token(&request_headers)) else {
+    let Some(token) = from_protocol
+        .clone()
+        .or_else(|| bearer_token(&request_headers))
+    else {
         return unauthorized("a participant token is required as the WebSocket subprotocol");
     };
-    let subscription = match live.open_events(token, topic, user_agent(&request_headers)).await {
+    let subscription = match live
+        .open_events(token, topic, user_agent(&request_headers))
+        .await
+    {
         Ok(s) => s,
         Err(refusal) => return refused("events", refusal),
     };
@@ -198,7 +219,8 @@ pub fn stage_state_message(state: &StageState) -> String {
 }
 
 fn is_ping(text: &str) -> bool {
-    serde_json::from_str::<Value>(text).is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some("PING"))
+    serde_json::from_str::<Value>(text)
+        .is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some("PING"))
 }
 
 /// Close codes of the events socket: 4001 replaced by a newer socket, 4003
@@ -207,7 +229,10 @@ fn is_ping(text: &str) -> bool {
 fn close_frame(why: &EventsClose) -> CloseFrame {
     let (code, reason) = match why {
         EventsClose::Replaced => (4001, "replaced by a newer connection".to_owned()),
-        EventsClose::Disconnected(reason) => (4003, reason.clone().unwrap_or_else(|| "disconnected".to_owned())),
+        EventsClose::Disconnected(reason) => (
+            4003,
+            reason.clone().unwrap_or_else(|| "disconnected".to_owned()),
+        ),
         EventsClose::StageDeleted => (4004, "the stage was deleted".to_owned()),
         EventsClose::ServerShutdown => (1001, "the server is shutting down".to_owned()),
     };
@@ -225,7 +250,10 @@ fn close_frame(why: &EventsClose) -> CloseFrame {
 // ----- HTTP plumbing ----------------------------------------------------------
 
 /// The token and the offer of a WHIP POST, or the status and reason refusing it.
-fn whip_request(request_headers: &HeaderMap, body: &Bytes) -> Result<(String, String), (StatusCode, &'static str)> {
+fn whip_request(
+    request_headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(String, String), (StatusCode, &'static str)> {
     let token = bearer_token(request_headers).ok_or((
         StatusCode::UNAUTHORIZED,
         "a participant token is required: Authorization: Bearer <token>",
@@ -233,7 +261,13 @@ fn whip_request(request_headers: &HeaderMap, body: &Bytes) -> Result<(String, St
     let content_type = request_headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        });
     if content_type.as_deref() != Some("application/sdp") {
         return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -250,7 +284,11 @@ fn whip_request(request_headers: &HeaderMap, body: &Bytes) -> Result<(String, St
 }
 
 fn bearer_token(request_headers: &HeaderMap) -> Option<String> {
-    let value = request_headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let value = request_headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
@@ -271,7 +309,10 @@ fn answer(kind: &'static str, outcome: Result<Accepted, Refusal>) -> Response {
             let location = resource_url(&accepted.whip_endpoint, &accepted.resource_id);
             let mut response = (StatusCode::CREATED, accepted.answer_sdp).into_response();
             let h = response.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/sdp"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/sdp"),
+            );
             if let Ok(location) = HeaderValue::from_str(&location) {
                 h.insert(header::LOCATION, location);
             }
@@ -293,7 +334,8 @@ fn resource_url(whip_endpoint: &str, resource_id: &str) -> String {
 }
 
 fn refused(kind: &'static str, refusal: Refusal) -> Response {
-    let status = StatusCode::from_u16(refusal.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(refusal.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     count(kind, status.as_str());
     if status == StatusCode::UNAUTHORIZED {
         return unauthorized(&refusal.message);

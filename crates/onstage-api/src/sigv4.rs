@@ -88,7 +88,10 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, ApiError> {
         )
     };
     let rest = value.strip_prefix("AWS4-HMAC-SHA256 ").ok_or_else(|| {
-        denied(ErrorKind::IncompleteSignature, "Only AWS4-HMAC-SHA256 signatures are supported")
+        denied(
+            ErrorKind::IncompleteSignature,
+            "Only AWS4-HMAC-SHA256 signatures are supported",
+        )
     })?;
     let (mut credential, mut signed_headers, mut signature) = (None, None, None);
     for part in rest.split(',') {
@@ -105,38 +108,62 @@ fn parse_authorization(value: &str) -> Result<Authorization<'_>, ApiError> {
     let signed_headers = signed_headers.ok_or_else(|| incomplete("SignedHeaders"))?;
     let signature = signature.ok_or_else(|| incomplete("Signature"))?;
     let mut scope = credential.splitn(5, '/');
-    let (Some(access_key_id), Some(date), Some(region), Some(service), Some(terminator)) =
-        (scope.next(), scope.next(), scope.next(), scope.next(), scope.next())
-    else {
+    let (Some(access_key_id), Some(date), Some(region), Some(service), Some(terminator)) = (
+        scope.next(),
+        scope.next(),
+        scope.next(),
+        scope.next(),
+        scope.next(),
+    ) else {
         return Err(denied(
             ErrorKind::IncompleteSignature,
-            format!("Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got '{credential}'"),
+            format!(
+                "Credential must have exactly 5 slash-delimited elements, e.g. keyid/date/region/service/term, got '{credential}'"
+            ),
         ));
     };
-    Ok(Authorization { access_key_id, date, region, service, terminator, signed_headers, signature })
+    Ok(Authorization {
+        access_key_id,
+        date,
+        region,
+        service,
+        terminator,
+        signed_headers,
+        signature,
+    })
 }
 
 fn parse_amz_date(s: &str) -> Option<OffsetDateTime> {
-    PrimitiveDateTime::parse(s, format_description!("[year][month][day]T[hour][minute][second]Z"))
-        .ok()
-        .map(PrimitiveDateTime::assume_utc)
+    PrimitiveDateTime::parse(
+        s,
+        format_description!("[year][month][day]T[hour][minute][second]Z"),
+    )
+    .ok()
+    .map(PrimitiveDateTime::assume_utc)
 }
 
 /// RFC 1123 as HTTP writes it (`… GMT`) and as Python's `email.utils.formatdate`,
 /// which botocore uses, writes it (`… -0000`).
 fn parse_http_date(s: &str) -> Option<OffsetDateTime> {
     let s = s.trim();
-    let s = [" GMT", " UTC", " -0000", " +0000"].iter().find_map(|zone| s.strip_suffix(zone))?;
+    let s = [" GMT", " UTC", " -0000", " +0000"]
+        .iter()
+        .find_map(|zone| s.strip_suffix(zone))?;
     PrimitiveDateTime::parse(
         s,
-        format_description!("[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second]"),
+        format_description!(
+            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second]"
+        ),
     )
     .ok()
     .map(PrimitiveDateTime::assume_utc)
 }
 
 fn format_amz_date(t: OffsetDateTime) -> String {
-    t.format(format_description!("[year][month][day]T[hour][minute][second]Z")).unwrap_or_default()
+    t.format(format_description!(
+        "[year][month][day]T[hour][minute][second]Z"
+    ))
+    .unwrap_or_default()
 }
 
 /// Verifies the request's signature and returns the caller it identifies.
@@ -148,7 +175,10 @@ pub fn verify(
 ) -> Result<Caller, ApiError> {
     let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
     let authorization = header("authorization").ok_or_else(|| {
-        denied(ErrorKind::MissingAuthenticationToken, "Missing Authentication Token: the request is not signed with AWS Signature Version 4")
+        denied(
+            ErrorKind::MissingAuthenticationToken,
+            "Missing Authentication Token: the request is not signed with AWS Signature Version 4",
+        )
     })?;
     let auth = parse_authorization(authorization)?;
     // SigV4 takes the signing time from X-Amz-Date, or else from Date (botocore
@@ -156,16 +186,25 @@ pub fn verify(
     let (signed_at, amz_date) = match header("x-amz-date") {
         Some(v) => {
             let t = parse_amz_date(v).ok_or_else(|| {
-                denied(ErrorKind::IncompleteSignature, format!("X-Amz-Date '{v}' is not of the form YYYYMMDDTHHMMSSZ"))
+                denied(
+                    ErrorKind::IncompleteSignature,
+                    format!("X-Amz-Date '{v}' is not of the form YYYYMMDDTHHMMSSZ"),
+                )
             })?;
             (t, v.to_owned())
         }
         None => {
             let v = header("date").ok_or_else(|| {
-                denied(ErrorKind::IncompleteSignature, "Authorization requires the X-Amz-Date or Date header")
+                denied(
+                    ErrorKind::IncompleteSignature,
+                    "Authorization requires the X-Amz-Date or Date header",
+                )
             })?;
             let t = parse_http_date(v).ok_or_else(|| {
-                denied(ErrorKind::IncompleteSignature, format!("Date '{v}' is not an RFC 1123 date"))
+                denied(
+                    ErrorKind::IncompleteSignature,
+                    format!("Date '{v}' is not an RFC 1123 date"),
+                )
             })?;
             (t, format_amz_date(t))
         }
@@ -173,31 +212,46 @@ pub fn verify(
     let amz_date = amz_date.as_str();
 
     let key = credentials.get(auth.access_key_id).ok_or_else(|| {
-        denied(ErrorKind::UnrecognizedClient, "The security token included in the request is invalid: unknown access key id")
+        denied(
+            ErrorKind::UnrecognizedClient,
+            "The security token included in the request is invalid: unknown access key id",
+        )
     })?;
     if auth.service != SERVICE {
         return Err(denied(
             ErrorKind::InvalidSignature,
-            format!("Credential should be scoped to correct service: '{SERVICE}', not '{}'", auth.service),
+            format!(
+                "Credential should be scoped to correct service: '{SERVICE}', not '{}'",
+                auth.service
+            ),
         ));
     }
     if auth.region != region {
         return Err(denied(
             ErrorKind::InvalidSignature,
-            format!("Credential should be scoped to a valid region: '{region}', not '{}'", auth.region),
+            format!(
+                "Credential should be scoped to a valid region: '{region}', not '{}'",
+                auth.region
+            ),
         ));
     }
-    if auth.terminator != "aws4_request" || !amz_date.starts_with(auth.date) || auth.date.len() != 8 {
+    if auth.terminator != "aws4_request" || !amz_date.starts_with(auth.date) || auth.date.len() != 8
+    {
         return Err(denied(
             ErrorKind::InvalidSignature,
-            format!("Credential scope date '{}' does not match X-Amz-Date '{amz_date}'", auth.date),
+            format!(
+                "Credential scope date '{}' does not match X-Amz-Date '{amz_date}'",
+                auth.date
+            ),
         ));
     }
     let skew = (now - signed_at).whole_seconds();
     if skew.abs() > MAX_CLOCK_SKEW_SECONDS {
         return Err(denied(
             ErrorKind::InvalidSignature,
-            format!("Signature expired or not yet valid: {amz_date} is more than 15 minutes from the server's time"),
+            format!(
+                "Signature expired or not yet valid: {amz_date} is more than 15 minutes from the server's time"
+            ),
         ));
     }
 
@@ -219,7 +273,10 @@ pub fn verify(
             "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.",
         ));
     }
-    Ok(Caller { access_key_id: auth.access_key_id.to_owned(), account_id: key.account_id.clone() })
+    Ok(Caller {
+        access_key_id: auth.access_key_id.to_owned(),
+        account_id: key.account_id.clone(),
+    })
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
@@ -237,14 +294,22 @@ fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> [u8; 32
 }
 
 /// RFC 3986 unreserved characters stay; everything else is percent-encoded.
-const URI_ENCODE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const URI_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 const URI_ENCODE_PATH: &AsciiSet = &URI_ENCODE.remove(b'/');
 
 fn canonical_request(req: &SignedRequest<'_>, signed_headers: &str) -> Result<String, ApiError> {
     let mut out = String::with_capacity(256 + req.raw_path.len());
     out.push_str(req.method);
     out.push('\n');
-    let path = if req.raw_path.is_empty() { "/" } else { req.raw_path };
+    let path = if req.raw_path.is_empty() {
+        "/"
+    } else {
+        req.raw_path
+    };
     let _ = write!(out, "{}", utf8_percent_encode(path, URI_ENCODE_PATH));
     out.push('\n');
 
@@ -273,7 +338,10 @@ fn canonical_request(req: &SignedRequest<'_>, signed_headers: &str) -> Result<St
         let mut first = true;
         for value in req.headers.get_all(name) {
             let value = value.to_str().map_err(|_| {
-                denied(ErrorKind::InvalidSignature, format!("signed header '{name}' is not valid text"))
+                denied(
+                    ErrorKind::InvalidSignature,
+                    format!("signed header '{name}' is not valid text"),
+                )
             })?;
             if !first {
                 out.push(',');
@@ -317,12 +385,24 @@ mod tests {
 
     fn creds() -> Credentials {
         let mut c = Credentials::new();
-        c.insert("AKID", AccessKey { secret: "secret".into(), account_id: "000000000000".into() });
+        c.insert(
+            "AKID",
+            AccessKey {
+                secret: "secret".into(),
+                account_id: "000000000000".into(),
+            },
+        );
         c
     }
 
     /// Signs with AWS's own signer, then checks our verifier agrees.
-    fn signed(method: &str, uri: &str, body: &[u8], secret: &str, at: SystemTime) -> http::Request<Vec<u8>> {
+    fn signed(
+        method: &str,
+        uri: &str,
+        body: &[u8],
+        secret: &str,
+        at: SystemTime,
+    ) -> http::Request<Vec<u8>> {
         let identity = AwsCredentials::new("AKID", secret, None, None, "test").into();
         let params = v4::SigningParams::builder()
             .identity(&identity)
@@ -343,7 +423,9 @@ mod tests {
         let signable = SignableRequest::new(
             method,
             req.uri().to_string(),
-            req.headers().iter().map(|(k, v)| (k.as_str(), v.to_str().unwrap())),
+            req.headers()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.to_str().unwrap())),
             SignableBody::Bytes(body),
         )
         .unwrap();
@@ -382,24 +464,43 @@ mod tests {
     fn refuses_wrong_secret_tampered_body_and_skew() {
         let now = SystemTime::now();
         let req = signed("POST", "/GetStage", b"{}", "wrong", now);
-        assert_eq!(check(&req, now).unwrap_err().kind, ErrorKind::InvalidSignature);
+        assert_eq!(
+            check(&req, now).unwrap_err().kind,
+            ErrorKind::InvalidSignature
+        );
 
         let mut req = signed("POST", "/GetStage", b"{}", "secret", now);
         *req.body_mut() = b"{ }".to_vec();
-        assert_eq!(check(&req, now).unwrap_err().kind, ErrorKind::InvalidSignature);
+        assert_eq!(
+            check(&req, now).unwrap_err().kind,
+            ErrorKind::InvalidSignature
+        );
 
-        let req = signed("POST", "/GetStage", b"{}", "secret", now - Duration::from_secs(16 * 60));
-        assert_eq!(check(&req, now).unwrap_err().kind, ErrorKind::InvalidSignature);
+        let req = signed(
+            "POST",
+            "/GetStage",
+            b"{}",
+            "secret",
+            now - Duration::from_secs(16 * 60),
+        );
+        assert_eq!(
+            check(&req, now).unwrap_err().kind,
+            ErrorKind::InvalidSignature
+        );
     }
 
     #[test]
     fn reads_the_signing_time_from_date_without_x_amz_date() {
         assert_eq!(
-            parse_http_date("Fri, 27 Nov 2026 16:43:19 GMT").map(format_amz_date).as_deref(),
+            parse_http_date("Fri, 27 Nov 2026 16:43:19 GMT")
+                .map(format_amz_date)
+                .as_deref(),
             Some("20261127T164319Z")
         );
         assert_eq!(
-            parse_http_date("Fri, 27 Nov 2026 16:43:19 -0000").map(format_amz_date).as_deref(),
+            parse_http_date("Fri, 27 Nov 2026 16:43:19 -0000")
+                .map(format_amz_date)
+                .as_deref(),
             Some("20261127T164319Z")
         );
     }
@@ -409,10 +510,20 @@ mod tests {
         let now = SystemTime::now();
         let mut req = signed("POST", "/GetStage", b"{}", "secret", now);
         req.headers_mut().remove("authorization");
-        assert_eq!(check(&req, now).unwrap_err().kind, ErrorKind::MissingAuthenticationToken);
+        assert_eq!(
+            check(&req, now).unwrap_err().kind,
+            ErrorKind::MissingAuthenticationToken
+        );
         let mut req = signed("POST", "/GetStage", b"{}", "secret", now);
-        let auth = req.headers()["authorization"].to_str().unwrap().replace("AKID", "NOPE");
-        req.headers_mut().insert("authorization", auth.parse().unwrap());
-        assert_eq!(check(&req, now).unwrap_err().kind, ErrorKind::UnrecognizedClient);
+        let auth = req.headers()["authorization"]
+            .to_str()
+            .unwrap()
+            .replace("AKID", "NOPE");
+        req.headers_mut()
+            .insert("authorization", auth.parse().unwrap());
+        assert_eq!(
+            check(&req, now).unwrap_err().kind,
+            ErrorKind::UnrecognizedClient
+        );
     }
 }

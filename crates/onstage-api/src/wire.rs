@@ -4,10 +4,12 @@
 use std::collections::BTreeMap;
 
 use onstage_stage::model::{
-    AutoParticipantRecording, EncoderConfiguration, Participant, ParticipantEvent, ParticipantReplica, PublicKey, Stage,
-    StageSession, StorageConfiguration, Tags,
+    AutoParticipantRecording, EncoderConfiguration, Participant, ParticipantEvent,
+    ParticipantReplica, PublicKey, Stage, StageSession, StorageConfiguration, Tags,
 };
-use onstage_stage::service::{AutoRecordingRequest, Capability, IssuedToken, TokenRequest, VideoRequest};
+use onstage_stage::service::{
+    AutoRecordingRequest, Capability, IssuedToken, TokenRequest, VideoRequest,
+};
 use onstage_stage::time_fmt::iso8601;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -31,7 +33,13 @@ impl From<TokenConfigurationIn> for TokenRequest {
             attributes: t.attributes,
             capabilities: t.capabilities.map(|c| {
                 c.iter()
-                    .map(|s| if s == "PUBLISH" { Capability::Publish } else { Capability::Subscribe })
+                    .map(|s| {
+                        if s == "PUBLISH" {
+                            Capability::Publish
+                        } else {
+                            Capability::Subscribe
+                        }
+                    })
                     .collect()
             }),
         }
@@ -73,7 +81,9 @@ impl From<AutoRecordingIn> for AutoRecordingRequest {
             thumbnail_storage: t.storage,
             thumbnail_recording_mode: t.recording_mode,
             recording_reconnect_window_seconds: a.recording_reconnect_window_seconds,
-            hls_target_segment_duration_seconds: a.hls_configuration.and_then(|h| h.target_segment_duration_seconds),
+            hls_target_segment_duration_seconds: a
+                .hls_configuration
+                .and_then(|h| h.target_segment_duration_seconds),
             record_participant_replicas: a.record_participant_replicas,
         }
     }
@@ -90,7 +100,12 @@ pub struct VideoIn {
 
 impl From<VideoIn> for VideoRequest {
     fn from(v: VideoIn) -> Self {
-        VideoRequest { width: v.width, height: v.height, framerate: v.framerate, bitrate: v.bitrate }
+        VideoRequest {
+            width: v.width,
+            height: v.height,
+            framerate: v.framerate,
+            bitrate: v.bitrate,
+        }
     }
 }
 
@@ -132,10 +147,21 @@ pub fn stage(s: &Stage) -> Value {
     let mut m = Map::new();
     m.insert("arn".into(), json!(s.arn.to_string()));
     m.insert("name".into(), json!(s.name));
-    put(&mut m, "activeSessionId", s.active_session_id.as_ref().map(|v| json!(v)));
+    put(
+        &mut m,
+        "activeSessionId",
+        s.active_session_id.as_ref().map(|v| json!(v)),
+    );
     m.insert("tags".into(), tags(&s.tags));
-    put(&mut m, "autoParticipantRecordingConfiguration", s.auto_participant_recording.as_ref().map(auto_recording));
-    m.insert("endpoints".into(), json!({ "whip": s.endpoints.whip, "events": s.endpoints.events }));
+    put(
+        &mut m,
+        "autoParticipantRecordingConfiguration",
+        s.auto_participant_recording.as_ref().map(auto_recording),
+    );
+    m.insert(
+        "endpoints".into(),
+        json!({ "whip": s.endpoints.whip, "events": s.endpoints.events }),
+    );
     Value::Object(m)
 }
 
@@ -143,7 +169,11 @@ pub fn stage_summary(s: &Stage) -> Value {
     let mut m = Map::new();
     m.insert("arn".into(), json!(s.arn.to_string()));
     m.insert("name".into(), json!(s.name));
-    put(&mut m, "activeSessionId", s.active_session_id.as_ref().map(|v| json!(v)));
+    put(
+        &mut m,
+        "activeSessionId",
+        s.active_session_id.as_ref().map(|v| json!(v)),
+    );
     m.insert("tags".into(), tags(&s.tags));
     Value::Object(m)
 }
@@ -153,9 +183,21 @@ pub fn participant_token(t: &IssuedToken) -> Value {
     m.insert("participantId".into(), json!(t.participant_id));
     m.insert("token".into(), json!(t.token));
     put(&mut m, "userId", t.user_id.as_ref().map(|v| json!(v)));
-    put(&mut m, "attributes", t.attributes.as_ref().map(|v| json!(v)));
+    put(
+        &mut m,
+        "attributes",
+        t.attributes.as_ref().map(|v| json!(v)),
+    );
     m.insert("duration".into(), json!(t.duration_minutes));
-    m.insert("capabilities".into(), json!(t.capabilities.iter().map(|c| c.as_str()).collect::<Vec<_>>()));
+    m.insert(
+        "capabilities".into(),
+        json!(
+            t.capabilities
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+        ),
+    );
     m.insert("expirationTime".into(), json!(iso8601(t.expiration_time)));
     Value::Object(m)
 }
@@ -218,9 +260,21 @@ fn participant_common(p: &Participant) -> Map<String, Value> {
     m.insert("published".into(), json!(p.published));
     m.insert("recordingState".into(), json!(p.recording_state));
     m.insert("replicationType".into(), json!(p.replication_type));
-    put(&mut m, "replicationState", p.replication_state.as_ref().map(|v| json!(v)));
-    put(&mut m, "sourceStageArn", p.source_stage_arn.as_ref().map(|v| json!(v)));
-    put(&mut m, "sourceSessionId", p.source_session_id.as_ref().map(|v| json!(v)));
+    put(
+        &mut m,
+        "replicationState",
+        p.replication_state.as_ref().map(|v| json!(v)),
+    );
+    put(
+        &mut m,
+        "sourceStageArn",
+        p.source_stage_arn.as_ref().map(|v| json!(v)),
+    );
+    put(
+        &mut m,
+        "sourceSessionId",
+        p.source_session_id.as_ref().map(|v| json!(v)),
+    );
     m
 }
 
@@ -232,9 +286,21 @@ pub fn participant(p: &Participant) -> Value {
     put(&mut m, "ispName", c.isp_name.as_ref().map(|v| json!(v)));
     put(&mut m, "osName", c.os_name.as_ref().map(|v| json!(v)));
     put(&mut m, "osVersion", c.os_version.as_ref().map(|v| json!(v)));
-    put(&mut m, "browserName", c.browser_name.as_ref().map(|v| json!(v)));
-    put(&mut m, "browserVersion", c.browser_version.as_ref().map(|v| json!(v)));
-    put(&mut m, "sdkVersion", c.sdk_version.as_ref().map(|v| json!(v)));
+    put(
+        &mut m,
+        "browserName",
+        c.browser_name.as_ref().map(|v| json!(v)),
+    );
+    put(
+        &mut m,
+        "browserVersion",
+        c.browser_version.as_ref().map(|v| json!(v)),
+    );
+    put(
+        &mut m,
+        "sdkVersion",
+        c.sdk_version.as_ref().map(|v| json!(v)),
+    );
     Value::Object(m)
 }
 
@@ -247,10 +313,22 @@ pub fn participant_event(e: &ParticipantEvent) -> Value {
     m.insert("name".into(), json!(e.name));
     m.insert("participantId".into(), json!(e.participant_id));
     m.insert("eventTime".into(), json!(iso8601(e.event_time)));
-    put(&mut m, "remoteParticipantId", e.remote_participant_id.as_ref().map(|v| json!(v)));
+    put(
+        &mut m,
+        "remoteParticipantId",
+        e.remote_participant_id.as_ref().map(|v| json!(v)),
+    );
     put(&mut m, "errorCode", e.error_code.as_ref().map(|v| json!(v)));
-    put(&mut m, "destinationStageArn", e.destination_stage_arn.as_ref().map(|v| json!(v)));
-    put(&mut m, "destinationSessionId", e.destination_session_id.as_ref().map(|v| json!(v)));
+    put(
+        &mut m,
+        "destinationStageArn",
+        e.destination_stage_arn.as_ref().map(|v| json!(v)),
+    );
+    put(
+        &mut m,
+        "destinationSessionId",
+        e.destination_session_id.as_ref().map(|v| json!(v)),
+    );
     m.insert("replica".into(), json!(e.replica));
     Value::Object(m)
 }

@@ -36,7 +36,11 @@ impl MediaPlane for CannedMedia {
     fn new_source(&self) -> SourceId {
         SourceId(self.next.fetch_add(1, Ordering::Relaxed))
     }
-    async fn publish(&self, _source: SourceId, offer: String) -> Result<(PeerId, String), MediaRefusal> {
+    async fn publish(
+        &self,
+        _source: SourceId,
+        offer: String,
+    ) -> Result<(PeerId, String), MediaRefusal> {
         if offer.contains("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 AV1") {
             return Err(MediaRefusal::InvalidVideoCodec);
         }
@@ -45,7 +49,11 @@ impl MediaPlane for CannedMedia {
             "v=0\r\ns=answer\r\n".into(),
         ))
     }
-    async fn subscribe(&self, _source: SourceId, _offer: String) -> Result<(PeerId, String), MediaRefusal> {
+    async fn subscribe(
+        &self,
+        _source: SourceId,
+        _offer: String,
+    ) -> Result<(PeerId, String), MediaRefusal> {
         Ok((
             PeerId(self.next.fetch_add(1, Ordering::Relaxed)),
             "v=0\r\ns=answer\r\n".into(),
@@ -78,17 +86,29 @@ async fn server() -> Server {
         events_url: format!("ws://{addr}/events"),
     };
     let control = Arc::new(ControlPlane::open(Arc::new(store), config).await.unwrap());
-    let live = LivePlane::open(control.clone(), Arc::new(CannedMedia::default()), LiveConfig::default())
-        .await
-        .unwrap();
-    let state = ApiState::new(control.clone(), Credentials::new(), "us-east-1".into(), None)
-        .await
-        .unwrap();
+    let live = LivePlane::open(
+        control.clone(),
+        Arc::new(CannedMedia::default()),
+        LiveConfig::default(),
+    )
+    .await
+    .unwrap();
+    let state = ApiState::new(
+        control.clone(),
+        Credentials::new(),
+        "us-east-1".into(),
+        None,
+    )
+    .await
+    .unwrap();
     // Mounted exactly as the binary mounts it.
     let app = onstage_api::router(Arc::new(state)).merge(participant_router(live));
     let served = app.clone();
     tokio::spawn(async move { axum::serve(listener, served).await });
-    let (stage, _) = control.create_stage(&account(), NewStage::default()).await.unwrap();
+    let (stage, _) = control
+        .create_stage(&account(), NewStage::default())
+        .await
+        .unwrap();
     Server {
         app,
         control,
@@ -119,7 +139,11 @@ impl Server {
         let response = self.app.clone().oneshot(request).await.unwrap();
         let (parts, body) = response.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
-        (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
     }
 
     async fn whip(
@@ -135,7 +159,8 @@ impl Server {
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        self.call(request.body(Body::from(offer.to_owned())).unwrap()).await
+        self.call(request.body(Body::from(offer.to_owned())).unwrap())
+            .await
     }
 
     async fn session_id(&self) -> Option<String> {
@@ -149,16 +174,27 @@ impl Server {
     async fn events_of(&self, session: &str, participant: &str) -> Vec<(String, Option<String>)> {
         let page = self
             .control
-            .list_participant_events(&account(), &self.stage.arn.to_string(), session, participant, None, 50)
+            .list_participant_events(
+                &account(),
+                &self.stage.arn.to_string(),
+                session,
+                participant,
+                None,
+                50,
+            )
             .await
             .unwrap();
-        page.items.into_iter().map(|e| (e.name, e.error_code)).collect()
+        page.items
+            .into_iter()
+            .map(|e| (e.name, e.error_code))
+            .collect()
     }
 
     async fn connect_events(
         &self,
         token: &str,
-    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
+    {
         let mut request = format!("ws://{}/events/{}", self.addr, self.stage.arn.id)
             .into_client_request()
             .unwrap();
@@ -176,7 +212,9 @@ impl Server {
 }
 
 async fn next_json(
-    socket: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
 ) -> Value {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
@@ -185,7 +223,9 @@ async fn next_json(
             .unwrap()
             .unwrap();
         match message {
-            tungstenite::Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+            tungstenite::Message::Text(text) => {
+                return serde_json::from_str(text.as_str()).unwrap();
+            }
             tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
             other => panic!("unexpected {other:?}"),
         }
@@ -196,13 +236,18 @@ async fn next_json(
 async fn whip_publish_answers_201_and_delete_leaves() {
     let s = server().await;
     let (alice, token) = s.token(&[Capability::Publish, Capability::Subscribe]).await;
-    let (status, headers, body) = s.whip("/whip", Some(&token), "application/sdp", OFFER).await;
+    let (status, headers, body) = s
+        .whip("/whip", Some(&token), "application/sdp", OFFER)
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(headers[header::CONTENT_TYPE], "application/sdp");
     assert!(body.starts_with("v=0"));
     let location = headers[header::LOCATION].to_str().unwrap().to_owned();
     // Absolute, under the stage's WHIP endpoint, for web apps on other origins.
-    assert!(location.starts_with(&format!("http://{}/whip/resource/", s.addr)), "{location}");
+    assert!(
+        location.starts_with(&format!("http://{}/whip/resource/", s.addr)),
+        "{location}"
+    );
     // The seven IVS headers, as on every API response.
     assert_eq!(headers["access-control-allow-origin"], "*");
     assert!(
@@ -237,9 +282,13 @@ async fn whip_publish_answers_201_and_delete_leaves() {
     assert_eq!(status, StatusCode::CREATED);
     let bob_location = headers[header::LOCATION].to_str().unwrap().to_owned();
 
-    let (status, _, _) = s.call(Request::delete(&location).body(Body::empty()).unwrap()).await;
+    let (status, _, _) = s
+        .call(Request::delete(&location).body(Body::empty()).unwrap())
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _, _) = s.call(Request::delete(&location).body(Body::empty()).unwrap()).await;
+    let (status, _, _) = s
+        .call(Request::delete(&location).body(Body::empty()).unwrap())
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // The publisher leaving ended bob's only connection: the session is over.
     let (status, _, _) = s
@@ -259,8 +308,16 @@ async fn whip_publish_answers_201_and_delete_leaves() {
         ["LEFT", "PUBLISH_STOPPED", "PUBLISH_STARTED", "JOINED"],
         "newest first"
     );
-    let names: Vec<String> = s.events_of(&session, &bob).await.into_iter().map(|(n, _)| n).collect();
-    assert_eq!(names, ["LEFT", "SUBSCRIBE_STOPPED", "SUBSCRIBE_STARTED", "JOINED"]);
+    let names: Vec<String> = s
+        .events_of(&session, &bob)
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        names,
+        ["LEFT", "SUBSCRIBE_STOPPED", "SUBSCRIBE_STARTED", "JOINED"]
+    );
     let disconnected = s
         .control
         .list_participants(
@@ -293,24 +350,37 @@ async fn refusals_are_plain_text_with_spec_statuses() {
     assert!(body.contains("Bearer"));
     assert_eq!(headers[header::CONTENT_TYPE], "text/plain; charset=utf-8");
 
-    let (status, _, _) = s.whip("/whip", Some(&host_token), "application/json", OFFER).await;
+    let (status, _, _) = s
+        .whip("/whip", Some(&host_token), "application/json", OFFER)
+        .await;
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
-    let (status, _, body) = s.whip("/whip", Some("not.a.token"), "application/sdp", OFFER).await;
+    let (status, _, body) = s
+        .whip("/whip", Some("not.a.token"), "application/sdp", OFFER)
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
 
     assert_eq!(
-        s.whip("/whip", Some(&host_token), "application/sdp", OFFER).await.0,
+        s.whip("/whip", Some(&host_token), "application/sdp", OFFER)
+            .await
+            .0,
         StatusCode::CREATED
     );
     let session = s.session_id().await.unwrap();
 
-    let (status, _, body) = s.whip("/whip", Some(&viewer_token), "application/sdp", OFFER).await;
+    let (status, _, body) = s
+        .whip("/whip", Some(&viewer_token), "application/sdp", OFFER)
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(body.contains("does not allow publishing"), "{body}");
 
     let (status, _, _) = s
-        .whip("/whip/subscribe/nobody", Some(&viewer_token), "application/sdp", OFFER)
+        .whip(
+            "/whip/subscribe/nobody",
+            Some(&viewer_token),
+            "application/sdp",
+            OFFER,
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
@@ -330,14 +400,22 @@ async fn refusals_are_plain_text_with_spec_statuses() {
 
     let av1 = format!("{OFFER}m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 AV1/90000\r\n");
     let (other, other_token) = s.token(&[Capability::Publish]).await;
-    let (status, _, body) = s.whip("/whip", Some(&other_token), "application/sdp", &av1).await;
+    let (status, _, body) = s
+        .whip("/whip", Some(&other_token), "application/sdp", &av1)
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 
     assert_eq!(
         s.events_of(&session, &viewer).await,
         [
-            ("SUBSCRIBE_ERROR".to_owned(), Some("PUBLISHER_NOT_FOUND".to_owned())),
-            ("PUBLISH_ERROR".to_owned(), Some("INSUFFICIENT_CAPABILITIES".to_owned())),
+            (
+                "SUBSCRIBE_ERROR".to_owned(),
+                Some("PUBLISHER_NOT_FOUND".to_owned())
+            ),
+            (
+                "PUBLISH_ERROR".to_owned(),
+                Some("INSUFFICIENT_CAPABILITIES".to_owned())
+            ),
         ]
     );
     assert_eq!(
@@ -349,7 +427,10 @@ async fn refusals_are_plain_text_with_spec_statuses() {
     );
     assert_eq!(
         s.events_of(&session, &other).await,
-        [("PUBLISH_ERROR".to_owned(), Some("INVALID_VIDEO_CODEC".to_owned()))]
+        [(
+            "PUBLISH_ERROR".to_owned(),
+            Some("INVALID_VIDEO_CODEC".to_owned())
+        )]
     );
 
     // The WHIP endpoints answer CORS preflights without a token.
@@ -360,7 +441,10 @@ async fn refusals_are_plain_text_with_spec_statuses() {
                 .uri("/whip")
                 .header("origin", "https://app.example")
                 .header("access-control-request-method", "POST")
-                .header("access-control-request-headers", "authorization,content-type")
+                .header(
+                    "access-control-request-headers",
+                    "authorization,content-type",
+                )
                 .body(Body::empty())
                 .unwrap(),
         )
@@ -390,17 +474,25 @@ async fn the_events_socket_tells_who_is_on_stage() {
     assert_eq!(state["payload"]["participants"][0]["id"], bob.as_str());
     assert_eq!(state["payload"]["participants"][0]["userId"], "viewer");
     assert_eq!(state["payload"]["participants"][0]["isPublishing"], false);
-    assert_eq!(state["payload"]["participants"][0]["attributes"], serde_json::json!({}));
+    assert_eq!(
+        state["payload"]["participants"][0]["attributes"],
+        serde_json::json!({})
+    );
 
     socket
         .send(tungstenite::Message::Text(r#"{"type":"PING"}"#.into()))
         .await
         .unwrap();
-    assert_eq!(next_json(&mut socket).await, serde_json::json!({"type": "PONG"}));
+    assert_eq!(
+        next_json(&mut socket).await,
+        serde_json::json!({"type": "PONG"})
+    );
 
     let (alice, alice_token) = s.token(&[Capability::Publish]).await;
     assert_eq!(
-        s.whip("/whip", Some(&alice_token), "application/sdp", OFFER).await.0,
+        s.whip("/whip", Some(&alice_token), "application/sdp", OFFER)
+            .await
+            .0,
         StatusCode::CREATED
     );
     let state = next_json(&mut socket).await;
@@ -411,7 +503,12 @@ async fn the_events_socket_tells_who_is_on_stage() {
 
     // DisconnectParticipant closes the socket with its reason.
     s.control
-        .disconnect_participant(&account(), &s.stage.arn.to_string(), &bob, Some("bye now".into()))
+        .disconnect_participant(
+            &account(),
+            &s.stage.arn.to_string(),
+            &bob,
+            Some("bye now".into()),
+        )
         .await
         .unwrap();
     let closed = loop {
@@ -435,7 +532,9 @@ async fn the_events_socket_tells_who_is_on_stage() {
         .headers_mut()
         .insert(header::SEC_WEBSOCKET_PROTOCOL, bob_token.parse().unwrap());
     match tokio_tungstenite::connect_async(request).await {
-        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), StatusCode::FORBIDDEN),
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::FORBIDDEN)
+        }
         other => panic!("{:?}", other.map(|(_, r)| r)),
     }
 }
@@ -455,11 +554,20 @@ async fn an_events_socket_closing_leaves_the_stage() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(s.session_id().await, None);
-    let names: Vec<String> = s.events_of(&session, &bob).await.into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = s
+        .events_of(&session, &bob)
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     assert_eq!(names, ["LEFT", "JOINED"]);
 
     // A token for another stage is refused at this one.
-    let (other, _) = s.control.create_stage(&account(), NewStage::default()).await.unwrap();
+    let (other, _) = s
+        .control
+        .create_stage(&account(), NewStage::default())
+        .await
+        .unwrap();
     let foreign = s
         .control
         .create_participant_token(&account(), &other.arn.to_string(), TokenRequest::default())
@@ -468,11 +576,14 @@ async fn an_events_socket_closing_leaves_the_stage() {
     let mut request = format!("ws://{}/events/{}", s.addr, s.stage.arn.id)
         .into_client_request()
         .unwrap();
-    request
-        .headers_mut()
-        .insert(header::SEC_WEBSOCKET_PROTOCOL, foreign.token.parse().unwrap());
+    request.headers_mut().insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        foreign.token.parse().unwrap(),
+    );
     match tokio_tungstenite::connect_async(request).await {
-        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), StatusCode::UNAUTHORIZED),
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED)
+        }
         other => panic!("{:?}", other.map(|(_, r)| r)),
     }
 }

@@ -69,7 +69,8 @@ fn bench(c: &mut Criterion) {
             let tag = Aes128CmSha1_80::HMAC_TAG_LEN;
             let mut out = vec![0_u8; input.len() + tag + CTR_PADDING.saturating_sub(tag)];
             // A failed encryption would make every figure meaningless.
-            cm.encrypt(&iv, &input[HEADER..], &mut out[HEADER..]).expect("encrypt");
+            cm.encrypt(&iv, &input[HEADER..], &mut out[HEADER..])
+                .expect("encrypt");
             out[..HEADER].copy_from_slice(&input[..HEADER]);
             let sha1_hmac = |k: &[u8], p: &[&[u8]]| hmac_provider.sha1_hmac(k, p);
             Aes128CmSha1_80::rtp_hmac(sha1_hmac, &hmac_key, &mut out, index, input.len());
@@ -85,7 +86,8 @@ fn bench(c: &mut Criterion) {
             seq = seq.wrapping_add(1);
             let iv = AeadAes128Gcm::rtp_iv(gcm_salt, SSRC, 1, seq);
             let mut out = vec![0_u8; input.len() + AeadAes128Gcm::TAG_LEN];
-            gcm.encrypt(&iv, &input[..HEADER], &input[HEADER..], &mut out[HEADER..]).expect("encrypt");
+            gcm.encrypt(&iv, &input[..HEADER], &input[HEADER..], &mut out[HEADER..])
+                .expect("encrypt");
             out[..HEADER].copy_from_slice(&input[..HEADER]);
             black_box(out)
         })
@@ -102,7 +104,8 @@ fn bench(c: &mut Criterion) {
             buf[..PACKET].copy_from_slice(&input);
             let iv = Aes128CmSha1_80::rtp_iv(cm_salt, SSRC, index);
             let iv = FixedLength::try_from(&iv[..]).expect("16-byte iv");
-            ctr.less_safe_encrypt(&mut buf[HEADER..PACKET], EncryptionContext::Iv128(iv)).expect("encrypt");
+            ctr.less_safe_encrypt(&mut buf[HEADER..PACKET], EncryptionContext::Iv128(iv))
+                .expect("encrypt");
             let mut ctx = hmac::Context::with_key(&mac);
             ctx.update(&buf[..PACKET]);
             ctx.update(&((index >> 16) as u32).to_be_bytes());
@@ -122,7 +125,9 @@ fn bench(c: &mut Criterion) {
             let iv = AeadAes128Gcm::rtp_iv(gcm_salt, SSRC, 1, seq);
             let nonce = Nonce::assume_unique_for_key(iv);
             let (head, body) = buf[..PACKET].split_at_mut(HEADER);
-            let tag = sealing.seal_in_place_separate_tag(nonce, Aad::from(&*head), body).expect("seal");
+            let tag = sealing
+                .seal_in_place_separate_tag(nonce, Aad::from(&*head), body)
+                .expect("seal");
             buf[PACKET..].copy_from_slice(tag.as_ref());
             black_box(&buf);
         })

@@ -30,21 +30,28 @@ impl Target {
     pub(crate) fn parse(endpoint: &str) -> anyhow::Result<Self> {
         let rest = match endpoint.strip_prefix("http://") {
             Some(rest) => rest,
-            None if endpoint.starts_with("https://") => bail!("https endpoints are not supported; use http://"),
+            None if endpoint.starts_with("https://") => {
+                bail!("https endpoints are not supported; use http://")
+            }
             None => bail!("the endpoint must look like http://host:port, not {endpoint:?}"),
         };
         let authority = rest.trim_end_matches('/');
         if authority.is_empty() || authority.contains('/') {
             bail!("the endpoint must be http://host[:port] without a path, not {endpoint:?}");
         }
-        let connect_to = if authority.rsplit_once(':').is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+        let connect_to = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
             && !authority.ends_with(']')
         {
             authority.to_owned()
         } else {
             format!("{authority}:80")
         };
-        Ok(Target { connect_to, host: authority.to_owned() })
+        Ok(Target {
+            connect_to,
+            host: authority.to_owned(),
+        })
     }
 }
 
@@ -59,7 +66,8 @@ impl Connection {
             .await
             .with_context(|| format!("could not connect to {}", target.connect_to))?;
         stream.set_nodelay(true)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             // Ends when the peer closes or the sender is dropped.
             let _ = connection.await;
@@ -76,7 +84,14 @@ impl Connection {
         body: &Bytes,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
         self.sender.ready().await?;
-        let signed = signer.sign("POST", path, &target.host, "application/json", body, unix_now());
+        let signed = signer.sign(
+            "POST",
+            path,
+            &target.host,
+            "application/json",
+            body,
+            unix_now(),
+        );
         let request = Request::builder()
             .method(Method::POST)
             .uri(path)
@@ -97,7 +112,10 @@ impl Connection {
 }
 
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// One signed call outside the measurement (setup and cleanup; also the media
@@ -110,9 +128,14 @@ pub(crate) async fn call(
 ) -> anyhow::Result<serde_json::Value> {
     let mut connection = Connection::open(target).await?;
     let path = format!("/{operation}");
-    let (status, answer) = connection.post(signer, target, &path, &Bytes::from(body.to_string())).await?;
+    let (status, answer) = connection
+        .post(signer, target, &path, &Bytes::from(body.to_string()))
+        .await?;
     if !status.is_success() {
-        bail!("{operation} answered {status}: {}", String::from_utf8_lossy(&answer));
+        bail!(
+            "{operation} answered {status}: {}",
+            String::from_utf8_lossy(&answer)
+        );
     }
     serde_json::from_slice(&answer)
         .with_context(|| format!("{operation} answered {status} with a body that is not JSON"))
@@ -147,8 +170,17 @@ struct WorkerResult {
     errors_by_status: BTreeMap<String, u64>,
 }
 
-async fn worker(target: Target, mut signer: Signer, path: String, body: Bytes, shared: Arc<Shared>) -> WorkerResult {
-    let mut result = WorkerResult { latencies_us: Vec::with_capacity(64 * 1024), ..Default::default() };
+async fn worker(
+    target: Target,
+    mut signer: Signer,
+    path: String,
+    body: Bytes,
+    shared: Arc<Shared>,
+) -> WorkerResult {
+    let mut result = WorkerResult {
+        latencies_us: Vec::with_capacity(64 * 1024),
+        ..Default::default()
+    };
     let mut connection: Option<Connection> = None;
     while !shared.stop.load(Ordering::Relaxed) {
         let conn = match &mut connection {
@@ -159,7 +191,10 @@ async fn worker(target: Target, mut signer: Signer, path: String, body: Bytes, s
                     connection.insert(c)
                 }
                 Err(e) => {
-                    *result.errors_by_status.entry("transport".into()).or_default() += 1;
+                    *result
+                        .errors_by_status
+                        .entry("transport".into())
+                        .or_default() += 1;
                     shared.error(format!("{e:#}"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
@@ -174,11 +209,17 @@ async fn worker(target: Target, mut signer: Signer, path: String, body: Bytes, s
                 shared.ok.fetch_add(1, Ordering::Relaxed);
             }
             Ok((status, answer)) => {
-                *result.errors_by_status.entry(status.as_u16().to_string()).or_default() += 1;
+                *result
+                    .errors_by_status
+                    .entry(status.as_u16().to_string())
+                    .or_default() += 1;
                 shared.error(format!("{status}: {}", String::from_utf8_lossy(&answer)));
             }
             Err(e) => {
-                *result.errors_by_status.entry("transport".into()).or_default() += 1;
+                *result
+                    .errors_by_status
+                    .entry("transport".into())
+                    .or_default() += 1;
                 shared.error(format!("{e:#}"));
                 connection = None;
             }
@@ -189,13 +230,27 @@ async fn worker(target: Target, mut signer: Signer, path: String, body: Bytes, s
 
 pub async fn run(args: ApiArgs) -> anyhow::Result<Report> {
     let target = Target::parse(&args.endpoint)?;
-    let mut signer = Signer::new(&args.access_key_id, &args.secret_access_key, &args.region, "ivs");
+    let mut signer = Signer::new(
+        &args.access_key_id,
+        &args.secret_access_key,
+        &args.region,
+        "ivs",
+    );
 
     let name = format!("loadtest-{}", unix_now());
-    let created = call(&target, &mut signer, "CreateStage", serde_json::json!({ "name": name }))
-        .await
-        .context("could not create the stage to test with")?;
-    let Some(stage_arn) = created.pointer("/stage/arn").and_then(|v| v.as_str()).map(str::to_owned) else {
+    let created = call(
+        &target,
+        &mut signer,
+        "CreateStage",
+        serde_json::json!({ "name": name }),
+    )
+    .await
+    .context("could not create the stage to test with")?;
+    let Some(stage_arn) = created
+        .pointer("/stage/arn")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+    else {
         bail!("CreateStage answered without stage.arn: {created}");
     };
     println!("stage           {stage_arn}");
@@ -214,7 +269,15 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<Report> {
     let shared = Arc::new(Shared::default());
     let started = Instant::now();
     let workers: Vec<_> = (0..args.concurrency)
-        .map(|_| tokio::spawn(worker(target.clone(), signer.clone(), path.clone(), body.clone(), shared.clone())))
+        .map(|_| {
+            tokio::spawn(worker(
+                target.clone(),
+                signer.clone(),
+                path.clone(),
+                body.clone(),
+                shared.clone(),
+            ))
+        })
         .collect();
 
     // Progress, once a second, until the duration has passed.
@@ -233,8 +296,11 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<Report> {
             _ = ticker.tick() => {}
             _ = tokio::time::sleep(remaining) => break,
         }
-        let (ok, errors, now) =
-            (shared.ok.load(Ordering::Relaxed), shared.errors.load(Ordering::Relaxed), Instant::now());
+        let (ok, errors, now) = (
+            shared.ok.load(Ordering::Relaxed),
+            shared.errors.load(Ordering::Relaxed),
+            Instant::now(),
+        );
         let window = now.duration_since(last_at).as_secs_f64();
         println!(
             "[{:>4.0}s] {:>8.0} req/s   errors {:>6} ({:>4.0}/s)   total {}",
@@ -258,7 +324,11 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<Report> {
                     *errors_by_status.entry(k).or_default() += v;
                 }
             }
-            Err(e) => *errors_by_status.entry(format!("worker panicked: {e}")).or_default() += 1,
+            Err(e) => {
+                *errors_by_status
+                    .entry(format!("worker panicked: {e}"))
+                    .or_default() += 1
+            }
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -284,12 +354,20 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<Report> {
     };
     report.print();
 
-    if let Err(e) = call(&target, &mut signer, "DeleteStage", serde_json::json!({ "arn": stage_arn })).await {
+    if let Err(e) = call(
+        &target,
+        &mut signer,
+        "DeleteStage",
+        serde_json::json!({ "arn": stage_arn }),
+    )
+    .await
+    {
         eprintln!("warning: could not delete the test stage: {e:#}");
     }
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("could not write {}", path.display()))?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("could not write {}", path.display()))?;
         println!("wrote           {}", path.display());
     }
     Ok(report)
@@ -302,9 +380,15 @@ mod tests {
     #[test]
     fn parses_endpoints() {
         let t = Target::parse("http://127.0.0.1:7700").unwrap();
-        assert_eq!((t.connect_to.as_str(), t.host.as_str()), ("127.0.0.1:7700", "127.0.0.1:7700"));
+        assert_eq!(
+            (t.connect_to.as_str(), t.host.as_str()),
+            ("127.0.0.1:7700", "127.0.0.1:7700")
+        );
         let t = Target::parse("http://localhost/").unwrap();
-        assert_eq!((t.connect_to.as_str(), t.host.as_str()), ("localhost:80", "localhost"));
+        assert_eq!(
+            (t.connect_to.as_str(), t.host.as_str()),
+            ("localhost:80", "localhost")
+        );
         assert!(Target::parse("https://x").is_err());
         assert!(Target::parse("127.0.0.1:7700").is_err());
         assert!(Target::parse("http://h:1/api").is_err());

@@ -73,7 +73,8 @@ pub const PEER_NETWORK: &str = "198.18.0.0/16";
 /// The load peers' addresses when talking to Janus: `PEER_ADDRESSES.0` up to,
 /// not including, `PEER_ADDRESSES.1` (inside [`PEER_NETWORK`], clear of
 /// [`ICE_ADDRESS`]).
-pub const PEER_ADDRESSES: (Ipv4Addr, Ipv4Addr) = (Ipv4Addr::new(198, 18, 1, 0), Ipv4Addr::new(198, 19, 0, 0));
+pub const PEER_ADDRESSES: (Ipv4Addr, Ipv4Addr) =
+    (Ipv4Addr::new(198, 18, 1, 0), Ipv4Addr::new(198, 19, 0, 0));
 
 /// How to start Janus.
 #[derive(Clone, Debug)]
@@ -101,7 +102,8 @@ impl Default for JanusOptions {
     fn default() -> Self {
         JanusOptions {
             // A wrapper script (extra flags, environment) can stand in for it.
-            binary: std::env::var_os("ONSTAGE_JANUS_BINARY").map_or_else(|| PathBuf::from(JANUS_BINARY), PathBuf::from),
+            binary: std::env::var_os("ONSTAGE_JANUS_BINARY")
+                .map_or_else(|| PathBuf::from(JANUS_BINARY), PathBuf::from),
             lib_dir: PathBuf::from(JANUS_LIB_DIR),
             ice_address: ICE_ADDRESS,
             rtp_ports: (40_000, 49_999),
@@ -126,7 +128,10 @@ impl JanusServer {
     /// answers `info`.
     pub async fn start(options: &JanusOptions) -> anyhow::Result<Self> {
         if !options.binary.exists() {
-            bail!("{} is missing; run scripts/bench-setup (apt-get install janus)", options.binary.display());
+            bail!(
+                "{} is missing; run scripts/bench-setup (apt-get install janus)",
+                options.binary.display()
+            );
         }
         if !has_non_loopback_address(options.ice_address) {
             bail!(
@@ -157,13 +162,18 @@ impl JanusServer {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        let child = command.spawn().with_context(|| format!("could not start {}", options.binary.display()))?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("could not start {}", options.binary.display()))?;
         let mut server = JanusServer { child, dir, http };
 
         let deadline = Instant::now() + options.start_timeout;
         loop {
             if let Some(status) = server.child.try_wait()? {
-                bail!("janus exited during start-up ({status}); its log:\n{}", server.log_tail(40));
+                bail!(
+                    "janus exited during start-up ({status}); its log:\n{}",
+                    server.log_tail(40)
+                );
             }
             if let Ok(info) = call(http, Method::GET, "/janus/info", None).await {
                 if info.get("janus").and_then(Value::as_str) == Some("server_info") {
@@ -171,7 +181,11 @@ impl JanusServer {
                 }
             }
             if Instant::now() > deadline {
-                bail!("janus did not answer on {http} within {:?}; its log:\n{}", options.start_timeout, server.log_tail(40));
+                bail!(
+                    "janus did not answer on {http} within {:?}; its log:\n{}",
+                    options.start_timeout,
+                    server.log_tail(40)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -241,8 +255,13 @@ fn has_non_loopback_address(address: Ipv4Addr) -> bool {
         while !at.is_null() {
             let ifa = &*at;
             let flags = ifa.ifa_flags as libc::c_int;
-            let usable = flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0 && flags & libc::IFF_LOOPBACK == 0;
-            if usable && !ifa.ifa_addr.is_null() && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET {
+            let usable = flags & libc::IFF_UP != 0
+                && flags & libc::IFF_RUNNING != 0
+                && flags & libc::IFF_LOOPBACK == 0;
+            if usable
+                && !ifa.ifa_addr.is_null()
+                && i32::from((*ifa.ifa_addr).sa_family) == libc::AF_INET
+            {
                 let sin = &*(ifa.ifa_addr as *const libc::sockaddr_in);
                 if Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)) == address {
                     found = true;
@@ -267,19 +286,36 @@ pub fn enter_bench_netns() -> anyhow::Result<()> {
     }
     // SAFETY: unshare only changes this thread's namespace membership.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        bail!("could not make a network namespace (root needed): {}", std::io::Error::last_os_error());
+        bail!(
+            "could not make a network namespace (root needed): {}",
+            std::io::Error::last_os_error()
+        );
     }
     let address = format!("{ICE_ADDRESS}/32");
     let steps: [&[&str]; 6] = [
         &["link", "set", "lo", "up"],
-        &["link", "add", VETH.0, "type", "veth", "peer", "name", VETH.1],
+        &[
+            "link", "add", VETH.0, "type", "veth", "peer", "name", VETH.1,
+        ],
         &["addr", "add", &address, "dev", VETH.0],
         &["link", "set", VETH.1, "up"],
         &["link", "set", VETH.0, "up"],
-        &["route", "add", "local", PEER_NETWORK, "dev", VETH.0, "table", "local"],
+        &[
+            "route",
+            "add",
+            "local",
+            PEER_NETWORK,
+            "dev",
+            VETH.0,
+            "table",
+            "local",
+        ],
     ];
     for args in steps {
-        let status = Command::new("ip").args(args).status().context("could not run ip (iproute2)")?;
+        let status = Command::new("ip")
+            .args(args)
+            .status()
+            .context("could not run ip (iproute2)")?;
         if !status.success() {
             bail!("ip {} failed ({status})", args.join(" "));
         }
@@ -310,16 +346,32 @@ pub fn ensure_peer_addresses() -> anyhow::Result<()> {
              (or let the tool start janus, which makes its own namespace)"
         );
     }
-    let args = ["route", "replace", "local", PEER_NETWORK, "dev", VETH.0, "table", "local"];
-    let status = Command::new("ip").args(args).status().context("could not run ip (iproute2)")?;
+    let args = [
+        "route",
+        "replace",
+        "local",
+        PEER_NETWORK,
+        "dev",
+        VETH.0,
+        "table",
+        "local",
+    ];
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .context("could not run ip (iproute2)")?;
     if !status.success() || UdpSocket::bind(probe).is_err() {
-        bail!("the load peers cannot use {PEER_NETWORK} (ip {} failed: {status})", args.join(" "));
+        bail!(
+            "the load peers cannot use {PEER_NETWORK} (ip {} failed: {status})",
+            args.join(" ")
+        );
     }
     Ok(())
 }
 
 fn free_tcp_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("could not find a free port")?;
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("could not find a free port")?;
     Ok(listener.local_addr()?.port())
 }
 
@@ -429,10 +481,18 @@ admin: {{
 /// One HTTP/1.1 exchange on a fresh loopback connection. Janus's API is the
 /// control plane only, so a connection per request costs nothing that matters
 /// and keeps a long poll from holding up other requests.
-async fn call(addr: SocketAddr, method: Method, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
-    let stream = TcpStream::connect(addr).await.with_context(|| format!("could not connect to janus at {addr}"))?;
+async fn call(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> anyhow::Result<Value> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("could not connect to janus at {addr}"))?;
     stream.set_nodelay(true)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -450,9 +510,17 @@ async fn call(addr: SocketAddr, method: Method, path: &str, body: Option<&Value>
     let status = response.status();
     let bytes = response.into_body().collect().await?.to_bytes();
     if !status.is_success() {
-        bail!("janus answered {status} to {path}: {}", String::from_utf8_lossy(&bytes));
+        bail!(
+            "janus answered {status} to {path}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
     }
-    serde_json::from_slice(&bytes).with_context(|| format!("janus sent non-JSON to {path}: {}", String::from_utf8_lossy(&bytes)))
+    serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "janus sent non-JSON to {path}: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    })
 }
 
 /// State shared by the client and its long-poll task.
@@ -473,7 +541,10 @@ impl Shared {
     }
 
     fn dispatch(&self, event: Value) {
-        let transaction = event.get("transaction").and_then(Value::as_str).map(str::to_owned);
+        let transaction = event
+            .get("transaction")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         if let Some(t) = transaction {
             let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&t));
             if let Some(waiter) = waiter {
@@ -542,7 +613,13 @@ impl JanusClient {
     /// Creates a session and starts its long-poll and keepalive tasks (on the
     /// current tokio runtime).
     pub async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
-        let created = call(addr, Method::POST, "/janus", Some(&json!({"janus": "create", "transaction": "create"}))).await?;
+        let created = call(
+            addr,
+            Method::POST,
+            "/janus",
+            Some(&json!({"janus": "create", "transaction": "create"})),
+        )
+        .await?;
         let session = created
             .pointer("/data/id")
             .and_then(Value::as_u64)
@@ -561,7 +638,9 @@ impl JanusClient {
                 let path = format!("/janus/{}?maxev=32", shared.session);
                 loop {
                     match call(shared.addr, Method::GET, &path, None).await {
-                        Ok(Value::Array(events)) => events.into_iter().for_each(|e| shared.dispatch(e)),
+                        Ok(Value::Array(events)) => {
+                            events.into_iter().for_each(|e| shared.dispatch(e))
+                        }
                         Ok(event) => shared.dispatch(event),
                         Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                     }
@@ -579,7 +658,11 @@ impl JanusClient {
                 }
             })
         };
-        Ok(JanusClient { shared, tasks: vec![poller, keepalive], admin: tokio::sync::Mutex::new(None) })
+        Ok(JanusClient {
+            shared,
+            tasks: vec![poller, keepalive],
+            admin: tokio::sync::Mutex::new(None),
+        })
     }
 
     /// The session id.
@@ -591,7 +674,12 @@ impl JanusClient {
     /// Sends a session-level or handle-level request and returns Janus's reply:
     /// the immediate one when it is final, or the event that completes it after
     /// an `ack`. Fails on `"janus": "error"`.
-    async fn request(&self, handle: Option<u64>, mut body: Value, timeout: Duration) -> anyhow::Result<Value> {
+    async fn request(
+        &self,
+        handle: Option<u64>,
+        mut body: Value,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
         let transaction = self.shared.transaction();
         body["transaction"] = Value::String(transaction.clone());
         let (tx, rx) = oneshot::channel();
@@ -624,7 +712,10 @@ impl JanusClient {
             }
         };
         if reply.get("janus").and_then(Value::as_str) == Some("error") {
-            bail!("janus refused {body}: {}", reply.get("error").unwrap_or(&reply));
+            bail!(
+                "janus refused {body}: {}",
+                reply.get("error").unwrap_or(&reply)
+            );
         }
         Ok(reply)
     }
@@ -637,32 +728,55 @@ impl JanusClient {
 
     /// Sends a VideoRoom plugin message (with an optional JSEP) and returns the
     /// plugin's data and the JSEP that came with it. Fails on a plugin error.
-    async fn message(&self, handle: u64, body: Value, jsep: Option<Value>) -> anyhow::Result<(Value, Option<Value>)> {
+    async fn message(
+        &self,
+        handle: u64,
+        body: Value,
+        jsep: Option<Value>,
+    ) -> anyhow::Result<(Value, Option<Value>)> {
         let mut request = json!({"janus": "message", "body": body});
         if let Some(jsep) = jsep {
             request["jsep"] = jsep;
         }
-        let reply = self.request(Some(handle), request, Duration::from_secs(20)).await?;
+        let reply = self
+            .request(Some(handle), request, Duration::from_secs(20))
+            .await?;
         let data = reply
             .pointer("/plugindata/data")
             .cloned()
             .ok_or_else(|| anyhow!("janus reply without plugin data: {reply}"))?;
         if let Some(error) = data.get("error") {
-            bail!("videoroom error {}: {error}", data.get("error_code").unwrap_or(&Value::Null));
+            bail!(
+                "videoroom error {}: {error}",
+                data.get("error_code").unwrap_or(&Value::Null)
+            );
         }
         Ok((data, reply.get("jsep").cloned()))
     }
 
     /// Attaches a new VideoRoom handle.
     pub async fn attach(&self) -> anyhow::Result<u64> {
-        let reply =
-            self.request(None, json!({"janus": "attach", "plugin": "janus.plugin.videoroom"}), Duration::from_secs(10)).await?;
-        reply.pointer("/data/id").and_then(Value::as_u64).ok_or_else(|| anyhow!("attach without a handle id: {reply}"))
+        let reply = self
+            .request(
+                None,
+                json!({"janus": "attach", "plugin": "janus.plugin.videoroom"}),
+                Duration::from_secs(10),
+            )
+            .await?;
+        reply
+            .pointer("/data/id")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| anyhow!("attach without a handle id: {reply}"))
     }
 
     /// Detaches a handle (closing its PeerConnection if it has one).
     pub async fn detach(&self, handle: u64) -> anyhow::Result<()> {
-        self.request(Some(handle), json!({"janus": "detach"}), Duration::from_secs(10)).await?;
+        self.request(
+            Some(handle),
+            json!({"janus": "detach"}),
+            Duration::from_secs(10),
+        )
+        .await?;
         if let Ok(mut events) = self.shared.events.lock() {
             events.remove(&handle);
         }
@@ -683,7 +797,12 @@ impl JanusClient {
     /// one video codec and Opus, a 10 Mbps per-publisher bitrate cap (so Janus's
     /// REMB does not throttle the load peers), no periodic FIR, and no
     /// join/leave notifications to attendees.
-    pub async fn create_room(&self, room: u64, max_publishers: u32, codec: RoomCodec) -> anyhow::Result<()> {
+    pub async fn create_room(
+        &self,
+        room: u64,
+        max_publishers: u32,
+        codec: RoomCodec,
+    ) -> anyhow::Result<()> {
         let handle = self.admin_handle().await?;
         let body = json!({
             "request": "create",
@@ -708,7 +827,8 @@ impl JanusClient {
     /// Destroys a room (its publishers and subscribers are kicked).
     pub async fn destroy_room(&self, room: u64) -> anyhow::Result<()> {
         let handle = self.admin_handle().await?;
-        self.message(handle, json!({"request": "destroy", "room": room}), None).await?;
+        self.message(handle, json!({"request": "destroy", "room": room}), None)
+            .await?;
         Ok(())
     }
 
@@ -716,12 +836,24 @@ impl JanusClient {
     /// `display`, and sends `offer_sdp` (with all the client's candidates: no
     /// trickle) in a `publish` request. Returns the handle, the feed id that
     /// subscribers use, and Janus's answer.
-    pub async fn publish(&self, room: u64, display: &str, offer_sdp: &str) -> anyhow::Result<Published> {
+    pub async fn publish(
+        &self,
+        room: u64,
+        display: &str,
+        offer_sdp: &str,
+    ) -> anyhow::Result<Published> {
         let handle = self.attach().await?;
         let (joined, _) = self
-            .message(handle, json!({"request": "join", "ptype": "publisher", "room": room, "display": display}), None)
+            .message(
+                handle,
+                json!({"request": "join", "ptype": "publisher", "room": room, "display": display}),
+                None,
+            )
             .await?;
-        let feed = joined.get("id").and_then(Value::as_u64).ok_or_else(|| anyhow!("join without a feed id: {joined}"))?;
+        let feed = joined
+            .get("id")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| anyhow!("join without a feed id: {joined}"))?;
         let (_, jsep) = self
             .message(
                 handle,
@@ -730,7 +862,11 @@ impl JanusClient {
             )
             .await?;
         let answer_sdp = sdp_of(jsep, "answer")?;
-        Ok(Published { handle, feed, answer_sdp })
+        Ok(Published {
+            handle,
+            feed,
+            answer_sdp,
+        })
     }
 
     /// Subscribes to publisher `feed` in `room`: attaches a handle and joins as a
@@ -750,14 +886,19 @@ impl JanusClient {
 
     /// Completes a subscription with the client's answer (all candidates in it).
     pub async fn start(&self, handle: u64, answer_sdp: &str) -> anyhow::Result<()> {
-        self.message(handle, json!({"request": "start"}), Some(json!({"type": "answer", "sdp": answer_sdp, "trickle": false})))
-            .await?;
+        self.message(
+            handle,
+            json!({"request": "start"}),
+            Some(json!({"type": "answer", "sdp": answer_sdp, "trickle": false})),
+        )
+        .await?;
         Ok(())
     }
 
     /// Leaves the room on `handle` (publisher: unpublishes; subscriber: stops).
     pub async fn leave(&self, handle: u64) -> anyhow::Result<()> {
-        self.message(handle, json!({"request": "leave"}), None).await?;
+        self.message(handle, json!({"request": "leave"}), None)
+            .await?;
         Ok(())
     }
 
@@ -765,12 +906,21 @@ impl JanusClient {
     /// ICE and DTLS done on Janus's side).
     pub async fn wait_webrtc_up(&self, handle: u64, timeout: Duration) -> anyhow::Result<()> {
         let found = |events: &HashMap<u64, Vec<Value>>| {
-            events.get(&handle).is_some_and(|list| list.iter().any(|e| e.get("janus").and_then(Value::as_str) == Some("webrtcup")))
+            events.get(&handle).is_some_and(|list| {
+                list.iter()
+                    .any(|e| e.get("janus").and_then(Value::as_str) == Some("webrtcup"))
+            })
         };
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.shared.notify.notified();
-            if self.shared.events.lock().map(|e| found(&e)).unwrap_or(false) {
+            if self
+                .shared
+                .events
+                .lock()
+                .map(|e| found(&e))
+                .unwrap_or(false)
+            {
                 return Ok(());
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
@@ -783,12 +933,18 @@ impl JanusClient {
     /// `media`, `slowlink`, `hangup`, …).
     #[allow(dead_code)] // API for the media load peers; not every caller uses it yet
     pub fn events(&self, handle: u64) -> Vec<Value> {
-        self.shared.events.lock().map(|e| e.get(&handle).cloned().unwrap_or_default()).unwrap_or_default()
+        self.shared
+            .events
+            .lock()
+            .map(|e| e.get(&handle).cloned().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Destroys the session (Janus detaches every handle of it).
     pub async fn close(mut self) -> anyhow::Result<()> {
-        let result = self.request(None, json!({"janus": "destroy"}), Duration::from_secs(10)).await;
+        let result = self
+            .request(None, json!({"janus": "destroy"}), Duration::from_secs(10))
+            .await;
         for task in self.tasks.drain(..) {
             task.abort();
         }
@@ -807,9 +963,15 @@ impl Drop for JanusClient {
 fn sdp_of(jsep: Option<Value>, kind: &str) -> anyhow::Result<String> {
     let jsep = jsep.ok_or_else(|| anyhow!("janus sent no {kind}"))?;
     if jsep.get("type").and_then(Value::as_str) != Some(kind) {
-        bail!("janus sent a {} where an {kind} was expected", jsep.get("type").unwrap_or(&Value::Null));
+        bail!(
+            "janus sent a {} where an {kind} was expected",
+            jsep.get("type").unwrap_or(&Value::Null)
+        );
     }
-    let sdp = jsep.get("sdp").and_then(Value::as_str).ok_or_else(|| anyhow!("janus {kind} without sdp"))?;
+    let sdp = jsep
+        .get("sdp")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("janus {kind} without sdp"))?;
     if !sdp.contains("a=candidate:") {
         bail!("janus {kind} carries no candidate (is full-trickle on?):\n{sdp}");
     }
@@ -845,7 +1007,12 @@ impl PendingSubscription {
 
 impl JanusRoom {
     /// Creates room `room` on `client`.
-    pub async fn create(client: Arc<JanusClient>, room: u64, max_publishers: u32, codec: RoomCodec) -> anyhow::Result<Self> {
+    pub async fn create(
+        client: Arc<JanusClient>,
+        room: u64,
+        max_publishers: u32,
+        codec: RoomCodec,
+    ) -> anyhow::Result<Self> {
         client.create_room(room, max_publishers, codec).await?;
         Ok(JanusRoom { client, room })
     }
@@ -859,7 +1026,13 @@ impl JanusRoom {
     /// Janus's offer for publisher `feed`, and where the client's answer goes.
     pub async fn subscribe(&self, feed: u64) -> anyhow::Result<(String, PendingSubscription)> {
         let subscribed = self.client.subscribe(self.room, feed).await?;
-        Ok((subscribed.offer_sdp, PendingSubscription { client: self.client.clone(), handle: subscribed.handle }))
+        Ok((
+            subscribed.offer_sdp,
+            PendingSubscription {
+                client: self.client.clone(),
+                handle: subscribed.handle,
+            },
+        ))
     }
 
     /// Leaves and detaches a publisher's or subscriber's handle.
@@ -901,10 +1074,20 @@ struct PeerCounts {
 /// arrive through Janus.
 pub fn smoke(args: &SmokeArgs) -> anyhow::Result<()> {
     enter_bench_netns()?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let options = JanusOptions { cpus: args.cpus.clone(), debug_level: args.debug_level, ..JanusOptions::default() };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let options = JanusOptions {
+        cpus: args.cpus.clone(),
+        debug_level: args.debug_level,
+        ..JanusOptions::default()
+    };
     let server = runtime.block_on(JanusServer::start(&options))?;
-    println!("janus pid {} on http://{}/janus", server.pid(), server.http_addr());
+    println!(
+        "janus pid {} on http://{}/janus",
+        server.pid(),
+        server.http_addr()
+    );
     let result = runtime.block_on(smoke_with(&server, args.seconds));
     if result.is_err() {
         eprintln!("janus log (tail):\n{}", server.log_tail(60));
@@ -922,14 +1105,28 @@ async fn smoke_with(server: &JanusServer, seconds: u64) -> anyhow::Result<()> {
 
     // Publisher: str0m makes the offer (full ICE, controlling).
     let pub_socket = UdpSocket::bind((ICE_ADDRESS, 0))?;
-    let mut publisher = RtcConfig::new().clear_codecs().enable_vp8(true).build(Instant::now());
+    let mut publisher = RtcConfig::new()
+        .clear_codecs()
+        .enable_vp8(true)
+        .build(Instant::now());
     publisher.add_local_candidate(Candidate::host(pub_socket.local_addr()?, "udp")?);
     let mut change = publisher.sdp_api();
     let mid = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
-    let (offer, pending) = change.apply().ok_or_else(|| anyhow!("str0m made no offer"))?;
-    let published = room.publish("smoke-publisher", &offer.to_sdp_string()).await?;
-    println!("published: handle {} feed {}; janus answer candidates: {:?}", published.handle, published.feed, candidates(&published.answer_sdp));
-    publisher.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&published.answer_sdp)?)?;
+    let (offer, pending) = change
+        .apply()
+        .ok_or_else(|| anyhow!("str0m made no offer"))?;
+    let published = room
+        .publish("smoke-publisher", &offer.to_sdp_string())
+        .await?;
+    println!(
+        "published: handle {} feed {}; janus answer candidates: {:?}",
+        published.handle,
+        published.feed,
+        candidates(&published.answer_sdp)
+    );
+    publisher
+        .sdp_api()
+        .accept_answer(pending, SdpAnswer::from_sdp_string(&published.answer_sdp)?)?;
 
     let deadline = Instant::now() + Duration::from_secs(seconds + 6);
     let pub_thread = std::thread::spawn(move || {
@@ -939,15 +1136,27 @@ async fn smoke_with(server: &JanusServer, seconds: u64) -> anyhow::Result<()> {
         }
         result
     });
-    client.wait_webrtc_up(published.handle, Duration::from_secs(5)).await.context("publisher")?;
+    client
+        .wait_webrtc_up(published.handle, Duration::from_secs(5))
+        .await
+        .context("publisher")?;
 
     // Subscriber: Janus makes the offer, str0m answers.
     let (offer_sdp, sink) = room.subscribe(published.feed).await?;
-    println!("janus subscriber offer candidates: {:?}", candidates(&offer_sdp));
+    println!(
+        "janus subscriber offer candidates: {:?}",
+        candidates(&offer_sdp)
+    );
     let sub_socket = UdpSocket::bind((ICE_ADDRESS, 0))?;
-    let mut subscriber = RtcConfig::new().clear_codecs().enable_vp8(true).enable_opus(true, false).build(Instant::now());
+    let mut subscriber = RtcConfig::new()
+        .clear_codecs()
+        .enable_vp8(true)
+        .enable_opus(true, false)
+        .build(Instant::now());
     subscriber.add_local_candidate(Candidate::host(sub_socket.local_addr()?, "udp")?);
-    let answer = subscriber.sdp_api().accept_offer(SdpOffer::from_sdp_string(&offer_sdp)?)?;
+    let answer = subscriber
+        .sdp_api()
+        .accept_offer(SdpOffer::from_sdp_string(&offer_sdp)?)?;
     let sub_handle = sink.answer(&answer.to_sdp_string()).await?;
     let sub_thread = std::thread::spawn(move || {
         let result = run_peer(subscriber, sub_socket, None, deadline, seconds);
@@ -956,14 +1165,22 @@ async fn smoke_with(server: &JanusServer, seconds: u64) -> anyhow::Result<()> {
         }
         result
     });
-    client.wait_webrtc_up(sub_handle, Duration::from_secs(5)).await.context("subscriber")?;
+    client
+        .wait_webrtc_up(sub_handle, Duration::from_secs(5))
+        .await
+        .context("subscriber")?;
 
-    let (sent, received) = tokio::task::spawn_blocking(move || (pub_thread.join(), sub_thread.join())).await?;
+    let (sent, received) =
+        tokio::task::spawn_blocking(move || (pub_thread.join(), sub_thread.join())).await?;
     let sent = sent.map_err(|_| anyhow!("publisher thread panicked"))??;
     let received = received.map_err(|_| anyhow!("subscriber thread panicked"))??;
     println!(
         "publisher: connected {}, {} frames sent; subscriber: connected {}, {} frames ({} bytes) received",
-        sent.connected, sent.frames_sent, received.connected, received.frames_received, received.bytes_received
+        sent.connected,
+        sent.frames_sent,
+        received.connected,
+        received.frames_received,
+        received.bytes_received
     );
     room.remove(sub_handle).await?;
     room.remove(published.handle).await?;
@@ -980,7 +1197,9 @@ async fn smoke_with(server: &JanusServer, seconds: u64) -> anyhow::Result<()> {
 }
 
 fn candidates(sdp: &str) -> Vec<&str> {
-    sdp.lines().filter_map(|l| l.strip_prefix("a=candidate:")).collect()
+    sdp.lines()
+        .filter_map(|l| l.strip_prefix("a=candidate:"))
+        .collect()
 }
 
 /// A VP8 keyframe header (frame tag, start code, 320×240) and filler: enough
@@ -1021,7 +1240,11 @@ fn run_peer(
                 Output::Transmit(t) => {
                     let sent = socket.send_to(&t.contents, t.destination);
                     if debug {
-                        eprintln!("[{local}] -> {} {} bytes: {sent:?}", t.destination, t.contents.len());
+                        eprintln!(
+                            "[{local}] -> {} {} bytes: {sent:?}",
+                            t.destination,
+                            t.contents.len()
+                        );
                     }
                 }
                 Output::Event(Event::Connected) => {
@@ -1045,9 +1268,11 @@ fn run_peer(
         let now = Instant::now();
         if let (Some(mid), Some(due)) = (send, next_frame) {
             if now >= due && now < stop_sending {
-                let pt = rtc
-                    .writer(mid)
-                    .and_then(|w| w.payload_params().find(|p| p.spec().codec == str0m::format::Codec::Vp8).map(|p| p.pt()));
+                let pt = rtc.writer(mid).and_then(|w| {
+                    w.payload_params()
+                        .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
+                        .map(|p| p.pt())
+                });
                 if let (Some(pt), Some(writer)) = (pt, rtc.writer(mid)) {
                     let rtp_time = MediaTime::new(counts.frames_sent * 3000, Frequency::NINETY_KHZ);
                     writer.write(pt, now, rtp_time, frame.clone())?;
@@ -1061,7 +1286,9 @@ fn run_peer(
         if let Some(due) = next_frame {
             wake = wake.min(due);
         }
-        let wait = wake.saturating_duration_since(Instant::now()).clamp(Duration::from_millis(1), Duration::from_millis(100));
+        let wait = wake
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), Duration::from_millis(100));
         socket.set_read_timeout(Some(wait))?;
         match socket.recv_from(&mut buf) {
             Ok((n, source)) => {
@@ -1069,10 +1296,23 @@ fn run_peer(
                     eprintln!("[{local}] <- {source} {n} bytes");
                 }
                 if let Ok(contents) = buf[..n].try_into() {
-                    rtc.handle_input(Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source, destination: local, contents }))?;
+                    rtc.handle_input(Input::Receive(
+                        Instant::now(),
+                        Receive {
+                            proto: Protocol::Udp,
+                            source,
+                            destination: local,
+                            contents,
+                        },
+                    ))?;
                 }
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
                 rtc.handle_input(Input::Timeout(Instant::now()))?;
             }
             Err(e) => return Err(e.into()),
@@ -1107,6 +1347,11 @@ mod tests {
     #[test]
     #[ignore]
     fn janus_forwards_a_str0m_publisher_to_a_str0m_subscriber() {
-        smoke(&SmokeArgs { cpus: None, seconds: 2, debug_level: 3 }).expect("media flows through janus");
+        smoke(&SmokeArgs {
+            cpus: None,
+            seconds: 2,
+            debug_level: 3,
+        })
+        .expect("media flows through janus");
     }
 }

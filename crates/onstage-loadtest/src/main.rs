@@ -110,13 +110,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         Some(i) => (&s[..i], &s[i..]),
         None => (s, "s"),
     };
-    let value: f64 = number.parse().map_err(|_| format!("not a duration: {s:?} (try 10s, 500ms, 2m)"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("not a duration: {s:?} (try 10s, 500ms, 2m)"))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use ms, s, m or h)")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?} (use ms, s, m or h)"
+            ));
+        }
     };
     if !(seconds.is_finite() && seconds > 0.0) {
         return Err(format!("duration must be positive: {s:?}"));
@@ -156,7 +162,10 @@ fn main() -> ExitCode {
             }
         },
         Command::Media(args) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: could not start the runtime: {e}");

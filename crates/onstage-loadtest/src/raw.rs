@@ -70,7 +70,12 @@ pub struct RawArgs {
     #[arg(long, value_delimiter = ',', default_value = "10,50,100,200,500", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub subscribers: Vec<u32>,
     /// Forwarding modes to run; a comma-separated list runs each at every step.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "sendto,sendmmsg")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "sendto,sendmmsg"
+    )]
     pub mode: Vec<Mode>,
     /// How long each step sends: `5s`, `500ms`, or plain seconds.
     #[arg(long, default_value = "5s", value_parser = crate::parse_duration)]
@@ -149,7 +154,16 @@ pub fn run(args: &RawArgs) -> anyhow::Result<Vec<StepResult>> {
     if args.json.is_none() {
         println!(
             "{:>8} {:>6} {:>10} {:>12} {:>14} {:>8} {:>7} {:>9} {:>14} {:>8}",
-            "mode", "subs", "input/s", "copies/s", "copies/cpu-s", "thread", "sys", "core", "copies/core-s", "loss"
+            "mode",
+            "subs",
+            "input/s",
+            "copies/s",
+            "copies/cpu-s",
+            "thread",
+            "sys",
+            "core",
+            "copies/core-s",
+            "loss"
         );
     }
     for &subscribers in &args.subscribers {
@@ -165,12 +179,17 @@ pub fn run(args: &RawArgs) -> anyhow::Result<Vec<StepResult>> {
                     result.copies_per_cpu_s,
                     result.forwarder_cpu_share * 100.0,
                     if result.forwarder_user_s + result.forwarder_sys_s > 0.0 {
-                        result.forwarder_sys_s / (result.forwarder_user_s + result.forwarder_sys_s) * 100.0
+                        result.forwarder_sys_s / (result.forwarder_user_s + result.forwarder_sys_s)
+                            * 100.0
                     } else {
                         0.0
                     },
-                    result.forwarder_core_busy.map_or("-".to_owned(), |b| format!("{:.0}%", b * 100.0)),
-                    result.copies_per_core_s.map_or("-".to_owned(), |c| format!("{c:.0}")),
+                    result
+                        .forwarder_core_busy
+                        .map_or("-".to_owned(), |b| format!("{:.0}%", b * 100.0)),
+                    result
+                        .copies_per_core_s
+                        .map_or("-".to_owned(), |c| format!("{c:.0}")),
                     result.copy_loss * 100.0,
                 );
             }
@@ -182,7 +201,8 @@ pub fn run(args: &RawArgs) -> anyhow::Result<Vec<StepResult>> {
         if path.as_os_str() == "-" {
             println!("{text}");
         } else {
-            std::fs::write(path, text + "\n").with_context(|| format!("could not write {}", path.display()))?;
+            std::fs::write(path, text + "\n")
+                .with_context(|| format!("could not write {}", path.display()))?;
         }
     }
     Ok(results)
@@ -228,10 +248,12 @@ fn step(args: &RawArgs, mode: Mode, subscribers: u32) -> anyhow::Result<StepResu
     let receiver = {
         let stop = stop_receiver.clone();
         let cpu = args.peers_cpu;
-        thread::Builder::new().name("raw-receiver".into()).spawn(move || {
-            pin(cpu);
-            receive(&receivers, &stop)
-        })?
+        thread::Builder::new()
+            .name("raw-receiver".into())
+            .spawn(move || {
+                pin(cpu);
+                receive(&receivers, &stop)
+            })?
     };
     let forwarder_thread = {
         let stop = stop_forwarder.clone();
@@ -239,20 +261,32 @@ fn step(args: &RawArgs, mode: Mode, subscribers: u32) -> anyhow::Result<StepResu
         let cpu = args.forwarder_cpu;
         let burst = args.burst as usize;
         let size = args.size as usize;
-        thread::Builder::new().name("raw-forwarder".into()).spawn(move || {
-            pin(cpu);
-            forward(&forwarder, &destinations, mode, burst, size, &stop, &consumed)
-        })?
+        thread::Builder::new()
+            .name("raw-forwarder".into())
+            .spawn(move || {
+                pin(cpu);
+                forward(
+                    &forwarder,
+                    &destinations,
+                    mode,
+                    burst,
+                    size,
+                    &stop,
+                    &consumed,
+                )
+            })?
     };
     let sender = {
         let stop = stop_sender.clone();
         let consumed = consumed.clone();
         let cpu = args.peers_cpu;
         let (pps, burst, size) = (args.pps, args.burst, args.size as usize);
-        thread::Builder::new().name("raw-sender".into()).spawn(move || {
-            pin(cpu);
-            send(forwarder_addr, pps, burst, size, &stop, &consumed)
-        })?
+        thread::Builder::new()
+            .name("raw-sender".into())
+            .spawn(move || {
+                pin(cpu);
+                send(forwarder_addr, pps, burst, size, &stop, &consumed)
+            })?
     };
 
     let started = Instant::now();
@@ -293,17 +327,39 @@ fn step(args: &RawArgs, mode: Mode, subscribers: u32) -> anyhow::Result<StepResu
         copies_received: received,
         send_errors: stats.errors,
         send_calls: stats.calls,
-        copies_per_call: if stats.calls > 0 { stats.copies as f64 / stats.calls as f64 } else { 0.0 },
+        copies_per_call: if stats.calls > 0 {
+            stats.copies as f64 / stats.calls as f64
+        } else {
+            0.0
+        },
         forwarder_user_s: stats.user.as_secs_f64(),
         forwarder_sys_s: stats.sys.as_secs_f64(),
         forwarder_cpu_share: cpu / busy,
         copies_per_s: stats.copies as f64 / busy,
-        copies_per_cpu_s: if cpu > 0.0 { stats.copies as f64 / cpu } else { 0.0 },
-        gbps_per_cpu_s: if cpu > 0.0 { stats.copies as f64 * f64::from(args.size) * 8.0 / cpu / 1e9 } else { 0.0 },
+        copies_per_cpu_s: if cpu > 0.0 {
+            stats.copies as f64 / cpu
+        } else {
+            0.0
+        },
+        gbps_per_cpu_s: if cpu > 0.0 {
+            stats.copies as f64 * f64::from(args.size) * 8.0 / cpu / 1e9
+        } else {
+            0.0
+        },
         forwarder_core_busy: core_busy,
-        copies_per_core_s: core_busy.filter(|&b| b > 0.0).map(|b| stats.copies as f64 / (b * seconds)),
-        copy_loss: if expected > 0 { 1.0 - received as f64 / expected as f64 } else { 0.0 },
-        input_loss: if sent > 0 { 1.0 - stats.input as f64 / sent as f64 } else { 0.0 },
+        copies_per_core_s: core_busy
+            .filter(|&b| b > 0.0)
+            .map(|b| stats.copies as f64 / (b * seconds)),
+        copy_loss: if expected > 0 {
+            1.0 - received as f64 / expected as f64
+        } else {
+            0.0
+        },
+        input_loss: if sent > 0 {
+            1.0 - stats.input as f64 / sent as f64
+        } else {
+            0.0
+        },
     })
 }
 
@@ -317,7 +373,14 @@ fn join<T>(handle: thread::JoinHandle<anyhow::Result<T>>) -> anyhow::Result<T> {
 /// Packets the closed-loop sender keeps ahead of the forwarder.
 const WINDOW: u64 = 128;
 
-fn send(to: SocketAddr, pps: u32, burst: u32, size: usize, stop: &AtomicBool, consumed: &AtomicU64) -> anyhow::Result<u64> {
+fn send(
+    to: SocketAddr,
+    pps: u32,
+    burst: u32,
+    size: usize,
+    stop: &AtomicBool,
+    consumed: &AtomicU64,
+) -> anyhow::Result<u64> {
     let socket = UdpSocket::bind(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)))?;
     socket.connect(to)?;
     let mut packet = vec![0x5a_u8; size];
@@ -410,7 +473,11 @@ fn forward(
         first.get_or_insert_with(Instant::now);
         stats.input += count as u64;
         consumed.store(stats.input, Ordering::Relaxed);
-        let packets: Vec<&[u8]> = buffers[..count].iter().zip(&lengths[..count]).map(|(b, &n)| &b[..n]).collect();
+        let packets: Vec<&[u8]> = buffers[..count]
+            .iter()
+            .zip(&lengths[..count])
+            .map(|(b, &n)| &b[..n])
+            .collect();
         match mode {
             Mode::Sendto => {
                 for packet in &packets {
@@ -454,7 +521,10 @@ fn forward(
                         // last may be shorter), to this destination.
                         let segment = rest[0].len();
                         let mut take = 1;
-                        while take < rest.len().min(burst) && rest[take].len() == segment && rest[take - 1].len() == segment {
+                        while take < rest.len().min(burst)
+                            && rest[take].len() == segment
+                            && rest[take - 1].len() == segment
+                        {
                             take += 1;
                         }
                         if out.full(take) {
@@ -507,10 +577,18 @@ impl Batch {
         self.headers.len() == SEND_BATCH || self.iovecs.len() + iovecs > self.iovec_capacity
     }
 
-    fn push(&mut self, destination: &libc::sockaddr_in, packets: &[&[u8]], gso_segment: Option<u16>) {
+    fn push(
+        &mut self,
+        destination: &libc::sockaddr_in,
+        packets: &[&[u8]],
+        gso_segment: Option<u16>,
+    ) {
         let first_iovec = self.iovecs.len();
         for packet in packets {
-            self.iovecs.push(libc::iovec { iov_base: packet.as_ptr() as *mut libc::c_void, iov_len: packet.len() });
+            self.iovecs.push(libc::iovec {
+                iov_base: packet.as_ptr() as *mut libc::c_void,
+                iov_len: packet.len(),
+            });
         }
         self.names.push(*destination);
         self.controls.push([0; 4]);
@@ -548,14 +626,24 @@ impl Batch {
             stats.calls += 1;
             let left = self.headers.len() - at;
             // SAFETY: the headers from `at` on are initialised and point into live buffers.
-            let rc = unsafe { libc::sendmmsg(fd, self.headers.as_mut_ptr().add(at), left as libc::c_uint, 0) };
+            let rc = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.headers.as_mut_ptr().add(at),
+                    left as libc::c_uint,
+                    0,
+                )
+            };
             if rc < 0 {
                 stats.errors += u64::from(self.segments[at]);
                 at += 1;
                 continue;
             }
             let sent = rc as usize;
-            stats.copies += self.segments[at..at + sent].iter().map(|&s| u64::from(s)).sum::<u64>();
+            stats.copies += self.segments[at..at + sent]
+                .iter()
+                .map(|&s| u64::from(s))
+                .sum::<u64>();
             at += sent;
         }
         self.headers.clear();
@@ -582,15 +670,28 @@ fn receive_headers(iovecs: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
 
 /// Reads up to `buffers.len()` datagrams: blocks (up to the socket's read
 /// timeout) for the first, then takes what is already queued.
-fn recv_batch(fd: libc::c_int, buffers: &mut [Vec<u8>], lengths: &mut [usize]) -> io::Result<usize> {
+fn recv_batch(
+    fd: libc::c_int,
+    buffers: &mut [Vec<u8>],
+    lengths: &mut [usize],
+) -> io::Result<usize> {
     let mut iovecs: Vec<libc::iovec> = buffers
         .iter_mut()
-        .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() })
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
         .collect();
     let mut headers = receive_headers(&mut iovecs);
     // SAFETY: headers and buffers live across the call.
     let rc = unsafe {
-        libc::recvmmsg(fd, headers.as_mut_ptr(), headers.len() as libc::c_uint, libc::MSG_WAITFORONE, std::ptr::null_mut())
+        libc::recvmmsg(
+            fd,
+            headers.as_mut_ptr(),
+            headers.len() as libc::c_uint,
+            libc::MSG_WAITFORONE,
+            std::ptr::null_mut(),
+        )
     };
     if rc < 0 {
         return Err(io::Error::last_os_error());
@@ -610,10 +711,19 @@ fn receive(sockets: &[UdpSocket], stop: &AtomicBool) -> anyhow::Result<u64> {
     let mut buffers = vec![[0_u8; 64]; BATCH];
     let mut iovecs: Vec<libc::iovec> = buffers
         .iter_mut()
-        .map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() })
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
         .collect();
-    let mut polls: Vec<libc::pollfd> =
-        sockets.iter().map(|s| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    let mut polls: Vec<libc::pollfd> = sockets
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: the pollfd array is live and its length is passed.
         let ready = unsafe { libc::poll(polls.as_mut_ptr(), polls.len() as libc::nfds_t, 20) };
@@ -628,7 +738,13 @@ fn receive(sockets: &[UdpSocket], stop: &AtomicBool) -> anyhow::Result<u64> {
                 let mut headers = receive_headers(&mut iovecs);
                 // SAFETY: as in `recv_batch`; the iovecs point into `buffers`.
                 let rc = unsafe {
-                    libc::recvmmsg(poll.fd, headers.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+                    libc::recvmmsg(
+                        poll.fd,
+                        headers.as_mut_ptr(),
+                        BATCH as libc::c_uint,
+                        libc::MSG_DONTWAIT,
+                        std::ptr::null_mut(),
+                    )
                 };
                 if rc <= 0 {
                     break;
@@ -644,7 +760,10 @@ fn receive(sockets: &[UdpSocket], stop: &AtomicBool) -> anyhow::Result<u64> {
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 fn sockaddr_in(addr: SocketAddr) -> libc::sockaddr_in {
@@ -655,7 +774,9 @@ fn sockaddr_in(addr: SocketAddr) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
         sin_zero: [0; 8],
     }
 }
@@ -665,7 +786,11 @@ fn core_ticks(cpu: usize) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let label = format!("cpu{cpu} ");
     let line = stat.lines().find(|l| l.starts_with(&label))?;
-    let ticks: Vec<u64> = line.split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
     let total: u64 = ticks.iter().take(8).sum();
     let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
     Some((total - idle, total))
@@ -673,7 +798,11 @@ fn core_ticks(cpu: usize) -> Option<(u64, u64)> {
 
 /// Raises a socket buffer, past `rmem_max`/`wmem_max` when running as root.
 fn set_buffer(socket: &UdpSocket, option: libc::c_int, bytes: libc::c_int) {
-    let forced = if option == libc::SO_RCVBUF { libc::SO_RCVBUFFORCE } else { libc::SO_SNDBUFFORCE };
+    let forced = if option == libc::SO_RCVBUF {
+        libc::SO_RCVBUFFORCE
+    } else {
+        libc::SO_SNDBUFFORCE
+    };
     for opt in [forced, option] {
         // SAFETY: a c_int option value of the right size.
         let rc = unsafe {
@@ -699,7 +828,10 @@ fn pin(cpu: Option<usize>) {
         let mut set: libc::cpu_set_t = zeroed();
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
-            eprintln!("warning: could not pin a thread to CPU {cpu}: {}", io::Error::last_os_error());
+            eprintln!(
+                "warning: could not pin a thread to CPU {cpu}: {}",
+                io::Error::last_os_error()
+            );
         }
     }
 }
@@ -712,7 +844,9 @@ fn thread_cpu() -> (Duration, Duration) {
         libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
         usage
     };
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
     (tv(usage.ru_utime), tv(usage.ru_stime))
 }
 
@@ -739,7 +873,11 @@ mod tests {
     fn every_mode_delivers_every_copy() {
         for mode in [Mode::Sendto, Mode::Sendmmsg, Mode::Gso] {
             let result = step(&args(mode), mode, 3).expect("step runs");
-            assert!(result.input_read > 100, "{mode:?}: read {}", result.input_read);
+            assert!(
+                result.input_read > 100,
+                "{mode:?}: read {}",
+                result.input_read
+            );
             assert_eq!(result.copies_sent, result.input_read * 3, "{mode:?}");
             assert_eq!(result.copies_received, result.copies_sent, "{mode:?}");
             assert_eq!(result.send_errors, 0, "{mode:?}");

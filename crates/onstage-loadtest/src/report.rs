@@ -80,7 +80,11 @@ impl Report {
         if self.errors_by_status.is_empty() {
             println!("errors          none");
         } else {
-            let by: Vec<String> = self.errors_by_status.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let by: Vec<String> = self
+                .errors_by_status
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
             println!("errors          {}", by.join(", "));
         }
         if let Some(e) = &self.first_error {

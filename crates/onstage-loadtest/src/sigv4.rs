@@ -71,15 +71,20 @@ impl Signer {
         );
 
         let scope = format!("{date}/{}/{}/aws4_request", self.region, self.service);
-        let string_to_sign =
-            format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex::encode(Sha256::digest(canonical.as_bytes())));
+        let string_to_sign = format!(
+            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+            hex::encode(Sha256::digest(canonical.as_bytes()))
+        );
         let key = self.signing_key(date);
         let signature = hex::encode(hmac(&key, string_to_sign.as_bytes()));
         let authorization = format!(
             "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={SIGNED_HEADERS}, Signature={signature}",
             self.access_key_id
         );
-        SignedHeaders { amz_date, authorization }
+        SignedHeaders {
+            amz_date,
+            authorization,
+        }
     }
 
     fn signing_key(&mut self, date: &str) -> [u8; 32] {
@@ -88,7 +93,10 @@ impl Signer {
         {
             return *key;
         }
-        let k_date = hmac(format!("AWS4{}", self.secret_access_key).as_bytes(), date.as_bytes());
+        let k_date = hmac(
+            format!("AWS4{}", self.secret_access_key).as_bytes(),
+            date.as_bytes(),
+        );
         let k_region = hmac(&k_date, self.region.as_bytes());
         let k_service = hmac(&k_region, self.service.as_bytes());
         let key = hmac(&k_service, b"aws4_request");
@@ -124,7 +132,12 @@ pub fn amz_date(unix_seconds: u64) -> String {
     let days = (unix_seconds / 86_400) as i64;
     let secs = unix_seconds % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", secs / 3600, (secs / 60) % 60, secs % 60)
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -163,7 +176,13 @@ mod tests {
     }
 
     /// AWS's own signer over the same request: returns (signature, authorization).
-    fn aws_sigv4_signature(method: &str, path: &str, host: &str, body: &[u8], at: SystemTime) -> (String, String) {
+    fn aws_sigv4_signature(
+        method: &str,
+        path: &str,
+        host: &str,
+        body: &[u8],
+        at: SystemTime,
+    ) -> (String, String) {
         use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
         use aws_sigv4::sign::v4;
         use aws_smithy_runtime_api::client::identity::Identity;
@@ -205,13 +224,32 @@ mod tests {
     fn matches_aws_sigv4() {
         let at = UNIX_EPOCH + Duration::from_secs(1_795_796_599);
         for (path, body) in [
-            ("/GetStage", br#"{"arn":"arn:aws:ivs:us-east-1:000000000000:stage/abcdABCD1234"}"#.as_slice()),
+            (
+                "/GetStage",
+                br#"{"arn":"arn:aws:ivs:us-east-1:000000000000:stage/abcdABCD1234"}"#.as_slice(),
+            ),
             ("/CreateParticipantToken", br#"{"stageArn":"x"}"#.as_slice()),
-            ("/tags/arn%3Aaws%3Aivs%3Aus-east-1%3A000000000000%3Astage%2Fabc", b"".as_slice()),
+            (
+                "/tags/arn%3Aaws%3Aivs%3Aus-east-1%3A000000000000%3Astage%2Fabc",
+                b"".as_slice(),
+            ),
         ] {
-            let (expected_sig, expected_auth) = aws_sigv4_signature("POST", path, "127.0.0.1:7700", body, at);
-            let mut signer = Signer::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "us-east-1", "ivs");
-            let ours = signer.sign("POST", path, "127.0.0.1:7700", "application/json", body, 1_795_796_599);
+            let (expected_sig, expected_auth) =
+                aws_sigv4_signature("POST", path, "127.0.0.1:7700", body, at);
+            let mut signer = Signer::new(
+                "AKIDEXAMPLE",
+                "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+                "us-east-1",
+                "ivs",
+            );
+            let ours = signer.sign(
+                "POST",
+                path,
+                "127.0.0.1:7700",
+                "application/json",
+                body,
+                1_795_796_599,
+            );
             assert_eq!(ours.amz_date, "20261127T162319Z");
             assert_eq!(ours.authorization, expected_auth, "path {path}");
             assert!(ours.authorization.ends_with(&expected_sig));
@@ -229,7 +267,14 @@ mod tests {
         let mut total = 0usize;
         for i in 0..n {
             total += signer
-                .sign("POST", "/GetStage", "127.0.0.1:7700", "application/json", body, 1_795_796_599 + u64::from(i))
+                .sign(
+                    "POST",
+                    "/GetStage",
+                    "127.0.0.1:7700",
+                    "application/json",
+                    body,
+                    1_795_796_599 + u64::from(i),
+                )
                 .authorization
                 .len();
         }
@@ -237,7 +282,9 @@ mod tests {
         let started = Instant::now();
         for i in 0..n {
             let at = UNIX_EPOCH + Duration::from_secs(1_795_796_599 + u64::from(i));
-            total += aws_sigv4_signature("POST", "/GetStage", "127.0.0.1:7700", body, at).1.len();
+            total += aws_sigv4_signature("POST", "/GetStage", "127.0.0.1:7700", body, at)
+                .1
+                .len();
         }
         let theirs = started.elapsed() / n;
         println!("per signature: hand-written {ours:?}, aws-sigv4 {theirs:?} ({total})");

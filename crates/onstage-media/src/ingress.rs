@@ -38,7 +38,10 @@ pub(crate) enum Routing {
     /// A peer was created on `shard` with this local ICE ufrag.
     Register { ufrag: String, shard: usize },
     /// A peer is gone: its ufrag and, if it ever sent anything, its address.
-    Forget { ufrag: String, remote: Option<SocketAddr> },
+    Forget {
+        ufrag: String,
+        remote: Option<SocketAddr>,
+    },
 }
 
 /// The loop's routing tables. Kept apart from the socket so it can be tested
@@ -112,7 +115,11 @@ pub(crate) fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {
 
 /// Reads the socket until the routing channel closes (the media plane was
 /// dropped), handing each datagram to its shard.
-pub(crate) async fn run(socket: UdpSocket, mut routing: mpsc::UnboundedReceiver<Routing>, shards: Vec<mpsc::Sender<ShardData>>) {
+pub(crate) async fn run(
+    socket: UdpSocket,
+    mut routing: mpsc::UnboundedReceiver<Routing>,
+    shards: Vec<mpsc::Sender<ShardData>>,
+) {
     let mut router = Router::default();
     let mut pool = BytesMut::with_capacity(POOL_CHUNK);
     let mut unrouted: u64 = 0;
@@ -160,7 +167,8 @@ pub(crate) async fn run(socket: UdpSocket, mut routing: mpsc::UnboundedReceiver<
             },
         }
         if shed > 0 && flushed_at.elapsed().as_secs() >= 1 {
-            metrics::counter!("onstage_media_datagrams_shed_total").increment(std::mem::take(&mut shed));
+            metrics::counter!("onstage_media_datagrams_shed_total")
+                .increment(std::mem::take(&mut shed));
             flushed_at = Instant::now();
         }
     }
@@ -190,7 +198,10 @@ mod tests {
 
     #[test]
     fn stun_username_names_the_local_ufrag() {
-        assert_eq!(stun_local_ufrag(&binding_request("srvU:cliU")), Some("srvU"));
+        assert_eq!(
+            stun_local_ufrag(&binding_request("srvU:cliU")),
+            Some("srvU")
+        );
         assert_eq!(stun_local_ufrag(&binding_request("abc")), Some("abc"));
     }
 
@@ -213,18 +224,30 @@ mod tests {
         let mut router = Router::default();
         let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:4001".parse().unwrap();
-        router.apply(Routing::Register { ufrag: "u1".into(), shard: 1 });
-        router.apply(Routing::Register { ufrag: "u0".into(), shard: 0 });
+        router.apply(Routing::Register {
+            ufrag: "u1".into(),
+            shard: 1,
+        });
+        router.apply(Routing::Register {
+            ufrag: "u0".into(),
+            shard: 0,
+        });
         assert_eq!(router.route(&[0x80; 40], a), None, "no address known yet");
         assert_eq!(router.route(&binding_request("u1:x"), a), Some(1));
         assert_eq!(router.route(&[0x80; 40], a), Some(1));
         assert_eq!(router.route(&binding_request("u0:y"), b), Some(0));
         assert_eq!(router.route(&binding_request("nobody:y"), b), None);
-        router.apply(Routing::Forget { ufrag: "u1".into(), remote: Some(a) });
+        router.apply(Routing::Forget {
+            ufrag: "u1".into(),
+            remote: Some(a),
+        });
         assert_eq!(router.route(&[0x80; 40], a), None);
         assert_eq!(router.route(&[0x80; 40], b), Some(0));
         // The address of a gone peer, reused by a new one, follows the new ufrag.
-        router.apply(Routing::Register { ufrag: "u2".into(), shard: 0 });
+        router.apply(Routing::Register {
+            ufrag: "u2".into(),
+            shard: 0,
+        });
         assert_eq!(router.route(&binding_request("u2:z"), a), Some(0));
     }
 }

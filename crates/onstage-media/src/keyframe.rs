@@ -32,7 +32,9 @@ pub(crate) fn starts_keyframe(format: VideoFormat, payload: &[u8], starts_frame:
 }
 
 fn vp8_starts_keyframe(payload: &[u8]) -> bool {
-    let Some(&first) = payload.first() else { return false };
+    let Some(&first) = payload.first() else {
+        return false;
+    };
     let extended = first & 0x80 != 0;
     let start_of_partition = first & 0x10 != 0;
     let partition = first & 0x07;
@@ -41,11 +43,15 @@ fn vp8_starts_keyframe(payload: &[u8]) -> bool {
     }
     let mut at = 1;
     if extended {
-        let Some(&ext) = payload.get(1) else { return false };
+        let Some(&ext) = payload.get(1) else {
+            return false;
+        };
         at = 2;
         if ext & 0x80 != 0 {
             // PictureID: 15 bits when its M bit is set, 7 otherwise.
-            let Some(&pid) = payload.get(at) else { return false };
+            let Some(&pid) = payload.get(at) else {
+                return false;
+            };
             at += if pid & 0x80 != 0 { 2 } else { 1 };
         }
         if ext & 0x40 != 0 {
@@ -70,7 +76,9 @@ fn is_key_nal(nal_type: u8) -> bool {
 }
 
 fn h264_has_key_nal(payload: &[u8]) -> bool {
-    let Some(&header) = payload.first() else { return false };
+    let Some(&header) = payload.first() else {
+        return false;
+    };
     match header & 0x1F {
         NAL_STAP_A => {
             let mut at = 1;
@@ -88,7 +96,9 @@ fn h264_has_key_nal(payload: &[u8]) -> bool {
             }
             false
         }
-        NAL_FU_A => payload.get(1).is_some_and(|fu| fu & 0x80 != 0 && is_key_nal(fu & 0x1F)),
+        NAL_FU_A => payload
+            .get(1)
+            .is_some_and(|fu| fu & 0x80 != 0 && is_key_nal(fu & 0x1F)),
         nal_type => is_key_nal(nal_type),
     }
 }
@@ -100,9 +110,17 @@ mod tests {
     #[test]
     fn vp8_keyframe_without_extensions() {
         // S=1, PID=0; payload header with P=0.
-        assert!(starts_keyframe(VideoFormat::Vp8, &[0x10, 0x50, 0x01, 0x00], false));
+        assert!(starts_keyframe(
+            VideoFormat::Vp8,
+            &[0x10, 0x50, 0x01, 0x00],
+            false
+        ));
         // P=1: an interframe.
-        assert!(!starts_keyframe(VideoFormat::Vp8, &[0x10, 0x51, 0x01, 0x00], true));
+        assert!(!starts_keyframe(
+            VideoFormat::Vp8,
+            &[0x10, 0x51, 0x01, 0x00],
+            true
+        ));
         // Not the start of partition 0.
         assert!(!starts_keyframe(VideoFormat::Vp8, &[0x00, 0x50], true));
         assert!(!starts_keyframe(VideoFormat::Vp8, &[0x11, 0x50], true));
@@ -117,9 +135,17 @@ mod tests {
         delta[6] = 0x11;
         assert!(!starts_keyframe(VideoFormat::Vp8, &delta, false));
         // 7-bit PictureID only: payload header at byte 3.
-        assert!(starts_keyframe(VideoFormat::Vp8, &[0x90, 0x80, 0x05, 0x9C], false));
+        assert!(starts_keyframe(
+            VideoFormat::Vp8,
+            &[0x90, 0x80, 0x05, 0x9C],
+            false
+        ));
         // Truncated descriptors are not keyframes, and do not panic.
-        assert!(!starts_keyframe(VideoFormat::Vp8, &[0x90, 0xE0, 0x80], false));
+        assert!(!starts_keyframe(
+            VideoFormat::Vp8,
+            &[0x90, 0xE0, 0x80],
+            false
+        ));
         assert!(!starts_keyframe(VideoFormat::Vp8, &[], false));
     }
 
@@ -138,12 +164,32 @@ mod tests {
         let stap = [0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xCE];
         assert!(starts_keyframe(VideoFormat::H264, &stap, true));
         // STAP-A of two non-IDR slices, and one whose size runs past the end.
-        assert!(!starts_keyframe(VideoFormat::H264, &[0x78, 0x00, 0x01, 0x41, 0x00, 0x01, 0x41], true));
-        assert!(!starts_keyframe(VideoFormat::H264, &[0x78, 0x00, 0x09, 0x41], true));
+        assert!(!starts_keyframe(
+            VideoFormat::H264,
+            &[0x78, 0x00, 0x01, 0x41, 0x00, 0x01, 0x41],
+            true
+        ));
+        assert!(!starts_keyframe(
+            VideoFormat::H264,
+            &[0x78, 0x00, 0x09, 0x41],
+            true
+        ));
         // FU-A: start of an IDR, middle of an IDR, start of a non-IDR.
-        assert!(starts_keyframe(VideoFormat::H264, &[0x7C, 0x85, 0xB8], true));
-        assert!(!starts_keyframe(VideoFormat::H264, &[0x7C, 0x05, 0xB8], true));
-        assert!(!starts_keyframe(VideoFormat::H264, &[0x5C, 0x81, 0x9A], true));
+        assert!(starts_keyframe(
+            VideoFormat::H264,
+            &[0x7C, 0x85, 0xB8],
+            true
+        ));
+        assert!(!starts_keyframe(
+            VideoFormat::H264,
+            &[0x7C, 0x05, 0xB8],
+            true
+        ));
+        assert!(!starts_keyframe(
+            VideoFormat::H264,
+            &[0x5C, 0x81, 0x9A],
+            true
+        ));
         assert!(!starts_keyframe(VideoFormat::H264, &[0x7C], true));
     }
 }

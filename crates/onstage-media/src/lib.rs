@@ -101,7 +101,9 @@ pub enum VideoCodec {
 pub enum StartError {
     #[error("binding the media UDP socket {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
-    #[error("the media socket is bound to a wildcard address; give the address peers should reach (--public-ip)")]
+    #[error(
+        "the media socket is bound to a wildcard address; give the address peers should reach (--public-ip)"
+    )]
     NoCandidateAddress,
     #[error("could not create the DTLS certificate")]
     Certificate,
@@ -114,16 +116,26 @@ pub enum StartError {
 impl MediaServer {
     /// Binds the socket and starts the receive loop and the forwarding shards on
     /// their own threads. Signals about peers go to `signals`.
-    pub fn start(config: MediaConfig, signals: mpsc::UnboundedSender<MediaSignal>) -> Result<MediaServer, StartError> {
+    pub fn start(
+        config: MediaConfig,
+        signals: mpsc::UnboundedSender<MediaSignal>,
+    ) -> Result<MediaServer, StartError> {
         let shard_count = match config.shards {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             n => n,
         };
         if shard_count > shard::MAX_SHARDS {
-            return Err(StartError::TooManyShards { asked: shard_count, max: shard::MAX_SHARDS });
+            return Err(StartError::TooManyShards {
+                asked: shard_count,
+                max: shard::MAX_SHARDS,
+            });
         }
         let socket = UdpSocket::bind(config.bind).map_err(|e| StartError::Bind(config.bind, e))?;
-        let local = socket.local_addr().map_err(|e| StartError::Bind(config.bind, e))?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| StartError::Bind(config.bind, e))?;
         let ip = config.candidate_ip.unwrap_or(local.ip());
         if ip.is_unspecified() {
             return Err(StartError::NoCandidateAddress);
@@ -131,16 +143,28 @@ impl MediaServer {
         let candidate = SocketAddr::new(ip, local.port());
         let crypto = Arc::new(str0m::crypto::from_feature_flags());
         // One certificate for every peer: generating one costs milliseconds per join.
-        let dtls_cert = crypto.dtls_provider.generate_certificate().ok_or(StartError::Certificate)?;
+        let dtls_cert = crypto
+            .dtls_provider
+            .generate_certificate()
+            .ok_or(StartError::Certificate)?;
         // Non-blocking for every user of the socket: the shards' sends drop a
         // datagram when the send buffer is full instead of stalling their peers.
-        socket.set_nonblocking(true).map_err(|e| StartError::Bind(config.bind, e))?;
-        let sender = Arc::new(socket.try_clone().map_err(|e| StartError::Bind(config.bind, e))?);
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| StartError::Bind(config.bind, e))?;
+        let sender = Arc::new(
+            socket
+                .try_clone()
+                .map_err(|e| StartError::Bind(config.bind, e))?,
+        );
 
         let (routing, routing_rx) = mpsc::unbounded_channel();
         let loads: Arc<[ShardLoad]> = (0..shard_count).map(|_| ShardLoad::default()).collect();
-        let (shard_txs, shard_rxs): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| mpsc::unbounded_channel()).unzip();
-        let (data_txs, data_rxs): (Vec<_>, Vec<_>) = (0..shard_count).map(|_| mpsc::channel(shard::DATA_QUEUE)).unzip();
+        let (shard_txs, shard_rxs): (Vec<_>, Vec<_>) =
+            (0..shard_count).map(|_| mpsc::unbounded_channel()).unzip();
+        let (data_txs, data_rxs): (Vec<_>, Vec<_>) = (0..shard_count)
+            .map(|_| mpsc::channel(shard::DATA_QUEUE))
+            .unzip();
         // With one shard the receive loop shares its thread: each datagram would
         // otherwise wake a second thread on the way (two context switches, ~10%
         // of a core's time at a few hundred subscribers). With more, it has its own
@@ -150,7 +174,9 @@ impl MediaServer {
             Box::pin(async move {
                 match tokio::net::UdpSocket::from_std(socket) {
                     Ok(socket) => ingress::run(socket, routing_rx, ingress_shards).await,
-                    Err(e) => tracing::error!(error = %e, "media socket could not join the runtime"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "media socket could not join the runtime")
+                    }
                 }
             })
         }));
@@ -165,7 +191,11 @@ impl MediaServer {
                 socket: sender.clone(),
                 local,
             };
-            let companion = if shard_count == 1 { receive.take() } else { None };
+            let companion = if shard_count == 1 {
+                receive.take()
+            } else {
+                None
+            };
             shard::spawn(links, inputs, data, companion).map_err(StartError::Thread)?;
         }
         if let Some(receive) = receive {
@@ -213,8 +243,14 @@ impl MediaServer {
     /// task, not in the forwarding loop.
     /// `video`: the codec families to accept (a subscriber gets only its
     /// publisher's).
-    fn answer(&self, offer_sdp: &str, video: &[VideoCodec], direction: Direction) -> Result<(Rtc, String), MediaRefusal> {
-        let offer = SdpOffer::from_sdp_string(offer_sdp).map_err(|e| MediaRefusal::InvalidOffer(e.to_string()))?;
+    fn answer(
+        &self,
+        offer_sdp: &str,
+        video: &[VideoCodec],
+        direction: Direction,
+    ) -> Result<(Rtc, String), MediaRefusal> {
+        let offer = SdpOffer::from_sdp_string(offer_sdp)
+            .map_err(|e| MediaRefusal::InvalidOffer(e.to_string()))?;
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
             .set_crypto_provider(self.inner.crypto.clone())
@@ -233,15 +269,22 @@ impl MediaServer {
             // publisher's does: its sender needs our feedback to pace itself.
             let standard = ExtensionMap::standard();
             let mut exts = ExtensionMap::empty();
-            for (id, ext) in standard.iter().filter(|(_, e)| **e != Extension::TransportSequenceNumber) {
+            for (id, ext) in standard
+                .iter()
+                .filter(|(_, e)| **e != Extension::TransportSequenceNumber)
+            {
                 exts.set(id, ext.clone());
             }
             config = config.set_extension_map(exts);
         }
         if video.contains(&VideoCodec::H264) {
             // H.264 as IVS takes it: Baseline and Constrained Baseline, packetization-mode 1.
-            config.codec_config().add_h264(127.into(), Some(121.into()), true, 0x42001f);
-            config.codec_config().add_h264(108.into(), Some(109.into()), true, 0x42e01f);
+            config
+                .codec_config()
+                .add_h264(127.into(), Some(121.into()), true, 0x42001f);
+            config
+                .codec_config()
+                .add_h264(108.into(), Some(109.into()), true, 0x42e01f);
         }
         let mut rtc = config.build(Instant::now());
         let candidate = Candidate::host(self.inner.candidate, "udp")
@@ -259,31 +302,58 @@ impl MediaServer {
     fn place_subscriber(&self, source: SourceId) -> usize {
         let home = shard::home_of(source, self.inner.shards.len());
         let load = |i: usize| self.inner.loads[i].peers.load(Ordering::Relaxed);
-        (0..self.inner.shards.len()).fold(home, |best, i| if load(i) < load(best) { i } else { best })
+        (0..self.inner.shards.len())
+            .fold(home, |best, i| if load(i) < load(best) { i } else { best })
     }
 
     /// Registers the peer's ufrag with the receive loop and sends it to its
     /// shard. Called with the sources lock held (see [`Inner::sources`]).
-    fn send_peer(&self, shard: usize, rtc: Rtc, role: NewRole, ufrag: String) -> Result<(PeerId, oneshot::Receiver<Result<(), MediaRefusal>>), MediaRefusal> {
+    fn send_peer(
+        &self,
+        shard: usize,
+        rtc: Rtc,
+        role: NewRole,
+        ufrag: String,
+    ) -> Result<(PeerId, oneshot::Receiver<Result<(), MediaRefusal>>), MediaRefusal> {
         let stopped = || MediaRefusal::Internal("the media plane has stopped".into());
         let id = shard::peer_id(self.inner.next_peer.fetch_add(1, Ordering::Relaxed), shard);
         let (reply, accepted) = oneshot::channel();
         // The ufrag is known to the receive loop before the answer leaves, so the
         // peer's first check finds its shard.
-        self.inner.routing.send(ingress::Routing::Register { ufrag: ufrag.clone(), shard }).map_err(|_| stopped())?;
+        self.inner
+            .routing
+            .send(ingress::Routing::Register {
+                ufrag: ufrag.clone(),
+                shard,
+            })
+            .map_err(|_| stopped())?;
         self.inner.shards[shard]
-            .send(ShardInput::AddPeer { id, rtc: Box::new(rtc), role, ufrag, reply })
+            .send(ShardInput::AddPeer {
+                id,
+                rtc: Box::new(rtc),
+                role,
+                ufrag,
+                reply,
+            })
             .map_err(|_| stopped())?;
         Ok((id, accepted))
     }
 
-    async fn added(id: PeerId, accepted: oneshot::Receiver<Result<(), MediaRefusal>>) -> Result<PeerId, MediaRefusal> {
-        accepted.await.map_err(|_| MediaRefusal::Internal("the media plane has stopped".into()))??;
+    async fn added(
+        id: PeerId,
+        accepted: oneshot::Receiver<Result<(), MediaRefusal>>,
+    ) -> Result<PeerId, MediaRefusal> {
+        accepted
+            .await
+            .map_err(|_| MediaRefusal::Internal("the media plane has stopped".into()))??;
         Ok(id)
     }
 
     fn lock_sources(&self) -> std::sync::MutexGuard<'_, HashMap<SourceId, Option<VideoCodec>>> {
-        self.inner.sources.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .sources
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -293,9 +363,17 @@ impl MediaPlane for MediaServer {
         SourceId(self.inner.next_source.fetch_add(1, Ordering::Relaxed))
     }
 
-    async fn publish(&self, source: SourceId, offer_sdp: String) -> Result<(PeerId, String), MediaRefusal> {
+    async fn publish(
+        &self,
+        source: SourceId,
+        offer_sdp: String,
+    ) -> Result<(PeerId, String), MediaRefusal> {
         check_offer(&offer_sdp)?;
-        let (rtc, answer) = self.answer(&offer_sdp, &[VideoCodec::H264, VideoCodec::Vp8], Direction::Publish)?;
+        let (rtc, answer) = self.answer(
+            &offer_sdp,
+            &[VideoCodec::H264, VideoCodec::Vp8],
+            Direction::Publish,
+        )?;
         let ufrag = local_ufrag(&answer)?;
         let home = shard::home_of(source, self.inner.shards.len());
         let (id, accepted) = {
@@ -306,9 +384,16 @@ impl MediaPlane for MediaServer {
         Ok((Self::added(id, accepted).await?, answer))
     }
 
-    async fn subscribe(&self, source: SourceId, offer_sdp: String) -> Result<(PeerId, String), MediaRefusal> {
+    async fn subscribe(
+        &self,
+        source: SourceId,
+        offer_sdp: String,
+    ) -> Result<(PeerId, String), MediaRefusal> {
         let summary = check_offer(&offer_sdp)?;
-        let publisher_video = *self.lock_sources().get(&source).ok_or(MediaRefusal::NoSuchSource)?;
+        let publisher_video = *self
+            .lock_sources()
+            .get(&source)
+            .ok_or(MediaRefusal::NoSuchSource)?;
         let video = match publisher_video {
             Some(codec) => vec![codec],
             None => vec![VideoCodec::H264, VideoCodec::Vp8],
@@ -328,7 +413,12 @@ impl MediaPlane for MediaServer {
             if !sources.contains_key(&source) {
                 return Err(MediaRefusal::NoSuchSource);
             }
-            self.send_peer(self.place_subscriber(source), rtc, NewRole::Subscriber { source }, ufrag)?
+            self.send_peer(
+                self.place_subscriber(source),
+                rtc,
+                NewRole::Subscriber { source },
+                ufrag,
+            )?
         };
         Ok((Self::added(id, accepted).await?, answer))
     }
@@ -365,12 +455,21 @@ fn local_ufrag(answer_sdp: &str) -> Result<String, MediaRefusal> {
 /// The video codec an answer settled on: the first payload type of its active
 /// video line.
 fn negotiated_video(answer_sdp: &str) -> Option<VideoCodec> {
-    let section = answer_sdp.split("\nm=").skip(1).find(|s| s.starts_with("video") && !s.starts_with("video 0 "))?;
+    let section = answer_sdp
+        .split("\nm=")
+        .skip(1)
+        .find(|s| s.starts_with("video") && !s.starts_with("video 0 "))?;
     let first_pt = section.lines().next()?.split_whitespace().nth(3)?;
     let codec = section.lines().find_map(|l| {
         let rest = l.trim().strip_prefix("a=rtpmap:")?;
         let (pt, codec) = rest.split_once(' ')?;
-        (pt == first_pt).then(|| codec.split('/').next().unwrap_or_default().to_ascii_uppercase())
+        (pt == first_pt).then(|| {
+            codec
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_uppercase()
+        })
     })?;
     match codec.as_str() {
         "VP8" => Some(VideoCodec::Vp8),

@@ -57,11 +57,18 @@ impl Outbox {
         #[cfg(target_os = "linux")]
         let sent = linux::send_batch(&self.socket, &self.queue, &mut self.scratch);
         #[cfg(not(target_os = "linux"))]
-        let sent = self.queue.iter().take_while(|(d, to)| self.socket.send_to(d, *to).is_ok()).count();
+        let sent = self
+            .queue
+            .iter()
+            .take_while(|(d, to)| self.socket.send_to(d, *to).is_ok())
+            .count();
         self.sent += sent as u64;
         self.dropped += (self.queue.len() - sent) as u64;
         if sent < self.queue.len() {
-            tracing::trace!(dropped = self.queue.len() - sent, "media send buffer full; datagrams dropped");
+            tracing::trace!(
+                dropped = self.queue.len() - sent,
+                "media send buffer full; datagrams dropped"
+            );
         }
         self.queue.clear();
     }
@@ -119,19 +126,27 @@ mod linux {
             SocketAddr::V4(a) => {
                 // SAFETY: sockaddr_storage is large enough and suitably aligned
                 // for any socket address type, sockaddr_in included.
-                let sin = unsafe { &mut *(storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in) };
+                let sin = unsafe {
+                    &mut *(storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in)
+                };
                 sin.sin_family = libc::AF_INET as libc::sa_family_t;
                 sin.sin_port = a.port().to_be();
-                sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
+                sin.sin_addr = libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                };
                 std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t
             }
             SocketAddr::V6(a) => {
                 // SAFETY: as above, for sockaddr_in6.
-                let sin6 = unsafe { &mut *(storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6) };
+                let sin6 = unsafe {
+                    &mut *(storage as *mut libc::sockaddr_storage as *mut libc::sockaddr_in6)
+                };
                 sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
                 sin6.sin6_port = a.port().to_be();
                 sin6.sin6_flowinfo = a.flowinfo();
-                sin6.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
+                sin6.sin6_addr = libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                };
                 sin6.sin6_scope_id = a.scope_id();
                 std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t
             }
@@ -141,12 +156,18 @@ mod linux {
     /// How many datagrams from the start of `queue` can go as one segmentation
     /// offload send: same destination, same size (the last may be shorter).
     fn run_length(queue: &[(Vec<u8>, SocketAddr)]) -> usize {
-        let Some((first, to)) = queue.first() else { return 0 };
+        let Some((first, to)) = queue.first() else {
+            return 0;
+        };
         let size = first.len();
         let mut n = 1;
         let mut bytes = size;
         for (datagram, next_to) in &queue[1..] {
-            if next_to != to || datagram.len() > size || n == MAX_SEGMENTS || bytes + datagram.len() > MAX_GSO_BYTES {
+            if next_to != to
+                || datagram.len() > size
+                || n == MAX_SEGMENTS
+                || bytes + datagram.len() > MAX_GSO_BYTES
+            {
                 break;
             }
             n += 1;
@@ -162,7 +183,11 @@ mod linux {
     /// datagrams to one subscriber (a frame's packets) go as one message with
     /// UDP segmentation offload, so the kernel walks its send path once per run
     /// instead of once per packet; up to [`BATCH`] messages go per `sendmmsg`.
-    pub(super) fn send_batch(socket: &UdpSocket, queue: &[(Vec<u8>, SocketAddr)], s: &mut Scratch) -> usize {
+    pub(super) fn send_batch(
+        socket: &UdpSocket,
+        queue: &[(Vec<u8>, SocketAddr)],
+        s: &mut Scratch,
+    ) -> usize {
         let mut sent = 0;
         let mut at = 0;
         while at < queue.len() {
@@ -185,7 +210,11 @@ mod linux {
 
     /// One `sendmmsg` call's worth: returns (datagrams sent, datagrams consumed —
     /// sent, refused or dropped —, whether the kernel refused offload).
-    fn send_some(socket: &UdpSocket, queue: &[(Vec<u8>, SocketAddr)], s: &mut Scratch) -> (usize, usize, bool) {
+    fn send_some(
+        socket: &UdpSocket,
+        queue: &[(Vec<u8>, SocketAddr)],
+        s: &mut Scratch,
+    ) -> (usize, usize, bool) {
         s.addrs.clear();
         s.iovecs.clear();
         s.controls.clear();
@@ -197,7 +226,10 @@ mod linux {
         while at < queue.len() && s.carried.len() < BATCH {
             let n = if s.gso { run_length(&queue[at..]) } else { 1 };
             for (datagram, _) in &queue[at..at + n] {
-                s.iovecs.push(libc::iovec { iov_base: datagram.as_ptr() as *mut libc::c_void, iov_len: datagram.len() });
+                s.iovecs.push(libc::iovec {
+                    iov_base: datagram.as_ptr() as *mut libc::c_void,
+                    iov_len: datagram.len(),
+                });
             }
             s.carried.push(n);
             at += n;
@@ -213,14 +245,16 @@ mod linux {
             let name_len = encode(to, &mut s.addrs[m]);
             // SAFETY: all-zero is a valid msghdr (null pointers, zero lengths).
             let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            header.msg_hdr.msg_name = &mut s.addrs[m] as *mut libc::sockaddr_storage as *mut libc::c_void;
+            header.msg_hdr.msg_name =
+                &mut s.addrs[m] as *mut libc::sockaddr_storage as *mut libc::c_void;
             header.msg_hdr.msg_namelen = name_len;
             header.msg_hdr.msg_iov = &mut s.iovecs[first] as *mut libc::iovec;
             header.msg_hdr.msg_iovlen = n as _;
             if n > 1 {
                 header.msg_hdr.msg_control = s.controls[m].0.as_mut_ptr() as *mut libc::c_void;
                 // SAFETY: CMSG_SPACE only computes a size.
-                header.msg_hdr.msg_controllen = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as _;
+                header.msg_hdr.msg_controllen =
+                    unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as _;
                 // SAFETY: the control buffer is CONTROL_SPACE bytes, aligned for
                 // cmsghdr, and larger than CMSG_SPACE(2); CMSG_FIRSTHDR of a
                 // msghdr with a non-empty control buffer is that buffer.
@@ -229,7 +263,9 @@ mod linux {
                     (*cmsg).cmsg_level = libc::SOL_UDP;
                     (*cmsg).cmsg_type = libc::UDP_SEGMENT;
                     (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
-                    libc::CMSG_DATA(cmsg).cast::<u16>().write_unaligned(datagram.len() as u16);
+                    libc::CMSG_DATA(cmsg)
+                        .cast::<u16>()
+                        .write_unaligned(datagram.len() as u16);
                 }
             }
             s.headers.push(header);
@@ -259,7 +295,12 @@ mod linux {
                     // The send buffer is full: the rest of the queue is dropped.
                     std::io::ErrorKind::WouldBlock => return (sent, queue.len(), false),
                     // A kernel or device without segmentation offload.
-                    _ if carried > 1 && matches!(err.raw_os_error(), Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)) => {
+                    _ if carried > 1
+                        && matches!(
+                            err.raw_os_error(),
+                            Some(libc::EIO | libc::EINVAL | libc::ENOPROTOOPT)
+                        ) =>
+                    {
                         return (sent, consumed, true);
                     }
                     // A datagram the kernel refuses for its own sake (say, an
@@ -306,11 +347,22 @@ mod tests {
     fn runs_group_one_destinations_equal_sized_datagrams() {
         let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:1001".parse().unwrap();
-        let q = |items: &[(usize, SocketAddr)]| items.iter().map(|(n, to)| (vec![0u8; *n], *to)).collect::<Vec<_>>();
+        let q = |items: &[(usize, SocketAddr)]| {
+            items
+                .iter()
+                .map(|(n, to)| (vec![0u8; *n], *to))
+                .collect::<Vec<_>>()
+        };
         // A frame of three full packets and a short last one, then another peer.
-        assert_eq!(linux::runs(&q(&[(100, a), (100, a), (100, a), (40, a), (100, b)])), vec![4, 1]);
+        assert_eq!(
+            linux::runs(&q(&[(100, a), (100, a), (100, a), (40, a), (100, b)])),
+            vec![4, 1]
+        );
         // A short packet ends a run; a bigger one starts a new one.
-        assert_eq!(linux::runs(&q(&[(100, a), (40, a), (100, a), (120, a), (120, a)])), vec![2, 1, 2]);
+        assert_eq!(
+            linux::runs(&q(&[(100, a), (40, a), (100, a), (120, a), (120, a)])),
+            vec![2, 1, 2]
+        );
         // Never more than 64 segments in one send.
         assert_eq!(linux::runs(&q(&vec![(10, a); 70])), vec![64, 6]);
     }

@@ -49,7 +49,12 @@ impl OutgoingStream {
     /// `first_seq` is the first outgoing sequence number; below 2^15 it leaves
     /// the receiver's rollover counter at zero, as RFC 3711 expects of a new stream.
     pub(crate) fn new(clock_rate: u32, first_seq: u16) -> Self {
-        OutgoingStream { feed: None, next_seq: u64::from(first_seq & 0x7FFF), last: None, clock_rate }
+        OutgoingStream {
+            feed: None,
+            next_seq: u64::from(first_seq & 0x7FFF),
+            last: None,
+            clock_rate,
+        }
     }
 
     /// Whether a feed is followed (for video: whether a keyframe started it).
@@ -68,7 +73,14 @@ impl OutgoingStream {
     /// it is not to be sent. A packet of a feed other than the one followed
     /// switches to that feed if `can_start` (audio: always; video: the first
     /// packet of a keyframe) and is dropped otherwise.
-    pub(crate) fn renumber(&mut self, feed: u64, seq: u64, time: u32, at: Instant, can_start: bool) -> Option<Renumbered> {
+    pub(crate) fn renumber(
+        &mut self,
+        feed: u64,
+        seq: u64,
+        time: u32,
+        at: Instant,
+        can_start: bool,
+    ) -> Option<Renumbered> {
         let current = match self.feed {
             Some(f) if f.id == feed => f,
             _ => {
@@ -81,12 +93,19 @@ impl OutgoingStream {
                     // for part of the last one.
                     Some((last_time, last_at)) => {
                         let elapsed = at.saturating_duration_since(last_at);
-                        let ticks = (elapsed.as_micros() as u64 * u64::from(self.clock_rate) / 1_000_000).max(1);
+                        let ticks = (elapsed.as_micros() as u64 * u64::from(self.clock_rate)
+                            / 1_000_000)
+                            .max(1);
                         last_time.wrapping_add(ticks as u32)
                     }
                     None => time,
                 };
-                let f = Feed { id: feed, first_seq: seq, seq_delta: self.next_seq.wrapping_sub(seq), ts_delta: next_time.wrapping_sub(time) };
+                let f = Feed {
+                    id: feed,
+                    first_seq: seq,
+                    seq_delta: self.next_seq.wrapping_sub(seq),
+                    ts_delta: next_time.wrapping_sub(time),
+                };
                 self.feed = Some(f);
                 f
             }
@@ -94,7 +113,10 @@ impl OutgoingStream {
         if seq < current.first_seq {
             return None;
         }
-        let out = Renumbered { seq: seq.wrapping_add(current.seq_delta), time: time.wrapping_add(current.ts_delta) };
+        let out = Renumbered {
+            seq: seq.wrapping_add(current.seq_delta),
+            time: time.wrapping_add(current.ts_delta),
+        };
         if out.seq >= self.next_seq {
             self.next_seq = out.seq + 1;
             self.last = Some((out.time, at));
@@ -114,7 +136,13 @@ mod tests {
         let t0 = Instant::now();
         let mut s = OutgoingStream::new(90_000, 1000);
         let a = s.renumber(7, 50_000, 1_000, t0, true).unwrap();
-        assert_eq!(a, Renumbered { seq: 1000, time: 1_000 });
+        assert_eq!(
+            a,
+            Renumbered {
+                seq: 1000,
+                time: 1_000
+            }
+        );
         // A gap of one packet stays a gap.
         assert_eq!(s.renumber(7, 50_002, 4_000, t0, false).unwrap().seq, 1002);
         // The missing one arrives late (a retransmission): it fills the gap.
@@ -144,7 +172,13 @@ mod tests {
         let r = s.renumber(2, 7, 12, later, true).unwrap();
         assert_eq!(r.seq, 102);
         assert_eq!(r.time, 503_000 + 45_000);
-        assert_eq!(s.renumber(2, 8, 3012, later, false).unwrap(), Renumbered { seq: 103, time: 503_000 + 48_000 });
+        assert_eq!(
+            s.renumber(2, 8, 3012, later, false).unwrap(),
+            Renumbered {
+                seq: 103,
+                time: 503_000 + 48_000
+            }
+        );
         // The old feed's stragglers no longer get through.
         assert!(s.renumber(1, 40_002, 506_000, later, false).is_none());
     }
@@ -156,7 +190,12 @@ mod tests {
         s.renumber(3, 10, 960, t0, true).unwrap();
         s.restart();
         assert!(s.renumber(3, 11, 1920, t0, false).is_none());
-        assert_eq!(s.renumber(3, 12, 2880, t0 + Duration::from_millis(40), true).unwrap().seq, 1);
+        assert_eq!(
+            s.renumber(3, 12, 2880, t0 + Duration::from_millis(40), true)
+                .unwrap()
+                .seq,
+            1
+        );
     }
 
     #[test]
@@ -166,6 +205,12 @@ mod tests {
         let r = s.renumber(9, u64::MAX - 1, u32::MAX, t0, true).unwrap();
         assert_eq!(r.seq, 0x7FFF);
         let r = s.renumber(9, u64::MAX, 1, t0, false).unwrap();
-        assert_eq!(r, Renumbered { seq: 0x8000, time: 1 });
+        assert_eq!(
+            r,
+            Renumbered {
+                seq: 0x8000,
+                time: 1
+            }
+        );
     }
 }

@@ -15,7 +15,9 @@ pub struct OfferSummary {
 /// offers VP8 or H.264 (Baseline / Constrained Baseline, packetization-mode 1).
 pub fn check_offer(sdp: &str) -> Result<OfferSummary, MediaRefusal> {
     if !sdp.trim_start().starts_with("v=0") {
-        return Err(MediaRefusal::InvalidOffer("the body is not an SDP offer (it must start with v=0)".into()));
+        return Err(MediaRefusal::InvalidOffer(
+            "the body is not an SDP offer (it must start with v=0)".into(),
+        ));
     }
     let mut summary = OfferSummary::default();
     for section in sdp.split("\nm=").skip(1) {
@@ -43,7 +45,9 @@ pub fn check_offer(sdp: &str) -> Result<OfferSummary, MediaRefusal> {
         }
     }
     if summary.audio_lines + summary.video_lines == 0 {
-        return Err(MediaRefusal::InvalidOffer("the offer has no active audio or video line".into()));
+        return Err(MediaRefusal::InvalidOffer(
+            "the offer has no active audio or video line".into(),
+        ));
     }
     Ok(summary)
 }
@@ -87,7 +91,8 @@ fn has_acceptable_video(section: &str) -> bool {
         let packetization_mode_1 = param("packetization-mode") == Some("1");
         // profile_idc 0x42 is Baseline; with constraint_set1 it is Constrained
         // Baseline. RFC 6184 makes 42000a the default when the parameter is absent.
-        let baseline = param("profile-level-id").is_none_or(|p| p.len() == 6 && p[..2].eq_ignore_ascii_case("42"));
+        let baseline = param("profile-level-id")
+            .is_none_or(|p| p.len() == 6 && p[..2].eq_ignore_ascii_case("42"));
         packetization_mode_1 && baseline
     })
 }
@@ -105,7 +110,13 @@ mod tests {
         let h264 = format!(
             "{HEAD}m=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\na=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
         );
-        assert_eq!(check_offer(&h264).unwrap(), OfferSummary { audio_lines: 1, video_lines: 1 });
+        assert_eq!(
+            check_offer(&h264).unwrap(),
+            OfferSummary {
+                audio_lines: 1,
+                video_lines: 1
+            }
+        );
     }
 
     #[test]
@@ -116,6 +127,9 @@ mod tests {
         assert_eq!(check_offer(&high), Err(MediaRefusal::InvalidVideoCodec));
         let pcmu = format!("{HEAD}m=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n");
         assert_eq!(check_offer(&pcmu), Err(MediaRefusal::InvalidAudioCodec));
-        assert!(matches!(check_offer("hello"), Err(MediaRefusal::InvalidOffer(_))));
+        assert!(matches!(
+            check_offer("hello"),
+            Err(MediaRefusal::InvalidOffer(_))
+        ));
     }
 }

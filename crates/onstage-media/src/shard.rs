@@ -111,7 +111,11 @@ pub(crate) enum NewRole {
 /// Media for a shard: shed when the shard falls behind (see [`DATA_QUEUE`]).
 pub(crate) enum ShardData {
     /// A datagram from a peer of this shard.
-    Datagram { at: Instant, from: SocketAddr, datagram: Bytes },
+    Datagram {
+        at: Instant,
+        from: SocketAddr,
+        datagram: Bytes,
+    },
     /// From the source's home shard: a packet for this shard's subscribers of it.
     Packet { source: SourceId, packet: Packet },
 }
@@ -133,9 +137,15 @@ pub(crate) enum ShardInput {
     /// To the source's home shard.
     RequestKeyframe(SourceId),
     /// To the source's home shard: shard `shard` has subscribers of `source` now.
-    Attach { source: SourceId, shard: usize },
+    Attach {
+        source: SourceId,
+        shard: usize,
+    },
     /// To the source's home shard: shard `shard` has no subscribers of `source` left.
-    Detach { source: SourceId, shard: usize },
+    Detach {
+        source: SourceId,
+        shard: usize,
+    },
     /// From the source's home shard: a new publisher feeds the source, so its
     /// subscribers' video waits for that publisher's first keyframe.
     Restart(SourceId),
@@ -198,7 +208,10 @@ pub(crate) fn spawn(
 ) -> std::io::Result<()> {
     let name = format!("onstage-media-{}", links.index);
     std::thread::Builder::new().name(name).spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "media shard could not start its runtime");
@@ -218,8 +231,16 @@ pub(crate) fn spawn(
 // to them, and boxing it would add a pointer chase to every write.
 #[allow(clippy::large_enum_variant)]
 enum Role {
-    Publisher { source: SourceId, kinds: Vec<(Mid, MediaKind)>, streams: Vec<IncomingStream> },
-    Subscriber { source: SourceId, audio: Option<Track>, video: Option<Track> },
+    Publisher {
+        source: SourceId,
+        kinds: Vec<(Mid, MediaKind)>,
+        streams: Vec<IncomingStream>,
+    },
+    Subscriber {
+        source: SourceId,
+        audio: Option<Track>,
+        video: Option<Track>,
+    },
 }
 
 /// One of a publisher's RTP streams, as the packets forwarded from it need.
@@ -248,11 +269,20 @@ struct Track {
 
 impl Track {
     fn new(mid: Mid, kind: MediaKind, id: PeerId) -> Self {
-        let clock_rate = if kind == MediaKind::Audio { 48_000 } else { 90_000 };
+        let clock_rate = if kind == MediaKind::Audio {
+            48_000
+        } else {
+            90_000
+        };
         // Any first sequence number will do; differing ones keep subscribers'
         // streams from looking alike.
         let first_seq = (spread(id.0) >> 48) as u16;
-        Track { mid, configured: false, pt: None, stream: OutgoingStream::new(clock_rate, first_seq) }
+        Track {
+            mid,
+            configured: false,
+            pt: None,
+            stream: OutgoingStream::new(clock_rate, first_seq),
+        }
     }
 }
 
@@ -350,7 +380,11 @@ impl Shard {
         }
     }
 
-    async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<ShardInput>, mut data: mpsc::Receiver<ShardData>) {
+    async fn run(
+        mut self,
+        mut inputs: mpsc::UnboundedReceiver<ShardInput>,
+        mut data: mpsc::Receiver<ShardData>,
+    ) {
         let mut flush_at = Instant::now() + Duration::from_secs(1);
         // Reused across wakes: the loop wakes for every datagram and allocates
         // nothing to find the peers and sources whose timers are due.
@@ -400,11 +434,19 @@ impl Shard {
             self.flush();
             let now = Instant::now();
             due.clear();
-            due.extend(self.peers.iter().filter(|(_, p)| p.next_timeout <= now).map(|(id, _)| *id));
+            due.extend(
+                self.peers
+                    .iter()
+                    .filter(|(_, p)| p.next_timeout <= now)
+                    .map(|(id, _)| *id),
+            );
             for &id in &due {
                 if let Some(peer) = self.peers.get_mut(&id) {
                     if !peer.connected && now.duration_since(peer.added) > CONNECT_TIMEOUT {
-                        self.work.push_back(Work::Close { peer: id, cause: CloseCause::Timeout });
+                        self.work.push_back(Work::Close {
+                            peer: id,
+                            cause: CloseCause::Timeout,
+                        });
                         continue;
                     }
                     if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
@@ -415,7 +457,10 @@ impl Shard {
             }
             keyframes_due.clear();
             keyframes_due.extend(
-                self.sources.iter().filter(|(_, s)| s.keyframe_due.is_some_and(|t| t <= now)).map(|(id, _)| *id),
+                self.sources
+                    .iter()
+                    .filter(|(_, s)| s.keyframe_due.is_some_and(|t| t <= now))
+                    .map(|(id, _)| *id),
             );
             for &source in &keyframes_due {
                 self.request_keyframe(source);
@@ -426,7 +471,10 @@ impl Shard {
                 for (id, peer) in &self.peers {
                     if peer.connected && now.duration_since(peer.heard) > SILENCE_TIMEOUT {
                         tracing::debug!(peer = %id, "peer went silent");
-                        self.work.push_back(Work::Close { peer: *id, cause: CloseCause::Timeout });
+                        self.work.push_back(Work::Close {
+                            peer: *id,
+                            cause: CloseCause::Timeout,
+                        });
                     }
                 }
                 self.do_work();
@@ -455,7 +503,9 @@ impl Shard {
         let now = Instant::now();
         let written = std::mem::take(&mut self.written);
         for &id in &written {
-            let Some(peer) = self.peers.get_mut(&id) else { continue };
+            let Some(peer) = self.peers.get_mut(&id) else {
+                continue;
+            };
             peer.written = false;
             if let Err(e) = peer.rtc.handle_input(Input::Timeout(now)) {
                 tracing::debug!(peer = %id, error = %e, "subscriber failed on timeout");
@@ -488,10 +538,19 @@ impl Shard {
 
     fn input(&mut self, input: ShardInput) {
         match input {
-            ShardInput::AddPeer { id, rtc, role, ufrag, reply } => {
+            ShardInput::AddPeer {
+                id,
+                rtc,
+                role,
+                ufrag,
+                reply,
+            } => {
                 let result = self.add_peer(id, rtc, role, ufrag.clone());
                 if result.is_err() {
-                    let _ = self.links.routing.send(Routing::Forget { ufrag, remote: None });
+                    let _ = self.links.routing.send(Routing::Forget {
+                        ufrag,
+                        remote: None,
+                    });
                 }
                 let _ = reply.send(result);
                 self.drain(id);
@@ -526,22 +585,35 @@ impl Shard {
         metrics::counter!("onstage_media_packets_forwarded_total").increment(c.packets_forwarded);
         metrics::counter!("onstage_media_bytes_forwarded_total").increment(c.bytes_forwarded);
         metrics::counter!("onstage_media_packets_shed_total").increment(c.packets_shed);
-        metrics::counter!("onstage_media_datagrams_sent_total").increment(std::mem::take(&mut self.outbox.sent));
-        metrics::counter!("onstage_media_datagrams_dropped_total").increment(std::mem::take(&mut self.outbox.dropped));
+        metrics::counter!("onstage_media_datagrams_sent_total")
+            .increment(std::mem::take(&mut self.outbox.sent));
+        metrics::counter!("onstage_media_datagrams_dropped_total")
+            .increment(std::mem::take(&mut self.outbox.dropped));
         let load = &self.links.loads[self.links.index];
         load.peers.store(self.peers.len(), Ordering::Relaxed);
         // A source is counted by its home shard only, however many shards have
         // subscribers of it.
         let homed = self.sources.keys().filter(|s| self.is_home(**s)).count();
         load.sources.store(homed, Ordering::Relaxed);
-        metrics::gauge!("onstage_media_shard_peers", "shard" => self.links.index.to_string()).set(self.peers.len() as f64);
+        metrics::gauge!("onstage_media_shard_peers", "shard" => self.links.index.to_string())
+            .set(self.peers.len() as f64);
         // The first shard reports the totals (the gauges are the plane's, not a
         // shard's); the others' loads are at most a second old.
         if self.links.index == 0 {
-            let peers: usize = self.links.loads.iter().map(|l| l.peers.load(Ordering::Relaxed)).sum();
+            let peers: usize = self
+                .links
+                .loads
+                .iter()
+                .map(|l| l.peers.load(Ordering::Relaxed))
+                .sum();
             metrics::gauge!("onstage_media_peers").set(peers as f64);
             metrics::gauge!("onstage_media_shards").set(self.links.loads.len() as f64);
-            let sources: usize = self.links.loads.iter().map(|l| l.sources.load(Ordering::Relaxed)).sum();
+            let sources: usize = self
+                .links
+                .loads
+                .iter()
+                .map(|l| l.sources.load(Ordering::Relaxed))
+                .sum();
             metrics::gauge!("onstage_media_sources").set(sources as f64);
         }
     }
@@ -549,14 +621,25 @@ impl Shard {
     fn receive(&mut self, at: Instant, datagram: &[u8], from: SocketAddr) {
         self.counters.packets_in += 1;
         self.counters.bytes_in += datagram.len() as u64;
-        let Ok(contents) = datagram.try_into() else { return };
-        let input = Input::Receive(at, Receive { proto: Protocol::Udp, source: from, destination: self.links.local, contents });
+        let Ok(contents) = datagram.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            at,
+            Receive {
+                proto: Protocol::Udp,
+                source: from,
+                destination: self.links.local,
+                contents,
+            },
+        );
         let id = match self.by_remote.get(&from) {
             Some(id) => *id,
             None => {
                 // First datagram from this address: find the peer whose ICE
                 // credentials it carries.
-                let Some((id, peer)) = self.peers.iter_mut().find(|(_, p)| p.rtc.accepts(&input)) else {
+                let Some((id, peer)) = self.peers.iter_mut().find(|(_, p)| p.rtc.accepts(&input))
+                else {
                     return;
                 };
                 if let Some(old) = peer.remote.replace(from) {
@@ -566,7 +649,9 @@ impl Shard {
                 *id
             }
         };
-        let Some(peer) = self.peers.get_mut(&id) else { return };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
         peer.heard = at;
         if let Err(e) = peer.rtc.handle_input(input) {
             tracing::debug!(peer = %id, error = %e, "peer rejected input");
@@ -574,12 +659,20 @@ impl Shard {
         self.drain(id);
     }
 
-    fn add_peer(&mut self, id: PeerId, rtc: Box<Rtc>, role: NewRole, ufrag: String) -> Result<(), MediaRefusal> {
+    fn add_peer(
+        &mut self,
+        id: PeerId,
+        rtc: Box<Rtc>,
+        role: NewRole,
+        ufrag: String,
+    ) -> Result<(), MediaRefusal> {
         let now = Instant::now();
         let role = match role {
             NewRole::Publisher { source } => {
                 if !self.is_home(source) {
-                    return Err(MediaRefusal::Internal("a publisher was placed away from its source's shard".into()));
+                    return Err(MediaRefusal::Internal(
+                        "a publisher was placed away from its source's shard".into(),
+                    ));
                 }
                 let s = self.sources.entry(source).or_default();
                 let replaced = s.feeder.replace(id);
@@ -592,7 +685,11 @@ impl Shard {
                 if let Some(old) = replaced {
                     self.close_peer(old, CloseCause::Requested);
                 }
-                Role::Publisher { source, kinds: Vec::new(), streams: Vec::new() }
+                Role::Publisher {
+                    source,
+                    kinds: Vec::new(),
+                    streams: Vec::new(),
+                }
             }
             NewRole::Subscriber { source } => {
                 // A source whose publisher is away (a replication's reconnect
@@ -602,34 +699,73 @@ impl Shard {
                 // made by its publisher, elsewhere by its first subscriber here.
                 let home = home_of(source, self.links.shards.len());
                 if home == self.links.index {
-                    let s = self.sources.get_mut(&source).ok_or(MediaRefusal::NoSuchSource)?;
+                    let s = self
+                        .sources
+                        .get_mut(&source)
+                        .ok_or(MediaRefusal::NoSuchSource)?;
                     s.subscribers.push(id);
                 } else {
                     let s = self.sources.entry(source).or_default();
                     s.subscribers.push(id);
                     if s.subscribers.len() == 1 {
-                        self.send_to_shard(home, ShardInput::Attach { source, shard: self.links.index });
+                        self.send_to_shard(
+                            home,
+                            ShardInput::Attach {
+                                source,
+                                shard: self.links.index,
+                            },
+                        );
                     }
                 }
-                Role::Subscriber { source, audio: None, video: None }
+                Role::Subscriber {
+                    source,
+                    audio: None,
+                    video: None,
+                }
             }
         };
-        self.peers.insert(id, Peer { rtc, role, ufrag, connected: false, added: now, heard: now, next_timeout: now, remote: None, written: false });
-        self.links.loads[self.links.index].peers.fetch_add(1, Ordering::Relaxed);
+        self.peers.insert(
+            id,
+            Peer {
+                rtc,
+                role,
+                ufrag,
+                connected: false,
+                added: now,
+                heard: now,
+                next_timeout: now,
+                remote: None,
+                written: false,
+            },
+        );
+        self.links.loads[self.links.index]
+            .peers
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     fn await_keyframe(&mut self, source: SourceId) {
-        let Some(s) = self.sources.get(&source) else { return };
+        let Some(s) = self.sources.get(&source) else {
+            return;
+        };
         for sub in &s.subscribers {
-            if let Some(Peer { role: Role::Subscriber { video: Some(track), .. }, .. }) = self.peers.get_mut(sub) {
+            if let Some(Peer {
+                role:
+                    Role::Subscriber {
+                        video: Some(track), ..
+                    },
+                ..
+            }) = self.peers.get_mut(sub)
+            {
                 track.stream.restart();
             }
         }
     }
 
     fn close_source(&mut self, source: SourceId) {
-        let Some(s) = self.sources.remove(&source) else { return };
+        let Some(s) = self.sources.remove(&source) else {
+            return;
+        };
         if let Some(feeder) = s.feeder {
             self.close_peer(feeder, CloseCause::Requested);
         }
@@ -639,13 +775,20 @@ impl Shard {
     }
 
     fn close_peer(&mut self, id: PeerId, cause: CloseCause) {
-        let Some(mut peer) = self.peers.remove(&id) else { return };
-        self.links.loads[self.links.index].peers.fetch_sub(1, Ordering::Relaxed);
+        let Some(mut peer) = self.peers.remove(&id) else {
+            return;
+        };
+        self.links.loads[self.links.index]
+            .peers
+            .fetch_sub(1, Ordering::Relaxed);
         self.say_goodbye(id, &mut peer.rtc);
         if let Some(remote) = peer.remote {
             self.by_remote.remove(&remote);
         }
-        let _ = self.links.routing.send(Routing::Forget { ufrag: peer.ufrag, remote: peer.remote });
+        let _ = self.links.routing.send(Routing::Forget {
+            ufrag: peer.ufrag,
+            remote: peer.remote,
+        });
         match peer.role {
             Role::Publisher { source, .. } => {
                 if let Some(s) = self.sources.get_mut(&source) {
@@ -660,7 +803,13 @@ impl Shard {
                     s.subscribers.retain(|p| *p != id);
                     if s.subscribers.is_empty() && home != self.links.index {
                         self.sources.remove(&source);
-                        self.send_to_shard(home, ShardInput::Detach { source, shard: self.links.index });
+                        self.send_to_shard(
+                            home,
+                            ShardInput::Detach {
+                                source,
+                                shard: self.links.index,
+                            },
+                        );
                     }
                 }
             }
@@ -691,17 +840,25 @@ impl Shard {
 
     /// Drains one peer's output: datagrams go out now, events become work.
     fn drain(&mut self, id: PeerId) {
-        let Some(peer) = self.peers.get_mut(&id) else { return };
+        let Some(peer) = self.peers.get_mut(&id) else {
+            return;
+        };
         loop {
             if !peer.rtc.is_alive() {
-                self.work.push_back(Work::Close { peer: id, cause: CloseCause::RemoteClosed });
+                self.work.push_back(Work::Close {
+                    peer: id,
+                    cause: CloseCause::RemoteClosed,
+                });
                 return;
             }
             let output = match peer.rtc.poll_output() {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::debug!(peer = %id, error = %e, "peer failed");
-                    self.work.push_back(Work::Close { peer: id, cause: CloseCause::RemoteClosed });
+                    self.work.push_back(Work::Close {
+                        peer: id,
+                        cause: CloseCause::RemoteClosed,
+                    });
                     return;
                 }
             };
@@ -720,22 +877,34 @@ impl Shard {
                         }
                     }
                     Event::Closed => {
-                        self.work.push_back(Work::Close { peer: id, cause: CloseCause::RemoteClosed });
+                        self.work.push_back(Work::Close {
+                            peer: id,
+                            cause: CloseCause::RemoteClosed,
+                        });
                     }
                     Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                        self.work.push_back(Work::Close { peer: id, cause: CloseCause::Timeout });
+                        self.work.push_back(Work::Close {
+                            peer: id,
+                            cause: CloseCause::Timeout,
+                        });
                     }
                     Event::MediaAdded(added) => match &mut peer.role {
                         Role::Publisher { kinds, .. } => kinds.push((added.mid, added.kind)),
                         Role::Subscriber { audio, video, .. } => {
-                            let line = if added.kind == MediaKind::Audio { audio } else { video };
+                            let line = if added.kind == MediaKind::Audio {
+                                audio
+                            } else {
+                                video
+                            };
                             if line.is_none() {
                                 *line = Some(Track::new(added.mid, added.kind, id));
                             }
                         }
                     },
                     Event::RtpPacket(packet) => {
-                        if let Some((source, packet)) = incoming_packet(id, &mut peer.rtc, &mut peer.role, packet) {
+                        if let Some((source, packet)) =
+                            incoming_packet(id, &mut peer.rtc, &mut peer.role, packet)
+                        {
                             self.work.push_back(Work::Forward { source, packet });
                         }
                     }
@@ -763,9 +932,19 @@ impl Shard {
     /// A packet from a source's publisher (on its home shard): to the other shards
     /// with subscribers of it, then to the subscribers here.
     fn forward(&mut self, source: SourceId, packet: Packet) {
-        let attached = self.sources.get_mut(&source).map(|s| std::mem::take(&mut s.attached)).unwrap_or_default();
+        let attached = self
+            .sources
+            .get_mut(&source)
+            .map(|s| std::mem::take(&mut s.attached))
+            .unwrap_or_default();
         for &shard in &attached {
-            self.send_data_to_shard(shard, ShardData::Packet { source, packet: packet.clone() });
+            self.send_data_to_shard(
+                shard,
+                ShardData::Packet {
+                    source,
+                    packet: packet.clone(),
+                },
+            );
         }
         if let Some(s) = self.sources.get_mut(&source) {
             s.attached = attached;
@@ -780,12 +959,18 @@ impl Shard {
     fn forward_here(&mut self, source: SourceId, packet: &Packet) {
         // Borrow the list out of the source while peers are written (which does
         // not touch sources); it goes back untouched.
-        let Some(subscribers) = self.sources.get_mut(&source).map(|s| std::mem::take(&mut s.subscribers)) else {
+        let Some(subscribers) = self
+            .sources
+            .get_mut(&source)
+            .map(|s| std::mem::take(&mut s.subscribers))
+        else {
             return;
         };
         let mut wants_keyframe = false;
         for &sub_id in &subscribers {
-            let Some(sub) = self.peers.get_mut(&sub_id) else { continue };
+            let Some(sub) = self.peers.get_mut(&sub_id) else {
+                continue;
+            };
             if !sub.connected {
                 continue;
             }
@@ -820,15 +1005,25 @@ impl Shard {
             return;
         }
         let now = Instant::now();
-        let Some(s) = self.sources.get_mut(&source) else { return };
-        if let Some(last) = s.last_keyframe_request.filter(|t| now.duration_since(*t) < KEYFRAME_REQUEST_INTERVAL) {
-            s.keyframe_due.get_or_insert(last + KEYFRAME_REQUEST_INTERVAL);
+        let Some(s) = self.sources.get_mut(&source) else {
+            return;
+        };
+        if let Some(last) = s
+            .last_keyframe_request
+            .filter(|t| now.duration_since(*t) < KEYFRAME_REQUEST_INTERVAL)
+        {
+            s.keyframe_due
+                .get_or_insert(last + KEYFRAME_REQUEST_INTERVAL);
             return;
         }
         s.keyframe_due = None;
         let Some(feeder) = s.feeder else { return };
-        let Some(peer) = self.peers.get_mut(&feeder) else { return };
-        let Role::Publisher { kinds, .. } = &peer.role else { return };
+        let Some(peer) = self.peers.get_mut(&feeder) else {
+            return;
+        };
+        let Role::Publisher { kinds, .. } = &peer.role else {
+            return;
+        };
         let mut asked = false;
         let mut api = peer.rtc.direct_api();
         for &(mid, kind) in kinds.iter() {
@@ -891,8 +1086,20 @@ enum Written {
 
 /// Turns a publisher's RTP packet into the packet forwarded to its source's
 /// subscribers: which kind and codec it is, whether a keyframe starts with it.
-fn incoming_packet(id: PeerId, rtc: &mut Rtc, role: &mut Role, packet: RtpPacket) -> Option<(SourceId, Packet)> {
-    let Role::Publisher { source, kinds, streams } = role else { return None };
+fn incoming_packet(
+    id: PeerId,
+    rtc: &mut Rtc,
+    role: &mut Role,
+    packet: RtpPacket,
+) -> Option<(SourceId, Packet)> {
+    let Role::Publisher {
+        source,
+        kinds,
+        streams,
+    } = role
+    else {
+        return None;
+    };
     let ssrc = packet.header.ssrc;
     let index = match streams.iter().position(|s| s.ssrc == ssrc) {
         Some(i) => i,
@@ -902,7 +1109,14 @@ fn incoming_packet(id: PeerId, rtc: &mut Rtc, role: &mut Role, packet: RtpPacket
             // Tells this stream from any other that fed the source: another SSRC
             // of this publisher, or the next publisher.
             let feed = spread(id.0) ^ u64::from(*ssrc);
-            streams.push(IncomingStream { ssrc, kind, feed, params: None, format: None, last_time: None });
+            streams.push(IncomingStream {
+                ssrc,
+                kind,
+                feed,
+                params: None,
+                format: None,
+                last_time: None,
+            });
             streams.len() - 1
         }
     };
@@ -922,7 +1136,9 @@ fn incoming_packet(id: PeerId, rtc: &mut Rtc, role: &mut Role, packet: RtpPacket
     let starts_frame = stream.last_time != Some(time);
     stream.last_time = Some(time);
     let keyframe_start = stream.kind == MediaKind::Video
-        && stream.format.is_some_and(|f| starts_keyframe(f, &packet.payload, starts_frame));
+        && stream
+            .format
+            .is_some_and(|f| starts_keyframe(f, &packet.payload, starts_frame));
     let ext = &packet.header.ext_vals;
     Some((
         *source,
@@ -944,13 +1160,25 @@ fn incoming_packet(id: PeerId, rtc: &mut Rtc, role: &mut Role, packet: RtpPacket
 
 /// Queues `packet` in the subscriber's media line of its kind, renumbered for it.
 fn write_packet(rtc: &mut Rtc, role: &mut Role, packet: &Packet) -> Written {
-    let Role::Subscriber { audio, video, .. } = role else { return Written::Skipped };
+    let Role::Subscriber { audio, video, .. } = role else {
+        return Written::Skipped;
+    };
     let video_packet = packet.kind == MediaKind::Video;
-    let Some(track) = (if video_packet { video.as_mut() } else { audio.as_mut() }) else { return Written::Skipped };
+    let Some(track) = (if video_packet {
+        video.as_mut()
+    } else {
+        audio.as_mut()
+    }) else {
+        return Written::Skipped;
+    };
     let pt = match track.pt {
         Some((params, pt)) if params == packet.params => pt,
         _ => {
-            let Some(pt) = rtc.codec_config().match_params(packet.params).map(|p| p.pt()) else {
+            let Some(pt) = rtc
+                .codec_config()
+                .match_params(packet.params)
+                .map(|p| p.pt())
+            else {
                 return Written::Skipped;
             };
             track.pt = Some((packet.params, pt));
@@ -960,25 +1188,47 @@ fn write_packet(rtc: &mut Rtc, role: &mut Role, packet: &Packet) -> Written {
     // A subscriber starts (and, after its publisher is replaced, restarts) its
     // video at a keyframe; frames before one are undecodable. Audio starts anywhere.
     let can_start = !video_packet || packet.keyframe_start;
-    let Some(out) = track.stream.renumber(packet.feed, packet.seq, packet.time, packet.arrival, can_start) else {
-        return if video_packet && !track.stream.is_following() { Written::AwaitingKeyframe } else { Written::Skipped };
+    let Some(out) = track.stream.renumber(
+        packet.feed,
+        packet.seq,
+        packet.time,
+        packet.arrival,
+        can_start,
+    ) else {
+        return if video_packet && !track.stream.is_following() {
+            Written::AwaitingKeyframe
+        } else {
+            Written::Skipped
+        };
     };
     // By media line, not by SSRC: a scan of the line's two streams costs less
     // than hashing an SSRC, and this runs for every packet and subscriber.
     let mut api = rtc.direct_api();
-    let Some(stream) = api.stream_tx_by_mid(track.mid, None) else { return Written::Skipped };
+    let Some(stream) = api.stream_tx_by_mid(track.mid, None) else {
+        return Written::Skipped;
+    };
     if !track.configured {
         track.configured = true;
         if video_packet {
             stream.set_rtx_cache(VIDEO_RETRANSMIT_PACKETS, VIDEO_RETRANSMIT_AGE, None);
         }
     }
-    let ext = ExtensionValues { audio_level: packet.audio_level, voice_activity: packet.voice_activity, ..Default::default() };
+    let ext = ExtensionValues {
+        audio_level: packet.audio_level,
+        voice_activity: packet.voice_activity,
+        ..Default::default()
+    };
     stream.write_rtp(
-        RtpWrite::new(pt, out.seq.into(), out.time, packet.arrival, packet.payload.clone())
-            .marker(packet.marker)
-            .nackable(video_packet)
-            .ext_vals(ext),
+        RtpWrite::new(
+            pt,
+            out.seq.into(),
+            out.time,
+            packet.arrival,
+            packet.payload.clone(),
+        )
+        .marker(packet.marker)
+        .nackable(video_packet)
+        .ext_vals(ext),
     );
     Written::Queued
 }

@@ -93,7 +93,9 @@ impl Arn {
         let (kind, id) = resource.split_once('/')?;
         let kind = ResourceKind::from_arn_segment(kind)?;
         let ok_region = !region.is_empty()
-            && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            && region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         let ok_account = !account.is_empty() && account.bytes().all(|b| b.is_ascii_digit());
         let ok_id = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         (ok_region && ok_account && ok_id).then(|| Arn {
@@ -152,13 +154,22 @@ mod tests {
 
     #[test]
     fn arn_round_trip() {
-        let a = Account { id: "000000000000".into(), region: "us-east-1".into() };
+        let a = Account {
+            id: "000000000000".into(),
+            region: "us-east-1".into(),
+        };
         let arn = Arn::new(&a, ResourceKind::PublicKey, "abcDEF123456");
         let s = arn.to_string();
-        assert_eq!(s, "arn:aws:ivs:us-east-1:000000000000:public-key/abcDEF123456");
+        assert_eq!(
+            s,
+            "arn:aws:ivs:us-east-1:000000000000:public-key/abcDEF123456"
+        );
         assert_eq!(Arn::parse(&s), Some(arn.clone()));
         assert!(arn.is_in(&a));
-        assert!(!arn.is_in(&Account { id: "111111111111".into(), region: "us-east-1".into() }));
+        assert!(!arn.is_in(&Account {
+            id: "111111111111".into(),
+            region: "us-east-1".into()
+        }));
     }
 
     #[test]

@@ -37,7 +37,9 @@ impl fmt::Display for PeerId {
 pub enum MediaRefusal {
     #[error("the SDP offer is not valid: {0}")]
     InvalidOffer(String),
-    #[error("the offer has no acceptable video codec (H.264 constrained baseline/baseline with packetization-mode 1, or VP8)")]
+    #[error(
+        "the offer has no acceptable video codec (H.264 constrained baseline/baseline with packetization-mode 1, or VP8)"
+    )]
     InvalidVideoCodec,
     #[error("the offer has no acceptable audio codec (Opus)")]
     InvalidAudioCodec,
@@ -75,10 +77,18 @@ pub trait MediaPlane: Send + Sync + 'static {
     fn new_source(&self) -> SourceId;
     /// Answers a publisher's offer; the new peer feeds `source`, replacing (and
     /// closing) the peer that fed it before.
-    async fn publish(&self, source: SourceId, offer_sdp: String) -> Result<(PeerId, String), MediaRefusal>;
+    async fn publish(
+        &self,
+        source: SourceId,
+        offer_sdp: String,
+    ) -> Result<(PeerId, String), MediaRefusal>;
     /// Answers a subscriber's (recvonly) offer with the source's audio and video.
     /// The media plane asks the source's publisher for a keyframe.
-    async fn subscribe(&self, source: SourceId, offer_sdp: String) -> Result<(PeerId, String), MediaRefusal>;
+    async fn subscribe(
+        &self,
+        source: SourceId,
+        offer_sdp: String,
+    ) -> Result<(PeerId, String), MediaRefusal>;
     /// Closes one peer; a `Closed(peer, Requested)` signal follows.
     fn close_peer(&self, peer: PeerId);
     /// Closes a source: its feeding peer and all its subscribers.

@@ -94,7 +94,12 @@ pub struct Video {
 
 impl Default for Video {
     fn default() -> Self {
-        Video { width: 1280, height: 720, framerate: 30.0, bitrate: 2_500_000 }
+        Video {
+            width: 1280,
+            height: 720,
+            framerate: 30.0,
+            bitrate: 2_500_000,
+        }
     }
 }
 
@@ -187,7 +192,10 @@ pub struct Page<T> {
 
 impl<T> Page<T> {
     pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
-        Page { items: self.items.into_iter().map(f).collect(), next: self.next }
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next: self.next,
+        }
     }
 }
 

@@ -13,15 +13,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::{DomainError, StoreError};
 use crate::ids::{self, Account, Arn, ResourceKind};
 use crate::model::{
-    Attributes, AutoParticipantRecording, EncoderConfiguration, Page, Participant, ParticipantEvent,
-    ParticipantFilter, ParticipantReplica, PublicKey, Stage, StageEndpoints, StageSession,
-    StorageConfiguration, Tags, ThumbnailSettings, Video,
+    Attributes, AutoParticipantRecording, EncoderConfiguration, Page, Participant,
+    ParticipantEvent, ParticipantFilter, ParticipantReplica, PublicKey, Stage, StageEndpoints,
+    StageSession, StorageConfiguration, Tags, ThumbnailSettings, Video,
 };
 use crate::store::{DeleteOutcome, InsertOutcome, ResourceRecord, Store, TagOutcome};
 use crate::time_fmt::{UnixMillis, now_millis};
 use crate::token::{
-    self, Capabilities, ParticipantClaims, TokenCheck, TokenIssuer, TokenRejection, TokenSigner, UnverifiedToken,
-    parse_p384_public_key,
+    self, Capabilities, ParticipantClaims, TokenCheck, TokenIssuer, TokenRejection, TokenSigner,
+    UnverifiedToken, parse_p384_public_key,
 };
 
 /// At most this many tags on one resource.
@@ -165,7 +165,12 @@ pub const MAX_RECONNECT_WINDOW_SECONDS: i64 = 300;
 pub trait LiveStages: Send + Sync {
     /// Ends every connection of a participant at once and refuses its id on the stage
     /// from now on. `false` when the participant is not connected.
-    async fn disconnect_participant(&self, stage: &Arn, participant_id: &str, reason: Option<&str>) -> Result<bool, DomainError>;
+    async fn disconnect_participant(
+        &self,
+        stage: &Arn,
+        participant_id: &str,
+        reason: Option<&str>,
+    ) -> Result<bool, DomainError>;
     /// Disconnects everyone in a stage that is about to be deleted, and refuses new
     /// connections to it until [`LiveStages::stage_deletion_finished`].
     async fn stage_deletion_started(&self, stage: &Arn);
@@ -177,7 +182,12 @@ pub trait LiveStages: Send + Sync {
     async fn start_replication(&self, start: ReplicationStart) -> Result<(), DomainError>;
     /// StopParticipantReplication; `false` when the participant has no active
     /// replication from `source` to `destination`.
-    async fn stop_replication(&self, source: &Arn, destination: &Arn, participant_id: &str) -> Result<bool, DomainError>;
+    async fn stop_replication(
+        &self,
+        source: &Arn,
+        destination: &Arn,
+        participant_id: &str,
+    ) -> Result<bool, DomainError>;
 }
 
 /// A participant token that passed every check of SPEC §3 for its stage.
@@ -194,7 +204,10 @@ pub enum TokenVerificationError {
     /// The token does not authenticate its holder (HTTP 401). `claimed` is what the
     /// token said about itself, unverified: where the refusal may be recorded.
     #[error("{rejection}")]
-    Rejected { rejection: TokenRejection, claimed: Option<UnverifiedToken> },
+    Rejected {
+        rejection: TokenRejection,
+        claimed: Option<UnverifiedToken>,
+    },
     /// The check itself failed (the store, a corrupt stored key).
     #[error(transparent)]
     Internal(#[from] DomainError),
@@ -211,11 +224,19 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Loads (or, on first start, creates and stores) the token-signing key.
-    pub async fn open(store: Arc<dyn Store>, config: ControlPlaneConfig) -> Result<Self, DomainError> {
+    pub async fn open(
+        store: Arc<dyn Store>,
+        config: ControlPlaneConfig,
+    ) -> Result<Self, DomainError> {
         let candidate = TokenSigner::generate_pkcs8()?;
         let pkcs8 = store.secret(SIGNING_KEY_SECRET, &candidate).await?;
         let signer = TokenSigner::from_pkcs8(&pkcs8)?;
-        Ok(ControlPlane { store, signer, config, live: OnceLock::new() })
+        Ok(ControlPlane {
+            store,
+            signer,
+            config,
+            live: OnceLock::new(),
+        })
     }
 
     /// Connects the live plane, which DisconnectParticipant and DeleteStage act
@@ -237,12 +258,19 @@ impl ControlPlane {
     }
 
     fn endpoints(&self) -> StageEndpoints {
-        StageEndpoints { whip: self.config.whip_url.clone(), events: self.config.events_url.clone() }
+        StageEndpoints {
+            whip: self.config.whip_url.clone(),
+            events: self.config.events_url.clone(),
+        }
     }
 
     // ----- stages -------------------------------------------------------------
 
-    pub async fn create_stage(&self, account: &Account, req: NewStage) -> Result<(Stage, Vec<IssuedToken>), DomainError> {
+    pub async fn create_stage(
+        &self,
+        account: &Account,
+        req: NewStage,
+    ) -> Result<(Stage, Vec<IssuedToken>), DomainError> {
         check_tags("tags", &req.tags)?;
         for (i, t) in req.participant_tokens.iter().enumerate() {
             check_token_request(&format!("participantTokenConfigurations.{}", i + 1), t)?;
@@ -252,8 +280,13 @@ impl ControlPlane {
             None => None,
         };
         let arn = Arn::new(account, ResourceKind::Stage, ids::new_resource_id());
-        let refers_to = recording.as_ref().map(|r| r.storage_configuration_arn.clone());
-        let doc = StageDoc { name: req.name.unwrap_or_default(), auto_participant_recording: recording };
+        let refers_to = recording
+            .as_ref()
+            .map(|r| r.storage_configuration_arn.clone());
+        let doc = StageDoc {
+            name: req.name.unwrap_or_default(),
+            auto_participant_recording: recording,
+        };
         let record = ResourceRecord {
             arn: arn.clone(),
             tags: req.tags,
@@ -295,12 +328,24 @@ impl ControlPlane {
         if let Some(r) = recording {
             doc.auto_participant_recording = self.resolve_recording(account, r).await?;
         }
-        let refers_to = doc.auto_participant_recording.as_ref().map(|r| r.storage_configuration_arn.clone());
+        let refers_to = doc
+            .auto_participant_recording
+            .as_ref()
+            .map(|r| r.storage_configuration_arn.clone());
         let body = to_doc(&doc)?;
-        if !self.store.update_resource(&arn, &body, refers_to.as_deref()).await.map_err(missing_reference)? {
+        if !self
+            .store
+            .update_resource(&arn, &body, refers_to.as_deref())
+            .await
+            .map_err(missing_reference)?
+        {
             return Err(not_found(&arn));
         }
-        self.stage_from(ResourceRecord { body, refers_to, ..record })
+        self.stage_from(ResourceRecord {
+            body,
+            refers_to,
+            ..record
+        })
     }
 
     /// Disconnects everyone in the stage first (SPEC §5), then deletes it with its
@@ -321,15 +366,32 @@ impl ControlPlane {
     /// exist.
     pub async fn find_stage(&self, arn: &Arn) -> Result<Option<Stage>, DomainError> {
         match self.store.get_resource(arn).await? {
-            Some(record) if record.arn.kind == ResourceKind::Stage => Ok(Some(self.stage_from(record)?)),
+            Some(record) if record.arn.kind == ResourceKind::Stage => {
+                Ok(Some(self.stage_from(record)?))
+            }
             _ => Ok(None),
         }
     }
 
-    pub async fn list_stages(&self, account: &Account, after: Option<i64>, limit: u32) -> Result<Page<Stage>, DomainError> {
-        let page = self.store.list_resources(account, ResourceKind::Stage, after, limit).await?;
-        let items = page.items.into_iter().map(|r| self.stage_from(r)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Page { items, next: page.next })
+    pub async fn list_stages(
+        &self,
+        account: &Account,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<Stage>, DomainError> {
+        let page = self
+            .store
+            .list_resources(account, ResourceKind::Stage, after, limit)
+            .await?;
+        let items = page
+            .items
+            .into_iter()
+            .map(|r| self.stage_from(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page {
+            items,
+            next: page.next,
+        })
     }
 
     fn stage_from(&self, r: ResourceRecord) -> Result<Stage, DomainError> {
@@ -373,13 +435,21 @@ impl ControlPlane {
         let default_thumbnail = ThumbnailSettings::default();
         Ok(Some(AutoParticipantRecording {
             storage_configuration_arn: arn.to_string(),
-            media_types: r.media_types.filter(|m| !m.is_empty()).unwrap_or_else(|| vec!["AUDIO_VIDEO".into()]),
+            media_types: r
+                .media_types
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| vec!["AUDIO_VIDEO".into()]),
             thumbnail: ThumbnailSettings {
                 target_interval_seconds: r
                     .thumbnail_target_interval_seconds
                     .unwrap_or(default_thumbnail.target_interval_seconds),
-                storage: r.thumbnail_storage.filter(|s| !s.is_empty()).unwrap_or(default_thumbnail.storage),
-                recording_mode: r.thumbnail_recording_mode.unwrap_or(default_thumbnail.recording_mode),
+                storage: r
+                    .thumbnail_storage
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or(default_thumbnail.storage),
+                recording_mode: r
+                    .thumbnail_recording_mode
+                    .unwrap_or(default_thumbnail.recording_mode),
             },
             recording_reconnect_window_seconds: r.recording_reconnect_window_seconds.unwrap_or(0),
             hls_target_segment_duration_seconds: r.hls_target_segment_duration_seconds.unwrap_or(6),
@@ -401,8 +471,12 @@ impl ControlPlane {
     }
 
     fn issue_token(&self, stage: &Stage, req: TokenRequest) -> Result<IssuedToken, DomainError> {
-        let duration = req.duration_minutes.unwrap_or(DEFAULT_TOKEN_DURATION_MINUTES);
-        let mut capabilities = req.capabilities.unwrap_or_else(|| vec![Capability::Publish, Capability::Subscribe]);
+        let duration = req
+            .duration_minutes
+            .unwrap_or(DEFAULT_TOKEN_DURATION_MINUTES);
+        let mut capabilities = req
+            .capabilities
+            .unwrap_or_else(|| vec![Capability::Publish, Capability::Subscribe]);
         capabilities.dedup();
         let granted = Capabilities {
             allow_publish: capabilities.contains(&Capability::Publish),
@@ -438,7 +512,12 @@ impl ControlPlane {
         })
     }
 
-    async fn get_stage_as(&self, account: &Account, field: &str, arn: &str) -> Result<Stage, DomainError> {
+    async fn get_stage_as(
+        &self,
+        account: &Account,
+        field: &str,
+        arn: &str,
+    ) -> Result<Stage, DomainError> {
         let arn = parse_arn(account, field, arn, ResourceKind::Stage)?;
         let record = self.load(&arn).await?;
         self.stage_from(record)
@@ -455,11 +534,20 @@ impl ControlPlane {
         presented_to: Option<&str>,
         now_secs: i64,
     ) -> Result<VerifiedToken, TokenVerificationError> {
-        let unverified = token::inspect(token).map_err(|rejection| TokenVerificationError::Rejected { rejection, claimed: None })?;
-        let reject = |rejection: TokenRejection| TokenVerificationError::Rejected { rejection, claimed: Some(unverified.clone()) };
+        let unverified =
+            token::inspect(token).map_err(|rejection| TokenVerificationError::Rejected {
+                rejection,
+                claimed: None,
+            })?;
+        let reject = |rejection: TokenRejection| TokenVerificationError::Rejected {
+            rejection,
+            claimed: Some(unverified.clone()),
+        };
         let issuer = unverified.issuer(self.signer.kid()).map_err(reject)?;
         let Some(stage_arn) = unverified.stage_arn.clone() else {
-            return Err(reject(TokenRejection::Malformed("resource must be a stage ARN".into())));
+            return Err(reject(TokenRejection::Malformed(
+                "resource must be a stage ARN".into(),
+            )));
         };
         if let Some(expected) = presented_to
             && expected != stage_arn.id
@@ -470,7 +558,9 @@ impl ControlPlane {
             ))));
         }
         let Some(stage) = self.find_stage(&stage_arn).await? else {
-            return Err(reject(TokenRejection::WrongStage(format!("stage {stage_arn} does not exist"))));
+            return Err(reject(TokenRejection::WrongStage(format!(
+                "stage {stage_arn} does not exist"
+            ))));
         };
         let customer_key;
         let key = match &issuer {
@@ -480,18 +570,37 @@ impl ControlPlane {
                 if key_arn.account != stage_arn.account || key_arn.region != stage_arn.region {
                     return Err(unknown());
                 }
-                let Some(record) = self.store.get_resource(key_arn).await.map_err(DomainError::from)? else {
+                let Some(record) = self
+                    .store
+                    .get_resource(key_arn)
+                    .await
+                    .map_err(DomainError::from)?
+                else {
                     return Err(unknown());
                 };
                 let doc: PublicKeyDoc = from_doc(&record.body)?;
                 customer_key = jsonwebtoken::DecodingKey::from_ec_pem(doc.material.as_bytes())
-                    .map_err(|e| DomainError::Internal(format!("stored public key {key_arn} is unreadable: {e}")))?;
+                    .map_err(|e| {
+                        DomainError::Internal(format!(
+                            "stored public key {key_arn} is unreadable: {e}"
+                        ))
+                    })?;
                 &customer_key
             }
         };
-        let check = TokenCheck { issuer: &issuer, key, stage_arn: &stage.arn, endpoints: &stage.endpoints, now: now_secs };
+        let check = TokenCheck {
+            issuer: &issuer,
+            key,
+            stage_arn: &stage.arn,
+            endpoints: &stage.endpoints,
+            now: now_secs,
+        };
         let claims = token::verify(token, &check).map_err(reject)?;
-        Ok(VerifiedToken { stage, claims, issuer })
+        Ok(VerifiedToken {
+            stage,
+            claims,
+            issuer,
+        })
     }
 
     // ----- public keys -------------------------------------------------------
@@ -506,7 +615,11 @@ impl ControlPlane {
         check_tags("tags", &tags)?;
         let (_der, fingerprint) = parse_p384_public_key(material)?;
         let arn = Arn::new(account, ResourceKind::PublicKey, ids::new_resource_id());
-        let doc = PublicKeyDoc { name: name.unwrap_or_default(), material: material.to_owned(), fingerprint: fingerprint.clone() };
+        let doc = PublicKeyDoc {
+            name: name.unwrap_or_default(),
+            material: material.to_owned(),
+            fingerprint: fingerprint.clone(),
+        };
         let record = ResourceRecord {
             arn,
             tags,
@@ -520,7 +633,11 @@ impl ControlPlane {
         public_key_from(record)
     }
 
-    pub async fn get_public_key(&self, account: &Account, arn: &str) -> Result<PublicKey, DomainError> {
+    pub async fn get_public_key(
+        &self,
+        account: &Account,
+        arn: &str,
+    ) -> Result<PublicKey, DomainError> {
         let arn = parse_arn(account, "arn", arn, ResourceKind::PublicKey)?;
         public_key_from(self.load(&arn).await?)
     }
@@ -530,8 +647,20 @@ impl ControlPlane {
         self.delete(&arn).await
     }
 
-    pub async fn list_public_keys(&self, account: &Account, after: Option<i64>, limit: u32) -> Result<Page<PublicKey>, DomainError> {
-        self.list(account, ResourceKind::PublicKey, after, limit, public_key_from).await
+    pub async fn list_public_keys(
+        &self,
+        account: &Account,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<PublicKey>, DomainError> {
+        self.list(
+            account,
+            ResourceKind::PublicKey,
+            after,
+            limit,
+            public_key_from,
+        )
+        .await
     }
 
     // ----- storage configurations ---------------------------------------------
@@ -544,9 +673,16 @@ impl ControlPlane {
         tags: Tags,
     ) -> Result<StorageConfiguration, DomainError> {
         check_tags("tags", &tags)?;
-        let doc = StorageDoc { name: name.unwrap_or_default(), s3_bucket_name };
+        let doc = StorageDoc {
+            name: name.unwrap_or_default(),
+            s3_bucket_name,
+        };
         let record = ResourceRecord {
-            arn: Arn::new(account, ResourceKind::StorageConfiguration, ids::new_resource_id()),
+            arn: Arn::new(
+                account,
+                ResourceKind::StorageConfiguration,
+                ids::new_resource_id(),
+            ),
             tags,
             created_at: now_millis(),
             body: to_doc(&doc)?,
@@ -558,12 +694,20 @@ impl ControlPlane {
         storage_from(record)
     }
 
-    pub async fn get_storage_configuration(&self, account: &Account, arn: &str) -> Result<StorageConfiguration, DomainError> {
+    pub async fn get_storage_configuration(
+        &self,
+        account: &Account,
+        arn: &str,
+    ) -> Result<StorageConfiguration, DomainError> {
         let arn = parse_arn(account, "arn", arn, ResourceKind::StorageConfiguration)?;
         storage_from(self.load(&arn).await?)
     }
 
-    pub async fn delete_storage_configuration(&self, account: &Account, arn: &str) -> Result<(), DomainError> {
+    pub async fn delete_storage_configuration(
+        &self,
+        account: &Account,
+        arn: &str,
+    ) -> Result<(), DomainError> {
         let arn = parse_arn(account, "arn", arn, ResourceKind::StorageConfiguration)?;
         self.delete(&arn).await
     }
@@ -574,7 +718,14 @@ impl ControlPlane {
         after: Option<i64>,
         limit: u32,
     ) -> Result<Page<StorageConfiguration>, DomainError> {
-        self.list(account, ResourceKind::StorageConfiguration, after, limit, storage_from).await
+        self.list(
+            account,
+            ResourceKind::StorageConfiguration,
+            after,
+            limit,
+            storage_from,
+        )
+        .await
     }
 
     // ----- encoder configurations ---------------------------------------------
@@ -596,10 +747,16 @@ impl ControlPlane {
             bitrate: v.bitrate.unwrap_or(d.bitrate),
         };
         if video.width % 2 != 0 {
-            return Err(DomainError::Validation(format!("video.width: must be an even number, got {}", video.width)));
+            return Err(DomainError::Validation(format!(
+                "video.width: must be an even number, got {}",
+                video.width
+            )));
         }
         if video.height % 2 != 0 {
-            return Err(DomainError::Validation(format!("video.height: must be an even number, got {}", video.height)));
+            return Err(DomainError::Validation(format!(
+                "video.height: must be an even number, got {}",
+                video.height
+            )));
         }
         if video.width * video.height > 1920 * 1080 {
             return Err(DomainError::Validation(format!(
@@ -607,9 +764,16 @@ impl ControlPlane {
                 video.width, video.height
             )));
         }
-        let doc = EncoderDoc { name: name.unwrap_or_default(), video };
+        let doc = EncoderDoc {
+            name: name.unwrap_or_default(),
+            video,
+        };
         let record = ResourceRecord {
-            arn: Arn::new(account, ResourceKind::EncoderConfiguration, ids::new_resource_id()),
+            arn: Arn::new(
+                account,
+                ResourceKind::EncoderConfiguration,
+                ids::new_resource_id(),
+            ),
             tags,
             created_at: now_millis(),
             body: to_doc(&doc)?,
@@ -621,14 +785,22 @@ impl ControlPlane {
         encoder_from(record)
     }
 
-    pub async fn get_encoder_configuration(&self, account: &Account, arn: &str) -> Result<EncoderConfiguration, DomainError> {
+    pub async fn get_encoder_configuration(
+        &self,
+        account: &Account,
+        arn: &str,
+    ) -> Result<EncoderConfiguration, DomainError> {
         let arn = parse_arn(account, "arn", arn, ResourceKind::EncoderConfiguration)?;
         encoder_from(self.load(&arn).await?)
     }
 
     /// Encoder configurations are referenced only by compositions, which onstage
     /// does not run yet, so they always delete.
-    pub async fn delete_encoder_configuration(&self, account: &Account, arn: &str) -> Result<(), DomainError> {
+    pub async fn delete_encoder_configuration(
+        &self,
+        account: &Account,
+        arn: &str,
+    ) -> Result<(), DomainError> {
         let arn = parse_arn(account, "arn", arn, ResourceKind::EncoderConfiguration)?;
         self.delete(&arn).await
     }
@@ -639,18 +811,35 @@ impl ControlPlane {
         after: Option<i64>,
         limit: u32,
     ) -> Result<Page<EncoderConfiguration>, DomainError> {
-        self.list(account, ResourceKind::EncoderConfiguration, after, limit, encoder_from).await
+        self.list(
+            account,
+            ResourceKind::EncoderConfiguration,
+            after,
+            limit,
+            encoder_from,
+        )
+        .await
     }
 
     // ----- tags --------------------------------------------------------------
 
-    pub async fn tag_resource(&self, account: &Account, arn: &str, tags: Tags) -> Result<(), DomainError> {
+    pub async fn tag_resource(
+        &self,
+        account: &Account,
+        arn: &str,
+        tags: Tags,
+    ) -> Result<(), DomainError> {
         check_tags("tags", &tags)?;
         let arn = parse_taggable(account, arn)?;
         self.change_tags(&arn, &tags, &[]).await
     }
 
-    pub async fn untag_resource(&self, account: &Account, arn: &str, keys: &[String]) -> Result<(), DomainError> {
+    pub async fn untag_resource(
+        &self,
+        account: &Account,
+        arn: &str,
+        keys: &[String],
+    ) -> Result<(), DomainError> {
         let arn = parse_taggable(account, arn)?;
         self.change_tags(&arn, &Tags::new(), keys).await
     }
@@ -660,7 +849,12 @@ impl ControlPlane {
         Ok(self.load(&arn).await?.tags)
     }
 
-    async fn change_tags(&self, arn: &Arn, add: &Tags, remove: &[String]) -> Result<(), DomainError> {
+    async fn change_tags(
+        &self,
+        arn: &Arn,
+        add: &Tags,
+        remove: &[String],
+    ) -> Result<(), DomainError> {
         match self.store.change_tags(arn, add, remove, MAX_TAGS).await? {
             TagOutcome::Changed => Ok(()),
             TagOutcome::NotFound => Err(not_found(arn)),
@@ -691,13 +885,22 @@ impl ControlPlane {
         }
     }
 
-    pub async fn get_stage_session(&self, account: &Account, stage_arn: &str, session_id: &str) -> Result<StageSession, DomainError> {
+    pub async fn get_stage_session(
+        &self,
+        account: &Account,
+        stage_arn: &str,
+        session_id: &str,
+    ) -> Result<StageSession, DomainError> {
         let arn = parse_arn(account, "stageArn", stage_arn, ResourceKind::Stage)?;
         self.load(&arn).await?;
         self.store
             .get_session(&arn, session_id)
             .await?
-            .ok_or_else(|| DomainError::NotFound(format!("session {session_id} of stage {arn} does not exist")))
+            .ok_or_else(|| {
+                DomainError::NotFound(format!(
+                    "session {session_id} of stage {arn} does not exist"
+                ))
+            })
     }
 
     pub async fn list_participants(
@@ -710,7 +913,10 @@ impl ControlPlane {
         limit: u32,
     ) -> Result<Page<Participant>, DomainError> {
         match Self::visible_stage(account, stage_arn) {
-            Some(arn) => Ok(self.store.list_participants(&arn, session_id, filter, after, limit).await?),
+            Some(arn) => Ok(self
+                .store
+                .list_participants(&arn, session_id, filter, after, limit)
+                .await?),
             None => Ok(empty_page()),
         }
     }
@@ -739,7 +945,10 @@ impl ControlPlane {
         limit: u32,
     ) -> Result<Page<ParticipantEvent>, DomainError> {
         match Self::visible_stage(account, stage_arn) {
-            Some(arn) => Ok(self.store.list_events(&arn, session_id, participant_id, after, limit).await?),
+            Some(arn) => Ok(self
+                .store
+                .list_events(&arn, session_id, participant_id, after, limit)
+                .await?),
             None => Ok(empty_page()),
         }
     }
@@ -756,13 +965,18 @@ impl ControlPlane {
         let arn = parse_arn(account, "stageArn", stage_arn, ResourceKind::Stage)?;
         self.load(&arn).await?;
         let disconnected = match self.live() {
-            Some(live) => live.disconnect_participant(&arn, participant_id, reason.as_deref()).await?,
+            Some(live) => {
+                live.disconnect_participant(&arn, participant_id, reason.as_deref())
+                    .await?
+            }
             None => false,
         };
         if disconnected {
             Ok(())
         } else {
-            Err(DomainError::NotFound(format!("participant {participant_id} is not connected to stage {arn}")))
+            Err(DomainError::NotFound(format!(
+                "participant {participant_id} is not connected to stage {arn}"
+            )))
         }
     }
 
@@ -771,7 +985,11 @@ impl ControlPlane {
     /// Checks the preconditions of SPEC §6 in order — 1 and 2 here, 3 to 5 on the
     /// live stages — and returns once the replica is in place in the destination.
     /// Without a live plane nobody publishes, so a valid request ends at 3.
-    pub async fn start_participant_replication(&self, account: &Account, req: ReplicationRequest) -> Result<(), DomainError> {
+    pub async fn start_participant_replication(
+        &self,
+        account: &Account,
+        req: ReplicationRequest,
+    ) -> Result<(), DomainError> {
         if req.source_stage_arn == req.destination_stage_arn {
             return Err(DomainError::Validation(
                 "destinationStageArn: must differ from sourceStageArn".into(),
@@ -789,8 +1007,18 @@ impl ControlPlane {
         if let Some(a) = &req.attributes {
             check_attributes("attributes", a)?;
         }
-        let source = parse_arn(account, "sourceStageArn", &req.source_stage_arn, ResourceKind::Stage)?;
-        let destination = parse_arn(account, "destinationStageArn", &req.destination_stage_arn, ResourceKind::Stage)?;
+        let source = parse_arn(
+            account,
+            "sourceStageArn",
+            &req.source_stage_arn,
+            ResourceKind::Stage,
+        )?;
+        let destination = parse_arn(
+            account,
+            "destinationStageArn",
+            &req.destination_stage_arn,
+            ResourceKind::Stage,
+        )?;
         self.load(&source).await?;
         self.load(&destination).await?;
         let Some(live) = self.live() else {
@@ -818,10 +1046,23 @@ impl ControlPlane {
         destination_stage_arn: &str,
         participant_id: &str,
     ) -> Result<(), DomainError> {
-        let source = parse_arn(account, "sourceStageArn", source_stage_arn, ResourceKind::Stage)?;
-        let destination = parse_arn(account, "destinationStageArn", destination_stage_arn, ResourceKind::Stage)?;
+        let source = parse_arn(
+            account,
+            "sourceStageArn",
+            source_stage_arn,
+            ResourceKind::Stage,
+        )?;
+        let destination = parse_arn(
+            account,
+            "destinationStageArn",
+            destination_stage_arn,
+            ResourceKind::Stage,
+        )?;
         let stopped = match self.live() {
-            Some(live) => live.stop_replication(&source, &destination, participant_id).await?,
+            Some(live) => {
+                live.stop_replication(&source, &destination, participant_id)
+                    .await?
+            }
             None => false,
         };
         if stopped {
@@ -842,7 +1083,10 @@ impl ControlPlane {
         limit: u32,
     ) -> Result<Page<ParticipantReplica>, DomainError> {
         match Self::visible_stage(account, source_stage_arn) {
-            Some(arn) => Ok(self.store.list_replicas(&arn, participant_id, after, limit).await?),
+            Some(arn) => Ok(self
+                .store
+                .list_replicas(&arn, participant_id, after, limit)
+                .await?),
             None => Ok(empty_page()),
         }
     }
@@ -850,11 +1094,19 @@ impl ControlPlane {
     // ----- shared plumbing ---------------------------------------------------
 
     async fn load(&self, arn: &Arn) -> Result<ResourceRecord, DomainError> {
-        self.store.get_resource(arn).await?.ok_or_else(|| not_found(arn))
+        self.store
+            .get_resource(arn)
+            .await?
+            .ok_or_else(|| not_found(arn))
     }
 
     async fn insert(&self, record: &ResourceRecord, quota: Option<u32>) -> Result<(), DomainError> {
-        match self.store.insert_resource(record, quota).await.map_err(missing_reference)? {
+        match self
+            .store
+            .insert_resource(record, quota)
+            .await
+            .map_err(missing_reference)?
+        {
             InsertOutcome::Inserted => Ok(()),
             InsertOutcome::DuplicateKey => Err(DomainError::Conflict(format!(
                 "a {} with the same key material already exists",
@@ -887,9 +1139,19 @@ impl ControlPlane {
         limit: u32,
         convert: fn(ResourceRecord) -> Result<T, DomainError>,
     ) -> Result<Page<T>, DomainError> {
-        let page = self.store.list_resources(account, kind, after, limit).await?;
-        let items = page.items.into_iter().map(convert).collect::<Result<Vec<_>, _>>()?;
-        Ok(Page { items, next: page.next })
+        let page = self
+            .store
+            .list_resources(account, kind, after, limit)
+            .await?;
+        let items = page
+            .items
+            .into_iter()
+            .map(convert)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page {
+            items,
+            next: page.next,
+        })
     }
 }
 
@@ -906,7 +1168,10 @@ fn missing_reference(e: StoreError) -> DomainError {
 }
 
 fn empty_page<T>() -> Page<T> {
-    Page { items: Vec::new(), next: None }
+    Page {
+        items: Vec::new(),
+        next: None,
+    }
 }
 
 fn not_found(arn: &Arn) -> DomainError {
@@ -915,27 +1180,43 @@ fn not_found(arn: &Arn) -> DomainError {
 
 /// Parses an ARN the API has already matched against the model's pattern. Another
 /// account's or region's resource answers exactly like a missing one.
-fn parse_arn(account: &Account, field: &str, s: &str, kind: ResourceKind) -> Result<Arn, DomainError> {
-    let arn = Arn::parse(s)
-        .filter(|a| a.kind == kind)
-        .ok_or_else(|| DomainError::Validation(format!("{field}: {s} is not a {} ARN", kind.label())))?;
-    if arn.is_in(account) { Ok(arn) } else { Err(not_found(&arn)) }
+fn parse_arn(
+    account: &Account,
+    field: &str,
+    s: &str,
+    kind: ResourceKind,
+) -> Result<Arn, DomainError> {
+    let arn = Arn::parse(s).filter(|a| a.kind == kind).ok_or_else(|| {
+        DomainError::Validation(format!("{field}: {s} is not a {} ARN", kind.label()))
+    })?;
+    if arn.is_in(account) {
+        Ok(arn)
+    } else {
+        Err(not_found(&arn))
+    }
 }
 
 /// Tagging takes any ARN; one of a kind onstage does not keep cannot exist.
 fn parse_taggable(account: &Account, s: &str) -> Result<Arn, DomainError> {
     match Arn::parse(s) {
         Some(arn) if arn.is_in(account) => Ok(arn),
-        _ => Err(DomainError::NotFound(format!("resource {s} does not exist"))),
+        _ => Err(DomainError::NotFound(format!(
+            "resource {s} does not exist"
+        ))),
     }
 }
 
 fn check_tags(field: &str, tags: &Tags) -> Result<(), DomainError> {
     if tags.len() > MAX_TAGS {
-        return Err(DomainError::Validation(format!("{field}: at most {MAX_TAGS} tags, got {}", tags.len())));
+        return Err(DomainError::Validation(format!(
+            "{field}: at most {MAX_TAGS} tags, got {}",
+            tags.len()
+        )));
     }
     match tags.keys().find(|k| k.starts_with("aws:")) {
-        Some(k) => Err(DomainError::Validation(format!("{field}: tag key {k} uses the reserved prefix aws:"))),
+        Some(k) => Err(DomainError::Validation(format!(
+            "{field}: tag key {k} uses the reserved prefix aws:"
+        ))),
         None => Ok(()),
     }
 }
@@ -968,15 +1249,31 @@ fn from_doc<T: for<'de> Deserialize<'de>>(v: &serde_json::Value) -> Result<T, Do
 
 fn public_key_from(r: ResourceRecord) -> Result<PublicKey, DomainError> {
     let d: PublicKeyDoc = from_doc(&r.body)?;
-    Ok(PublicKey { arn: r.arn, name: d.name, material: d.material, fingerprint: d.fingerprint, tags: r.tags })
+    Ok(PublicKey {
+        arn: r.arn,
+        name: d.name,
+        material: d.material,
+        fingerprint: d.fingerprint,
+        tags: r.tags,
+    })
 }
 
 fn storage_from(r: ResourceRecord) -> Result<StorageConfiguration, DomainError> {
     let d: StorageDoc = from_doc(&r.body)?;
-    Ok(StorageConfiguration { arn: r.arn, name: d.name, s3_bucket_name: d.s3_bucket_name, tags: r.tags })
+    Ok(StorageConfiguration {
+        arn: r.arn,
+        name: d.name,
+        s3_bucket_name: d.s3_bucket_name,
+        tags: r.tags,
+    })
 }
 
 fn encoder_from(r: ResourceRecord) -> Result<EncoderConfiguration, DomainError> {
     let d: EncoderDoc = from_doc(&r.body)?;
-    Ok(EncoderConfiguration { arn: r.arn, name: d.name, video: d.video, tags: r.tags })
+    Ok(EncoderConfiguration {
+        arn: r.arn,
+        name: d.name,
+        video: d.video,
+        tags: r.tags,
+    })
 }

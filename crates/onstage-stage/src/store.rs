@@ -16,7 +16,9 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::ids::{Account, Arn, ResourceKind};
-use crate::model::{Page, Participant, ParticipantEvent, ParticipantFilter, ParticipantReplica, StageSession, Tags};
+use crate::model::{
+    Page, Participant, ParticipantEvent, ParticipantFilter, ParticipantReplica, StageSession, Tags,
+};
 use crate::time_fmt::UnixMillis;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -41,18 +43,34 @@ pub struct ResourceRecord {
 pub enum LiveWrite {
     /// A session starts. The stage has no running session (the live plane ends one
     /// before it starts the next).
-    StartSession { session_id: String, start_time: UnixMillis },
+    StartSession {
+        session_id: String,
+        start_time: UnixMillis,
+    },
     /// The running session ends.
-    EndSession { session_id: String, end_time: UnixMillis },
+    EndSession {
+        session_id: String,
+        end_time: UnixMillis,
+    },
     /// Inserts the participant's record in the session, or updates the one there:
     /// the stored `first_join_time` is kept and `published` never turns back to
     /// false; every other field is overwritten.
-    UpsertParticipant { session_id: String, participant: Box<Participant> },
+    UpsertParticipant {
+        session_id: String,
+        participant: Box<Participant>,
+    },
     /// Appends an event to the session.
-    AppendEvent { session_id: String, event: ParticipantEvent },
+    AppendEvent {
+        session_id: String,
+        event: ParticipantEvent,
+    },
     /// The participant id may never connect to the stage again
     /// (DisconnectParticipant); the reason is kept.
-    RevokeParticipant { participant_id: String, reason: Option<String>, at: UnixMillis },
+    RevokeParticipant {
+        participant_id: String,
+        reason: Option<String>,
+        at: UnixMillis,
+    },
     /// A replication of a participant out of this stage (its source) starts: an
     /// ACTIVE `participant_replicas` row (SPEC §6).
     StartReplication {
@@ -63,7 +81,11 @@ pub enum LiveWrite {
     },
     /// The ACTIVE replication of the participant from this stage to the destination
     /// stops (STOPPED, with why). Nothing happens when there is none.
-    StopReplication { participant_id: String, destination_stage_arn: String, reason: String },
+    StopReplication {
+        participant_id: String,
+        destination_stage_arn: String,
+        reason: String,
+    },
     /// Sets only the replication fields of a participant's record in the session:
     /// for a source participant that is not on the stage right now (inside its
     /// reconnect window, or gone), whose other fields must stay as they are.
@@ -112,40 +134,102 @@ pub enum TagOutcome {
 pub trait Store: Send + Sync + 'static {
     /// Inserts a new resource. With `quota`, refuses when the account already holds
     /// that many of the kind; with a `unique_key`, refuses a duplicate.
-    async fn insert_resource(&self, record: &ResourceRecord, quota: Option<u32>) -> Result<InsertOutcome, StoreError>;
+    async fn insert_resource(
+        &self,
+        record: &ResourceRecord,
+        quota: Option<u32>,
+    ) -> Result<InsertOutcome, StoreError>;
     async fn get_resource(&self, arn: &Arn) -> Result<Option<ResourceRecord>, StoreError>;
     /// Replaces a resource's document; `false` when it does not exist.
-    async fn update_resource(&self, arn: &Arn, body: &serde_json::Value, refers_to: Option<&str>) -> Result<bool, StoreError>;
+    async fn update_resource(
+        &self,
+        arn: &Arn,
+        body: &serde_json::Value,
+        refers_to: Option<&str>,
+    ) -> Result<bool, StoreError>;
     /// Deletes a resource unless another refers to it. Deleting a stage removes its
     /// sessions, participants and events with it.
     async fn delete_resource(&self, arn: &Arn) -> Result<DeleteOutcome, StoreError>;
     /// Resources of one kind in creation order, starting after position `after`.
-    async fn list_resources(&self, account: &Account, kind: ResourceKind, after: Option<i64>, limit: u32) -> Result<Page<ResourceRecord>, StoreError>;
+    async fn list_resources(
+        &self,
+        account: &Account,
+        kind: ResourceKind,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<ResourceRecord>, StoreError>;
     /// Adds or overwrites `add`, then removes `remove`, refusing to leave more than
     /// `max_tags`.
-    async fn change_tags(&self, arn: &Arn, add: &Tags, remove: &[String], max_tags: usize) -> Result<TagOutcome, StoreError>;
+    async fn change_tags(
+        &self,
+        arn: &Arn,
+        add: &Tags,
+        remove: &[String],
+        max_tags: usize,
+    ) -> Result<TagOutcome, StoreError>;
 
     /// Returns the secret stored under `name`, storing `candidate` first if there is
     /// none. Every node and every restart gets the same value.
     async fn secret(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>, StoreError>;
 
     /// Sessions of a stage, newest first, starting after position `after`.
-    async fn list_sessions(&self, stage: &Arn, after: Option<i64>, limit: u32) -> Result<Page<StageSession>, StoreError>;
-    async fn get_session(&self, stage: &Arn, session_id: &str) -> Result<Option<StageSession>, StoreError>;
-    async fn list_participants(&self, stage: &Arn, session_id: &str, filter: &ParticipantFilter, after: Option<i64>, limit: u32) -> Result<Page<Participant>, StoreError>;
-    async fn get_participant(&self, stage: &Arn, session_id: &str, participant_id: &str) -> Result<Option<Participant>, StoreError>;
+    async fn list_sessions(
+        &self,
+        stage: &Arn,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<StageSession>, StoreError>;
+    async fn get_session(
+        &self,
+        stage: &Arn,
+        session_id: &str,
+    ) -> Result<Option<StageSession>, StoreError>;
+    async fn list_participants(
+        &self,
+        stage: &Arn,
+        session_id: &str,
+        filter: &ParticipantFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<Participant>, StoreError>;
+    async fn get_participant(
+        &self,
+        stage: &Arn,
+        session_id: &str,
+        participant_id: &str,
+    ) -> Result<Option<Participant>, StoreError>;
     /// A participant's events in one session, newest first.
-    async fn list_events(&self, stage: &Arn, session_id: &str, participant_id: &str, after: Option<i64>, limit: u32) -> Result<Page<ParticipantEvent>, StoreError>;
+    async fn list_events(
+        &self,
+        stage: &Arn,
+        session_id: &str,
+        participant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<ParticipantEvent>, StoreError>;
     /// Replications of a participant out of a source stage, oldest first.
-    async fn list_replicas(&self, source_stage: &Arn, participant_id: &str, after: Option<i64>, limit: u32) -> Result<Page<ParticipantReplica>, StoreError>;
+    async fn list_replicas(
+        &self,
+        source_stage: &Arn,
+        participant_id: &str,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<ParticipantReplica>, StoreError>;
 
     /// Applies changes to a stage's live record in order, all or none. Writes for a
     /// stage that no longer exists are dropped.
     async fn write_live(&self, stage: &Arn, writes: &[LiveWrite]) -> Result<(), StoreError>;
     /// Whether DisconnectParticipant revoked this participant id on this stage.
-    async fn is_participant_revoked(&self, stage: &Arn, participant_id: &str) -> Result<bool, StoreError>;
+    async fn is_participant_revoked(
+        &self,
+        stage: &Arn,
+        participant_id: &str,
+    ) -> Result<bool, StoreError>;
     /// At start-up: whatever a previous process left running is over. Ends running
     /// sessions at `at`, marks their connected participants DISCONNECTED with a
     /// `LEFT` event, and stops active replications.
-    async fn close_interrupted_sessions(&self, at: UnixMillis) -> Result<InterruptedSessions, StoreError>;
+    async fn close_interrupted_sessions(
+        &self,
+        at: UnixMillis,
+    ) -> Result<InterruptedSessions, StoreError>;
 }

@@ -81,20 +81,27 @@ pub struct TokenSigner {
 impl TokenSigner {
     /// A new P-384 private key, PKCS#8 DER, for storing.
     pub fn generate_pkcs8() -> Result<Vec<u8>, DomainError> {
-        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &SystemRandom::new())
-            .map_err(|_| DomainError::Internal("could not generate the token-signing key".into()))?;
+        let doc =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &SystemRandom::new())
+                .map_err(|_| {
+                    DomainError::Internal("could not generate the token-signing key".into())
+                })?;
         Ok(doc.as_ref().to_vec())
     }
 
     /// Loads the signer from the stored PKCS#8 document. The key id is derived from
     /// the public key, so it is stable across restarts and nodes.
     pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Self, DomainError> {
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8)
-            .map_err(|_| DomainError::Internal("the stored token-signing key is not a P-384 key".into()))?;
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8).map_err(|_| {
+                DomainError::Internal("the stored token-signing key is not a P-384 key".into())
+            })?;
         let point = pair.public_key().as_ref();
         // Uncompressed SEC1 point: 0x04 || X (48 bytes) || Y (48 bytes).
         if point.len() != 97 || point[0] != 4 {
-            return Err(DomainError::Internal("unexpected token-signing public key encoding".into()));
+            return Err(DomainError::Internal(
+                "unexpected token-signing public key encoding".into(),
+            ));
         }
         let (x, y) = (&point[1..49], &point[49..97]);
         let kid = format!("onstage-{}", &hex::encode(Sha256::digest(point))[..16]);
@@ -110,7 +117,14 @@ impl TokenSigner {
         let decoding_key = DecodingKey::from_ec_der(point);
         let header = serde_json::json!({ "alg": "ES384", "typ": "JWT", "kid": kid });
         let encoded_header = URL_SAFE_NO_PAD.encode(header.to_string());
-        Ok(TokenSigner { kid, key_pair: pair, encoded_header, rng: SystemRandom::new(), decoding_key, public_jwk })
+        Ok(TokenSigner {
+            kid,
+            key_pair: pair,
+            encoded_header,
+            rng: SystemRandom::new(),
+            decoding_key,
+            public_jwk,
+        })
     }
 
     pub fn kid(&self) -> &str {
@@ -122,7 +136,8 @@ impl TokenSigner {
     pub fn sign(&self, claims: &ParticipantClaims) -> Result<String, DomainError> {
         let claims = serde_json::to_vec(claims)
             .map_err(|e| DomainError::Internal(format!("could not encode token claims: {e}")))?;
-        let mut token = String::with_capacity(self.encoded_header.len() + claims.len() * 4 / 3 + 140);
+        let mut token =
+            String::with_capacity(self.encoded_header.len() + claims.len() * 4 / 3 + 140);
         token.push_str(&self.encoded_header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&claims, &mut token);
@@ -156,7 +171,9 @@ pub enum TokenRejection {
     BadSignature,
     #[error("the participant token expired at {0}")]
     Expired(String),
-    #[error("the participant token is signed with a key that does not exist (unknown or deleted): {0}")]
+    #[error(
+        "the participant token is signed with a key that does not exist (unknown or deleted): {0}"
+    )]
     UnknownKey(String),
     #[error("the participant token is not valid for this stage: {0}")]
     WrongStage(String),
@@ -199,9 +216,14 @@ pub fn inspect(token: &str) -> Result<UnverifiedToken, TokenRejection> {
     let header = jsonwebtoken::decode_header(token)
         .map_err(|e| TokenRejection::Malformed(format!("cannot decode the JWT header: {e}")))?;
     if header.alg != Algorithm::ES384 {
-        return Err(TokenRejection::Malformed(format!("alg must be ES384, got {:?}", header.alg)));
+        return Err(TokenRejection::Malformed(format!(
+            "alg must be ES384, got {:?}",
+            header.alg
+        )));
     }
-    let kid = header.kid.ok_or_else(|| TokenRejection::Malformed("the JWT header has no kid".into()))?;
+    let kid = header
+        .kid
+        .ok_or_else(|| TokenRejection::Malformed("the JWT header has no kid".into()))?;
     let claims: serde_json::Value = jsonwebtoken::dangerous::insecure_decode_claims(token)
         .map_err(|e| TokenRejection::Malformed(format!("cannot decode the JWT claims: {e}")))?;
     let stage_arn = claims
@@ -214,7 +236,11 @@ pub fn inspect(token: &str) -> Result<UnverifiedToken, TokenRejection> {
         .and_then(|v| v.as_str())
         .filter(|j| is_participant_id(j))
         .map(str::to_owned);
-    Ok(UnverifiedToken { kid, stage_arn, participant_id })
+    Ok(UnverifiedToken {
+        kid,
+        stage_arn,
+        participant_id,
+    })
 }
 
 impl UnverifiedToken {
@@ -257,16 +283,20 @@ pub fn verify(token: &str, check: &TokenCheck<'_>) -> Result<ParticipantClaims, 
         Ok(data) => data.claims,
         Err(e) => {
             return Err(match e.kind() {
-                ErrorKind::InvalidSignature | ErrorKind::InvalidEcdsaKey | ErrorKind::InvalidKeyFormat => {
-                    TokenRejection::BadSignature
-                }
+                ErrorKind::InvalidSignature
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidKeyFormat => TokenRejection::BadSignature,
                 ErrorKind::Json(inner) => TokenRejection::Malformed(format!("claims: {inner}")),
                 _ => TokenRejection::Malformed(e.to_string()),
             });
         }
     };
     let self_signed = matches!(check.issuer, TokenIssuer::PublicKey(_));
-    let version = if self_signed { SELF_SIGNED_TOKEN_VERSION } else { SERVER_TOKEN_VERSION };
+    let version = if self_signed {
+        SELF_SIGNED_TOKEN_VERSION
+    } else {
+        SERVER_TOKEN_VERSION
+    };
     if claims.version != version {
         return Err(TokenRejection::Malformed(format!(
             "version must be \"{version}\" for a token signed with this key, got \"{}\"",
@@ -279,29 +309,55 @@ pub fn verify(token: &str, check: &TokenCheck<'_>) -> Result<ParticipantClaims, 
         )));
     }
     if claims.exp <= check.now {
-        return Err(TokenRejection::Expired(iso8601(claims.exp.saturating_mul(1000))));
+        return Err(TokenRejection::Expired(iso8601(
+            claims.exp.saturating_mul(1000),
+        )));
     }
     if self_signed {
         if claims.iat > check.now + MAX_CLOCK_SKEW_SECS {
-            return Err(TokenRejection::Malformed(format!("iat lies in the future ({})", iso8601(claims.iat.saturating_mul(1000)))));
+            return Err(TokenRejection::Malformed(format!(
+                "iat lies in the future ({})",
+                iso8601(claims.iat.saturating_mul(1000))
+            )));
         }
         if claims.exp > claims.iat.saturating_add(MAX_SELF_SIGNED_LIFETIME_SECS) {
-            return Err(TokenRejection::Malformed("exp must be at most 14 days after iat".into()));
+            return Err(TokenRejection::Malformed(
+                "exp must be at most 14 days after iat".into(),
+            ));
         }
-        if claims.user_id.as_ref().is_some_and(|u| u.chars().count() > MAX_USER_ID_LEN) {
-            return Err(TokenRejection::Malformed(format!("user_id must be at most {MAX_USER_ID_LEN} characters")));
+        if claims
+            .user_id
+            .as_ref()
+            .is_some_and(|u| u.chars().count() > MAX_USER_ID_LEN)
+        {
+            return Err(TokenRejection::Malformed(format!(
+                "user_id must be at most {MAX_USER_ID_LEN} characters"
+            )));
         }
-        let attribute_bytes: usize = claims.attributes.iter().flatten().map(|(k, v)| k.len() + v.len()).sum();
+        let attribute_bytes: usize = claims
+            .attributes
+            .iter()
+            .flatten()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
         if attribute_bytes > crate::service::MAX_ATTRIBUTES_BYTES {
-            return Err(TokenRejection::Malformed("attributes must be at most 1 KB".into()));
+            return Err(TokenRejection::Malformed(
+                "attributes must be at most 1 KB".into(),
+            ));
         }
     }
     let stage_arn = check.stage_arn.to_string();
     if claims.resource != stage_arn {
-        return Err(TokenRejection::WrongStage(format!("resource is {}, not {stage_arn}", claims.resource)));
+        return Err(TokenRejection::WrongStage(format!(
+            "resource is {}, not {stage_arn}",
+            claims.resource
+        )));
     }
     if claims.topic != check.stage_arn.id {
-        return Err(TokenRejection::WrongStage(format!("topic is {}, not {}", claims.topic, check.stage_arn.id)));
+        return Err(TokenRejection::WrongStage(format!(
+            "topic is {}, not {}",
+            claims.topic, check.stage_arn.id
+        )));
     }
     if self_signed {
         if claims.whip_url != check.endpoints.whip {
@@ -325,7 +381,8 @@ pub fn verify(token: &str, check: &TokenCheck<'_>) -> Result<ParticipantClaims, 
 pub fn is_participant_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_PARTICIPANT_ID_LEN
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Parses a customer's public key for self-signed tokens: PEM, SubjectPublicKeyInfo,
@@ -344,9 +401,17 @@ pub fn parse_p384_public_key(pem: &str) -> Result<(Vec<u8>, String), DomainError
     let start = pem.find(begin).ok_or_else(invalid)?;
     let stop = pem[start..].find(end).ok_or_else(invalid)? + start + end.len();
     let key = p384::PublicKey::from_public_key_pem(&pem[start..stop]).map_err(|_| invalid())?;
-    let der = key.to_public_key_der().map_err(|_| invalid())?.as_bytes().to_vec();
+    let der = key
+        .to_public_key_der()
+        .map_err(|_| invalid())?
+        .as_bytes()
+        .to_vec();
     let digest = Sha256::digest(&der);
-    let fingerprint = digest.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let fingerprint = digest
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
     Ok((der, fingerprint))
 }
 
@@ -368,18 +433,26 @@ mod tests {
             whip_url: "http://127.0.0.1:7700/whip".into(),
             user_id: None,
             attributes: None,
-            capabilities: Capabilities { allow_publish: true, allow_subscribe: false },
+            capabilities: Capabilities {
+                allow_publish: true,
+                allow_subscribe: false,
+            },
             version: "0.0".into(),
         };
         let token = signer.sign(&claims).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.kid.as_deref(), Some(signer.kid()));
         let jwk = &signer.jwks()["keys"][0];
-        let key = DecodingKey::from_ec_components(jwk["x"].as_str().unwrap(), jwk["y"].as_str().unwrap()).unwrap();
+        let key =
+            DecodingKey::from_ec_components(jwk["x"].as_str().unwrap(), jwk["y"].as_str().unwrap())
+                .unwrap();
         let mut validation = Validation::new(Algorithm::ES384);
         validation.validate_aud = false;
         let decoded = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation).unwrap();
-        assert_eq!(decoded.claims["capabilities"], serde_json::json!({"allow_publish": true}));
+        assert_eq!(
+            decoded.claims["capabilities"],
+            serde_json::json!({"allow_publish": true})
+        );
         assert!(decoded.claims.get("user_id").is_none());
     }
 
@@ -387,6 +460,9 @@ mod tests {
     fn refuses_keys_of_other_curves() {
         // A P-256 SubjectPublicKeyInfo.
         let p256 = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEEVs/o5+uQbTjL3chynL4wXgUg2R9\nq9UU8I5mEovUf86QZ7kOBIjJwqnzD1omageEHWwHdBO6B+dFabmdT9POxg==\n-----END PUBLIC KEY-----\n";
-        assert!(matches!(parse_p384_public_key(p256), Err(DomainError::Validation(_))));
+        assert!(matches!(
+            parse_p384_public_key(p256),
+            Err(DomainError::Validation(_))
+        ));
     }
 }

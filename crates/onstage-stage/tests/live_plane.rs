@@ -29,8 +29,13 @@ async fn world_with(config: LiveConfig) -> World {
     let store = Arc::new(MemoryStore::default());
     let media = Arc::new(FakeMedia::default());
     let control = control_plane(store.clone()).await;
-    let live = LivePlane::open(control.clone(), media.clone(), config).await.unwrap();
-    let (stage, _) = control.create_stage(&account(), NewStage::default()).await.unwrap();
+    let live = LivePlane::open(control.clone(), media.clone(), config)
+        .await
+        .unwrap();
+    let (stage, _) = control
+        .create_stage(&account(), NewStage::default())
+        .await
+        .unwrap();
     World {
         store,
         media,
@@ -60,7 +65,8 @@ impl World {
     }
 
     async fn both(&self) -> (String, String) {
-        self.token(&[Capability::Publish, Capability::Subscribe]).await
+        self.token(&[Capability::Publish, Capability::Subscribe])
+            .await
     }
 }
 
@@ -93,9 +99,16 @@ async fn publish_subscribe_and_leave() {
     assert_eq!(published.participant_id, alice);
     assert!(published.answer_sdp.starts_with("answer-"));
     assert_eq!(published.resource_id.len(), 24);
-    let session = w.store.running_session(&w.stage.arn).expect("a session started");
+    let session = w
+        .store
+        .running_session(&w.stage.arn)
+        .expect("a session started");
     // The control plane sees it as the stage's active session.
-    let stage = w.control.get_stage(&account(), &w.stage.arn.to_string()).await.unwrap();
+    let stage = w
+        .control
+        .get_stage(&account(), &w.stage.arn.to_string())
+        .await
+        .unwrap();
     assert_eq!(stage.active_session_id.as_deref(), Some(session.as_str()));
     let record = w.store.participant(&alice).unwrap();
     assert_eq!(record.client.browser_name.as_deref(), Some("Chrome"));
@@ -106,7 +119,10 @@ async fn publish_subscribe_and_leave() {
         .subscribe(bob_token, alice.clone(), "recvonly offer".into(), None)
         .await
         .unwrap();
-    assert_eq!(w.media.calls()[1], MediaCall::Subscribe(SourceId(1), w.media.peer(1)));
+    assert_eq!(
+        w.media.calls()[1],
+        MediaCall::Subscribe(SourceId(1), w.media.peer(1))
+    );
     let sub_event = w
         .store
         .events()
@@ -152,7 +168,11 @@ async fn publish_subscribe_and_leave() {
 async fn a_second_publish_with_the_same_token_replaces_the_first() {
     let w = world().await;
     let (alice, token) = w.both().await;
-    let first = w.live.publish(token.clone(), "offer".into(), None).await.unwrap();
+    let first = w
+        .live
+        .publish(token.clone(), "offer".into(), None)
+        .await
+        .unwrap();
     let second = w.live.publish(token, "offer".into(), None).await.unwrap();
     assert_ne!(first.resource_id, second.resource_id);
     // Same source: subscribers keep going.
@@ -169,7 +189,12 @@ async fn a_second_publish_with_the_same_token_replaces_the_first() {
     );
     assert_eq!(
         w.store.events_of(&alice),
-        ["JOINED", "PUBLISH_STARTED", "PUBLISH_STOPPED", "PUBLISH_STARTED"]
+        [
+            "JOINED",
+            "PUBLISH_STARTED",
+            "PUBLISH_STOPPED",
+            "PUBLISH_STARTED"
+        ]
     );
     // The replaced peer's close from the media plane changes nothing.
     w.live
@@ -197,7 +222,10 @@ async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
     );
     assert_eq!(w.store.sessions_started(), 0);
 
-    w.live.publish(host_token.clone(), "offer".into(), None).await.unwrap();
+    w.live
+        .publish(host_token.clone(), "offer".into(), None)
+        .await
+        .unwrap();
     let refusal = w
         .live
         .publish(viewer_token.clone(), "offer".into(), None)
@@ -206,7 +234,10 @@ async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
     assert_eq!(refusal.http_status(), 403);
     assert_eq!(
         w.store.events_with_codes(&viewer),
-        [("PUBLISH_ERROR".into(), Some("INSUFFICIENT_CAPABILITIES".into()))]
+        [(
+            "PUBLISH_ERROR".into(),
+            Some("INSUFFICIENT_CAPABILITIES".into())
+        )]
     );
 
     let refusal = w
@@ -227,7 +258,11 @@ async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
     } else {
         forged
     };
-    let refusal = w.live.publish(forged, "offer".into(), None).await.unwrap_err();
+    let refusal = w
+        .live
+        .publish(forged, "offer".into(), None)
+        .await
+        .unwrap_err();
     assert_eq!(refusal.http_status(), 401);
     assert_eq!(
         w.store.events_with_codes(&host).last().unwrap(),
@@ -237,25 +272,47 @@ async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
     // The media plane refusing the offer's codecs.
     let (other, other_token) = w.both().await;
     w.media.refuse_next(MediaRefusal::InvalidVideoCodec);
-    let refusal = w.live.publish(other_token, "offer".into(), None).await.unwrap_err();
+    let refusal = w
+        .live
+        .publish(other_token, "offer".into(), None)
+        .await
+        .unwrap_err();
     assert_eq!(refusal.http_status(), 400);
     assert_eq!(
         w.store.events_with_codes(&other),
         [("PUBLISH_ERROR".into(), Some("INVALID_VIDEO_CODEC".into()))]
     );
-    assert_eq!(w.media.closed_sources().len(), 1, "the unused source is released");
-    assert_eq!(w.live.stage_state(&w.stage.arn).unwrap().participants.len(), 1);
+    assert_eq!(
+        w.media.closed_sources().len(),
+        1,
+        "the unused source is released"
+    );
+    assert_eq!(
+        w.live.stage_state(&w.stage.arn).unwrap().participants.len(),
+        1
+    );
 }
 
 #[tokio::test]
 async fn a_wrong_stage_token_on_the_events_socket_is_recorded_at_that_stage() {
     let w = world().await;
     let (_, host_token) = w.both().await;
-    w.live.publish(host_token, "offer".into(), None).await.unwrap();
-    let (other_stage, _) = w.control.create_stage(&account(), NewStage::default()).await.unwrap();
+    w.live
+        .publish(host_token, "offer".into(), None)
+        .await
+        .unwrap();
+    let (other_stage, _) = w
+        .control
+        .create_stage(&account(), NewStage::default())
+        .await
+        .unwrap();
     let foreign = w
         .control
-        .create_participant_token(&account(), &other_stage.arn.to_string(), TokenRequest::default())
+        .create_participant_token(
+            &account(),
+            &other_stage.arn.to_string(),
+            TokenRequest::default(),
+        )
         .await
         .unwrap();
     let refusal = w
@@ -317,7 +374,11 @@ async fn the_events_socket_follows_the_stage() {
     assert_eq!(state.stage_id, w.stage.arn.id);
     assert_eq!(state.participants.len(), 1);
 
-    let published = w.live.publish(alice_token, "offer".into(), None).await.unwrap();
+    let published = w
+        .live
+        .publish(alice_token, "offer".into(), None)
+        .await
+        .unwrap();
     bob_events.states().changed().await.unwrap();
     let state = bob_events.states().borrow_and_update().clone();
     let listed: Vec<(&str, bool)> = state
@@ -329,7 +390,10 @@ async fn the_events_socket_follows_the_stage() {
 
     w.live.end_connection(&published.resource_id).await;
     bob_events.states().changed().await.unwrap();
-    assert_eq!(bob_events.states().borrow_and_update().participants.len(), 1);
+    assert_eq!(
+        bob_events.states().borrow_and_update().participants.len(),
+        1
+    );
 
     // A second socket replaces the first.
     let mut second = w
@@ -353,7 +417,10 @@ async fn peers_that_vanish_are_recorded_as_left() {
     let w = world().await;
     let (alice, alice_token) = w.both().await;
     let (bob, bob_token) = w.both().await;
-    w.live.publish(alice_token, "offer".into(), None).await.unwrap();
+    w.live
+        .publish(alice_token, "offer".into(), None)
+        .await
+        .unwrap();
     w.live
         .subscribe(bob_token, alice.clone(), "offer".into(), None)
         .await
@@ -361,7 +428,9 @@ async fn peers_that_vanish_are_recorded_as_left() {
 
     let (signals, receiver) = tokio::sync::mpsc::unbounded_channel();
     w.live.spawn_media_signals(receiver);
-    signals.send(MediaSignal::Connected(w.media.peer(0))).unwrap();
+    signals
+        .send(MediaSignal::Connected(w.media.peer(0)))
+        .unwrap();
     signals
         .send(MediaSignal::Closed(w.media.peer(0), CloseCause::Timeout))
         .unwrap();
@@ -385,7 +454,10 @@ async fn a_close_reported_before_the_answer_returns_is_not_lost() {
     w.live
         .on_media_signal(MediaSignal::Closed(PeerId(101), CloseCause::RemoteClosed))
         .await;
-    w.live.publish(alice_token, "offer".into(), None).await.unwrap();
+    w.live
+        .publish(alice_token, "offer".into(), None)
+        .await
+        .unwrap();
     assert_eq!(w.media.peer(0), PeerId(101));
     assert_eq!(
         w.store.events_of(&alice),
@@ -404,7 +476,10 @@ async fn the_echo_of_a_requested_close_is_not_kept() {
         // The media plane confirms the close it was asked for, after the
         // connection has already ended.
         w.live
-            .on_media_signal(MediaSignal::Closed(w.media.peer(round), CloseCause::Requested))
+            .on_media_signal(MediaSignal::Closed(
+                w.media.peer(round),
+                CloseCause::Requested,
+            ))
             .await;
     }
     assert_eq!(w.live.remembered_early_closes(), 0);
@@ -425,7 +500,10 @@ async fn disconnect_participant_cuts_and_revokes() {
         .unwrap_err();
     assert!(matches!(err, DomainError::NotFound(_)));
 
-    w.live.publish(alice_token.clone(), "offer".into(), None).await.unwrap();
+    w.live
+        .publish(alice_token.clone(), "offer".into(), None)
+        .await
+        .unwrap();
     let mut alice_events = w
         .live
         .open_events(alice_token.clone(), w.stage.arn.id.clone(), None)
@@ -485,7 +563,10 @@ async fn disconnect_participant_cuts_and_revokes() {
 async fn delete_stage_disconnects_everyone_first() {
     let w = world().await;
     let (alice, alice_token) = w.both().await;
-    w.live.publish(alice_token.clone(), "offer".into(), None).await.unwrap();
+    w.live
+        .publish(alice_token.clone(), "offer".into(), None)
+        .await
+        .unwrap();
     let mut events = w
         .live
         .open_events(alice_token.clone(), w.stage.arn.id.clone(), None)
@@ -505,7 +586,11 @@ async fn delete_stage_disconnects_everyone_first() {
     drop(events);
     assert_eq!(w.live.live_stage_count(), 0);
 
-    let refusal = w.live.publish(alice_token, "offer".into(), None).await.unwrap_err();
+    let refusal = w
+        .live
+        .publish(alice_token, "offer".into(), None)
+        .await
+        .unwrap_err();
     assert_eq!(refusal.http_status(), 401);
 }
 
@@ -513,7 +598,10 @@ async fn delete_stage_disconnects_everyone_first() {
 async fn shutdown_ends_every_session() {
     let w = world().await;
     let (alice, alice_token) = w.both().await;
-    w.live.publish(alice_token, "offer".into(), None).await.unwrap();
+    w.live
+        .publish(alice_token, "offer".into(), None)
+        .await
+        .unwrap();
     w.live.shutdown().await;
     assert_eq!(
         w.store.events_of(&alice),

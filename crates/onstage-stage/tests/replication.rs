@@ -32,8 +32,16 @@ async fn world() -> World {
     let live = LivePlane::open(control.clone(), media.clone(), LiveConfig::default())
         .await
         .unwrap();
-    let a = control.create_stage(&account(), NewStage::default()).await.unwrap().0;
-    let b = control.create_stage(&account(), NewStage::default()).await.unwrap().0;
+    let a = control
+        .create_stage(&account(), NewStage::default())
+        .await
+        .unwrap()
+        .0;
+    let b = control
+        .create_stage(&account(), NewStage::default())
+        .await
+        .unwrap()
+        .0;
     World {
         store,
         media,
@@ -46,7 +54,11 @@ async fn world() -> World {
 
 impl World {
     async fn new_stage(&self) -> Stage {
-        self.control.create_stage(&account(), NewStage::default()).await.unwrap().0
+        self.control
+            .create_stage(&account(), NewStage::default())
+            .await
+            .unwrap()
+            .0
     }
 
     /// A token for `stage`: (participant id, token).
@@ -73,11 +85,20 @@ impl World {
     /// Someone publishing in `stage`: (participant id, token).
     async fn publisher(&self, stage: &Stage) -> (String, String) {
         let (pid, token) = self.token(stage).await;
-        self.live.publish(token.clone(), "offer".into(), None).await.unwrap();
+        self.live
+            .publish(token.clone(), "offer".into(), None)
+            .await
+            .unwrap();
         (pid, token)
     }
 
-    async fn start(&self, from: &Stage, to: &Stage, pid: &str, window: Option<i64>) -> Result<(), DomainError> {
+    async fn start(
+        &self,
+        from: &Stage,
+        to: &Stage,
+        pid: &str,
+        window: Option<i64>,
+    ) -> Result<(), DomainError> {
         self.control
             .start_participant_replication(
                 &account(),
@@ -94,7 +115,12 @@ impl World {
 
     async fn stop(&self, from: &Stage, to: &Stage, pid: &str) -> Result<(), DomainError> {
         self.control
-            .stop_participant_replication(&account(), &from.arn.to_string(), &to.arn.to_string(), pid)
+            .stop_participant_replication(
+                &account(),
+                &from.arn.to_string(),
+                &to.arn.to_string(),
+                pid,
+            )
             .await
     }
 
@@ -107,7 +133,12 @@ impl World {
             .items
             .into_iter()
             .map(|r| {
-                let id = r.destination_stage_arn.rsplit('/').next().unwrap().to_owned();
+                let id = r
+                    .destination_stage_arn
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_owned();
                 (id, r.replication_state)
             })
             .collect()
@@ -116,7 +147,12 @@ impl World {
     fn on_stage(&self, stage: &Stage) -> Vec<(String, bool)> {
         self.live
             .stage_state(&stage.arn)
-            .map(|s| s.participants.iter().map(|p| (p.id.clone(), p.is_publishing)).collect())
+            .map(|s| {
+                s.participants
+                    .iter()
+                    .map(|p| (p.id.clone(), p.is_publishing))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -147,14 +183,20 @@ async fn the_replica_is_a_publisher_of_the_destination() {
 
     // In B, when the call returns: a session, the replica's record, its events,
     // STAGE_STATE.
-    let b_session = w.store.running_session(&w.b.arn).expect("the replica started B's session");
+    let b_session = w
+        .store
+        .running_session(&w.b.arn)
+        .expect("the replica started B's session");
     let replica = w.store.participant_in(&w.b.arn, &host).unwrap();
     assert_eq!(replica.state, ParticipantState::Connected);
     assert!(replica.published);
     assert_eq!(replica.replication_type, "REPLICA");
     assert_eq!(replica.replication_state.as_deref(), Some("ACTIVE"));
     assert_eq!(replica.source_stage_arn, Some(w.a.arn.to_string()));
-    assert_eq!(replica.source_session_id.as_deref(), Some(a_session.as_str()));
+    assert_eq!(
+        replica.source_session_id.as_deref(),
+        Some(a_session.as_str())
+    );
     assert_eq!(replica.user_id.as_deref(), Some("host"));
     assert_eq!(
         replica.attributes,
@@ -166,17 +208,27 @@ async fn the_replica_is_a_publisher_of_the_destination() {
     );
     let events = w.store.events_in(&w.b.arn, &host);
     assert_eq!(
-        events.iter().map(|e| (e.name.as_str(), e.replica)).collect::<Vec<_>>(),
+        events
+            .iter()
+            .map(|e| (e.name.as_str(), e.replica))
+            .collect::<Vec<_>>(),
         [("JOINED", true), ("PUBLISH_STARTED", true)]
     );
     assert_eq!(w.on_stage(&w.b), [(host.clone(), true)]);
-    let b = w.control.get_stage(&account(), &w.b.arn.to_string()).await.unwrap();
+    let b = w
+        .control
+        .get_stage(&account(), &w.b.arn.to_string())
+        .await
+        .unwrap();
     assert_eq!(b.active_session_id, Some(b_session.clone()));
 
     // In A: a SOURCE with REPLICATION_STARTED naming B and its session.
     let source = w.store.participant_in(&w.a.arn, &host).unwrap();
     assert_eq!(
-        (source.replication_type.as_str(), source.replication_state.as_deref()),
+        (
+            source.replication_type.as_str(),
+            source.replication_state.as_deref()
+        ),
         ("SOURCE", Some("ACTIVE"))
     );
     let started = w.store.events_in(&w.a.arn, &host).pop().unwrap();
@@ -186,7 +238,13 @@ async fn the_replica_is_a_publisher_of_the_destination() {
     assert!(!started.replica);
     assert_eq!(w.listed(&w.a, &host).await, [state(&w.b.arn.id, "ACTIVE")]);
     let row = &w.store.replicas()[0];
-    assert_eq!((row.source_session.as_str(), row.destination_session.as_str()), (a_session.as_str(), b_session.as_str()));
+    assert_eq!(
+        (
+            row.source_session.as_str(),
+            row.destination_session.as_str()
+        ),
+        (a_session.as_str(), b_session.as_str())
+    );
     // A keyframe is asked for.
     assert!(w.media.calls().contains(&MediaCall::Keyframe(SourceId(1))));
 
@@ -196,10 +254,16 @@ async fn the_replica_is_a_publisher_of_the_destination() {
         .subscribe(viewer_token, host.clone(), "recvonly".into(), None)
         .await
         .unwrap();
-    assert!(matches!(w.media.calls().last(), Some(MediaCall::Subscribe(SourceId(1), _))));
+    assert!(matches!(
+        w.media.calls().last(),
+        Some(MediaCall::Subscribe(SourceId(1), _))
+    ));
     let subscribed = w.store.events_in(&w.b.arn, &viewer).pop().unwrap();
     assert_eq!(subscribed.name, "SUBSCRIBE_STARTED");
-    assert_eq!(subscribed.remote_participant_id.as_deref(), Some(host.as_str()));
+    assert_eq!(
+        subscribed.remote_participant_id.as_deref(),
+        Some(host.as_str())
+    );
     assert!(subscribed.replica);
 }
 
@@ -212,7 +276,10 @@ async fn preconditions_answer_with_their_errors_in_order() {
     let same = w.start(&w.a, &w.a, &host, None).await.unwrap_err();
     assert!(matches!(same, DomainError::Validation(_)));
     let window = w.start(&w.a, &w.b, &host, Some(301)).await.unwrap_err();
-    assert!(matches!(&window, DomainError::Validation(m) if m.contains("reconnectWindowSeconds")), "{window:?}");
+    assert!(
+        matches!(&window, DomainError::Validation(m) if m.contains("reconnectWindowSeconds")),
+        "{window:?}"
+    );
     let err = w
         .control
         .start_participant_replication(
@@ -227,22 +294,44 @@ async fn preconditions_answer_with_their_errors_in_order() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(&err, DomainError::NotFound(m) if m.contains("Zz0000000005")), "{err:?}");
+    assert!(
+        matches!(&err, DomainError::NotFound(m) if m.contains("Zz0000000005")),
+        "{err:?}"
+    );
 
     // Not publishing: not there at all, then only holding the events socket.
     let not_publishing = format!("participant {host} is not publishing in {}", w.a.arn);
-    assert!(matches!(w.start(&w.a, &w.b, &host, None).await, Err(DomainError::Conflict(m)) if m == not_publishing));
+    assert!(
+        matches!(w.start(&w.a, &w.b, &host, None).await, Err(DomainError::Conflict(m)) if m == not_publishing)
+    );
     let (watcher, watcher_token) = w.token(&w.a).await;
-    let _events = w.live.open_events(watcher_token, w.a.arn.id.clone(), None).await.unwrap();
-    assert!(matches!(w.start(&w.a, &w.b, &watcher, None).await, Err(DomainError::Conflict(_))));
-    assert_eq!(w.live.live_stage_count(), 1, "a refused start leaves no slot for B");
+    let _events = w
+        .live
+        .open_events(watcher_token, w.a.arn.id.clone(), None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        w.start(&w.a, &w.b, &watcher, None).await,
+        Err(DomainError::Conflict(_))
+    ));
+    assert_eq!(
+        w.live.live_stage_count(),
+        1,
+        "a refused start leaves no slot for B"
+    );
 
     let (host, _) = w.publisher(&w.a).await;
     w.start(&w.a, &w.b, &host, None).await.unwrap();
     let again = w.start(&w.a, &w.b, &host, None).await.unwrap_err();
-    assert!(matches!(&again, DomainError::Conflict(m) if m.contains("already replicated")), "{again:?}");
+    assert!(
+        matches!(&again, DomainError::Conflict(m) if m.contains("already replicated")),
+        "{again:?}"
+    );
     let chain = w.start(&w.b, &w.a, &host, None).await.unwrap_err();
-    assert!(matches!(chain, DomainError::Validation(_)), "a replica cannot be replicated again");
+    assert!(
+        matches!(chain, DomainError::Validation(_)),
+        "a replica cannot be replicated again"
+    );
 
     for _ in 0..4 {
         let to = w.new_stage().await;
@@ -263,12 +352,22 @@ async fn a_replica_takes_one_of_the_twelve_publisher_slots() {
     let (host, _) = w.publisher(&w.a).await;
     w.start(&w.a, &w.b, &host, None).await.unwrap();
     let (late, late_token) = w.token(&w.b).await;
-    let refusal = w.live.publish(late_token, "offer".into(), None).await.unwrap_err();
+    let refusal = w
+        .live
+        .publish(late_token, "offer".into(), None)
+        .await
+        .unwrap_err();
     assert_eq!(refusal.http_status(), 403);
-    assert_eq!(w.store.events_with_codes(&late), [("PUBLISH_ERROR".into(), Some("QUOTA_EXCEEDED".into()))]);
+    assert_eq!(
+        w.store.events_with_codes(&late),
+        [("PUBLISH_ERROR".into(), Some("QUOTA_EXCEEDED".into()))]
+    );
     let c = w.new_stage().await;
     let (other, _) = w.publisher(&c).await;
-    assert!(matches!(w.start(&c, &w.b, &other, None).await, Err(DomainError::QuotaExceeded(_))));
+    assert!(matches!(
+        w.start(&c, &w.b, &other, None).await,
+        Err(DomainError::QuotaExceeded(_))
+    ));
 }
 
 #[tokio::test]
@@ -279,7 +378,10 @@ async fn stop_participant_replication_removes_the_replica() {
     assert!(matches!(missing, DomainError::NotFound(_)));
     w.start(&w.a, &w.b, &host, Some(30)).await.unwrap();
     let (_, viewer_token) = w.token(&w.b).await;
-    w.live.subscribe(viewer_token, host.clone(), "recvonly".into(), None).await.unwrap();
+    w.live
+        .subscribe(viewer_token, host.clone(), "recvonly".into(), None)
+        .await
+        .unwrap();
     let viewer_peer = w.media.peer(1);
 
     w.stop(&w.a, &w.b, &host).await.unwrap();
@@ -291,19 +393,41 @@ async fn stop_participant_replication_removes_the_replica() {
     let replica = w.store.participant_in(&w.b.arn, &host).unwrap();
     assert_eq!(replica.state, ParticipantState::Disconnected);
     assert_eq!(replica.replication_state.as_deref(), Some("STOPPED"));
-    assert!(w.media.closed_peers().contains(&viewer_peer), "the destination subscriber's media ends");
-    assert!(w.media.closed_sources().is_empty(), "the host still publishes in A");
-    assert_eq!(w.store.running_session(&w.b.arn), None, "the last ones left B");
+    assert!(
+        w.media.closed_peers().contains(&viewer_peer),
+        "the destination subscriber's media ends"
+    );
+    assert!(
+        w.media.closed_sources().is_empty(),
+        "the host still publishes in A"
+    );
+    assert_eq!(
+        w.store.running_session(&w.b.arn),
+        None,
+        "the last ones left B"
+    );
     assert_eq!(w.on_stage(&w.b), []);
 
     let source = w.store.participant_in(&w.a.arn, &host).unwrap();
     assert_eq!(
-        (source.replication_type.as_str(), source.replication_state.as_deref()),
+        (
+            source.replication_type.as_str(),
+            source.replication_state.as_deref()
+        ),
         ("SOURCE", Some("STOPPED"))
     );
-    assert_eq!(w.store.events_in(&w.a.arn, &host).pop().unwrap().name, "REPLICATION_STOPPED");
-    assert_eq!(w.store.replicas()[0].reason.as_deref(), Some(stop_reason::STOPPED_BY_REQUEST));
-    assert!(matches!(w.stop(&w.a, &w.b, &host).await, Err(DomainError::NotFound(_))));
+    assert_eq!(
+        w.store.events_in(&w.a.arn, &host).pop().unwrap().name,
+        "REPLICATION_STOPPED"
+    );
+    assert_eq!(
+        w.store.replicas()[0].reason.as_deref(),
+        Some(stop_reason::STOPPED_BY_REQUEST)
+    );
+    assert!(matches!(
+        w.stop(&w.a, &w.b, &host).await,
+        Err(DomainError::NotFound(_))
+    ));
 
     // Again, into the same destination: a new record, the old one stays listed.
     w.start(&w.a, &w.b, &host, None).await.unwrap();
@@ -312,7 +436,11 @@ async fn stop_participant_replication_removes_the_replica() {
         [state(&w.b.arn.id, "STOPPED"), state(&w.b.arn.id, "ACTIVE")]
     );
     assert_eq!(
-        w.store.participant_in(&w.a.arn, &host).unwrap().replication_state.as_deref(),
+        w.store
+            .participant_in(&w.a.arn, &host)
+            .unwrap()
+            .replication_state
+            .as_deref(),
         Some("ACTIVE")
     );
 }
@@ -327,7 +455,10 @@ async fn the_source_leaving_without_a_window_stops_everything() {
         .await;
     assert_eq!(w.media.closed_sources(), [SourceId(1)]);
     assert_eq!(w.listed(&w.a, &host).await, [state(&w.b.arn.id, "STOPPED")]);
-    assert_eq!(w.store.replicas()[0].reason.as_deref(), Some(stop_reason::SOURCE_STOPPED_PUBLISHING));
+    assert_eq!(
+        w.store.replicas()[0].reason.as_deref(),
+        Some(stop_reason::SOURCE_STOPPED_PUBLISHING)
+    );
     assert_eq!(w.store.running_session(&w.a.arn), None);
     assert_eq!(w.store.running_session(&w.b.arn), None);
     assert_eq!(w.live.live_stage_count(), 0);
@@ -340,7 +471,10 @@ async fn a_publisher_back_within_its_window_keeps_its_replicas() {
     let a_session = w.store.running_session(&w.a.arn).unwrap();
     w.start(&w.a, &w.b, &host, Some(1)).await.unwrap();
     let (_, viewer_token) = w.token(&w.b).await;
-    w.live.subscribe(viewer_token, host.clone(), "recvonly".into(), None).await.unwrap();
+    w.live
+        .subscribe(viewer_token, host.clone(), "recvonly".into(), None)
+        .await
+        .unwrap();
     let viewer_peer = w.media.peer(1);
 
     // The publisher vanishes: A records it, nothing else moves.
@@ -349,18 +483,35 @@ async fn a_publisher_back_within_its_window_keeps_its_replicas() {
         .await;
     assert_eq!(
         w.store.event_names_in(&w.a.arn, &host),
-        ["JOINED", "PUBLISH_STARTED", "REPLICATION_STARTED", "PUBLISH_STOPPED", "LEFT"]
+        [
+            "JOINED",
+            "PUBLISH_STARTED",
+            "REPLICATION_STARTED",
+            "PUBLISH_STOPPED",
+            "LEFT"
+        ]
     );
     assert!(w.media.closed_sources().is_empty());
     assert!(!w.media.closed_peers().contains(&viewer_peer));
-    assert_eq!(w.store.running_session(&w.a.arn), Some(a_session.clone()), "the window holds the session");
-    assert_eq!(w.on_stage(&w.b)[0], (host.clone(), true), "the replica keeps its place");
+    assert_eq!(
+        w.store.running_session(&w.a.arn),
+        Some(a_session.clone()),
+        "the window holds the session"
+    );
+    assert_eq!(
+        w.on_stage(&w.b)[0],
+        (host.clone(), true),
+        "the replica keeps its place"
+    );
     assert_eq!(w.listed(&w.a, &host).await, [state(&w.b.arn.id, "ACTIVE")]);
 
     // Back with its token: same source, same session, still ACTIVE.
     tokio::time::sleep(Duration::from_millis(300)).await;
     w.live.publish(token, "offer".into(), None).await.unwrap();
-    assert!(matches!(w.media.calls().last(), Some(MediaCall::Publish(SourceId(1), _))));
+    assert!(matches!(
+        w.media.calls().last(),
+        Some(MediaCall::Publish(SourceId(1), _))
+    ));
     assert_eq!(w.store.running_session(&w.a.arn), Some(a_session.clone()));
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(w.listed(&w.a, &host).await, [state(&w.b.arn.id, "ACTIVE")]);
@@ -376,14 +527,20 @@ async fn a_publisher_back_within_its_window_keeps_its_replicas() {
         .on_media_signal(MediaSignal::Closed(feeding, CloseCause::RemoteClosed))
         .await;
     eventually(|| w.store.replicas()[0].state == "STOPPED").await;
-    assert_eq!(w.store.replicas()[0].reason.as_deref(), Some(stop_reason::WINDOW_PASSED));
+    assert_eq!(
+        w.store.replicas()[0].reason.as_deref(),
+        Some(stop_reason::WINDOW_PASSED)
+    );
     eventually(|| w.store.running_session(&w.b.arn).is_none()).await;
     assert_eq!(w.media.closed_sources(), [SourceId(1)]);
     assert!(w.media.closed_peers().contains(&viewer_peer));
     assert_eq!(w.store.running_session(&w.a.arn), None);
     let source = w.store.participant_in(&w.a.arn, &host).unwrap();
     assert_eq!(
-        (source.replication_type.as_str(), source.replication_state.as_deref()),
+        (
+            source.replication_type.as_str(),
+            source.replication_state.as_deref()
+        ),
         ("SOURCE", Some("STOPPED"))
     );
     eventually(|| w.live.live_stage_count() == 0).await;
@@ -399,24 +556,39 @@ async fn disconnect_participant_of_the_source_or_of_the_replica() {
 
     // The replica in B: that replication only, and no revocation in B.
     w.control
-        .disconnect_participant(&account(), &w.b.arn.to_string(), &host, Some("off topic".into()))
+        .disconnect_participant(
+            &account(),
+            &w.b.arn.to_string(),
+            &host,
+            Some("off topic".into()),
+        )
         .await
         .unwrap();
     assert_eq!(
         w.listed(&w.a, &host).await,
         [state(&w.b.arn.id, "STOPPED"), state(&c.arn.id, "ACTIVE")]
     );
-    assert_eq!(w.store.replicas()[0].reason.as_deref(), Some(stop_reason::REPLICA_DISCONNECTED));
+    assert_eq!(
+        w.store.replicas()[0].reason.as_deref(),
+        Some(stop_reason::REPLICA_DISCONNECTED)
+    );
     assert_eq!(w.on_stage(&w.b), []);
     assert_eq!(w.on_stage(&c), [(host.clone(), true)]);
-    w.start(&w.a, &w.b, &host, Some(60)).await.expect("B may have it back");
+    w.start(&w.a, &w.b, &host, Some(60))
+        .await
+        .expect("B may have it back");
 
     // The source: everything at once, window or not.
     w.control
         .disconnect_participant(&account(), &w.a.arn.to_string(), &host, None)
         .await
         .unwrap();
-    assert!(w.listed(&w.a, &host).await.iter().all(|(_, s)| s == "STOPPED"));
+    assert!(
+        w.listed(&w.a, &host)
+            .await
+            .iter()
+            .all(|(_, s)| s == "STOPPED")
+    );
     assert_eq!(w.media.closed_sources(), [SourceId(1)]);
     assert_eq!(w.on_stage(&w.b), []);
     assert_eq!(w.on_stage(&c), []);
@@ -432,16 +604,25 @@ async fn delete_stage_stops_replications_into_and_out_of_it() {
     w.start(&w.a, &c, &host, Some(30)).await.unwrap();
 
     // A destination: its replication stays listed, STOPPED, under the source.
-    w.control.delete_stage(&account(), &w.b.arn.to_string()).await.unwrap();
+    w.control
+        .delete_stage(&account(), &w.b.arn.to_string())
+        .await
+        .unwrap();
     assert_eq!(
         w.listed(&w.a, &host).await,
         [state(&w.b.arn.id, "STOPPED"), state(&c.arn.id, "ACTIVE")]
     );
-    assert_eq!(w.store.replicas()[0].reason.as_deref(), Some(stop_reason::DESTINATION_STAGE_DELETED));
+    assert_eq!(
+        w.store.replicas()[0].reason.as_deref(),
+        Some(stop_reason::DESTINATION_STAGE_DELETED)
+    );
     assert_eq!(w.on_stage(&w.a), [(host.clone(), true)]);
 
     // The source: its records go with it, and the replica leaves C.
-    w.control.delete_stage(&account(), &w.a.arn.to_string()).await.unwrap();
+    w.control
+        .delete_stage(&account(), &w.a.arn.to_string())
+        .await
+        .unwrap();
     assert!(w.listed(&w.a, &host).await.is_empty());
     assert_eq!(w.on_stage(&c), []);
     assert_eq!(
@@ -477,7 +658,10 @@ async fn shutdown_stops_every_replication() {
     w.start(&w.a, &w.b, &host, Some(30)).await.unwrap();
     w.live.shutdown().await;
     assert_eq!(w.store.replicas()[0].state, "STOPPED");
-    assert_eq!(w.store.replicas()[0].reason.as_deref(), Some(stop_reason::SERVER_SHUTDOWN));
+    assert_eq!(
+        w.store.replicas()[0].reason.as_deref(),
+        Some(stop_reason::SERVER_SHUTDOWN)
+    );
     assert_eq!(w.store.running_session(&w.a.arn), None);
     assert_eq!(w.store.running_session(&w.b.arn), None);
 }

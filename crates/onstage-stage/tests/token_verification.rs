@@ -6,7 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{EVENTS_URL, MemoryStore, WHIP_URL, account, control_plane, customer_key, now_secs, sign};
+use common::{
+    EVENTS_URL, MemoryStore, WHIP_URL, account, control_plane, customer_key, now_secs, sign,
+};
 use onstage_stage::model::EventErrorCode;
 use onstage_stage::service::{NewStage, TokenRequest, TokenVerificationError, VerifiedToken};
 use onstage_stage::token::{TokenIssuer, TokenRejection};
@@ -15,7 +17,10 @@ use serde_json::json;
 
 async fn setup() -> (Arc<ControlPlane>, onstage_stage::model::Stage) {
     let control = control_plane(Arc::new(MemoryStore::default())).await;
-    let (stage, _) = control.create_stage(&account(), NewStage::default()).await.unwrap();
+    let (stage, _) = control
+        .create_stage(&account(), NewStage::default())
+        .await
+        .unwrap();
     (control, stage)
 }
 
@@ -95,22 +100,32 @@ async fn refuses_expired_forged_and_malformed_tokens() {
     // Expired: the same token a minute and a second later.
     let later = now_secs() + 61;
     assert!(matches!(
-        rejection(control.verify_participant_token(&issued.token, None, later).await),
+        rejection(
+            control
+                .verify_participant_token(&issued.token, None, later)
+                .await
+        ),
         TokenRejection::Expired(_)
     ));
 
     // Forged: a valid token's claims signed with another key under the server's kid.
     let header = jsonwebtoken::decode_header(&issued.token).unwrap();
-    let claims: serde_json::Value = jsonwebtoken::dangerous::insecure_decode_claims(&issued.token).unwrap();
+    let claims: serde_json::Value =
+        jsonwebtoken::dangerous::insecure_decode_claims(&issued.token).unwrap();
     let (other_key, _) = customer_key();
     let forged = sign(&other_key, header.kid.as_deref().unwrap(), &claims);
-    let result = control.verify_participant_token(&forged, None, now_secs()).await;
+    let result = control
+        .verify_participant_token(&forged, None, now_secs())
+        .await;
     match result {
         Err(TokenVerificationError::Rejected { rejection, claimed }) => {
             assert_eq!(rejection, TokenRejection::BadSignature);
             // What it claimed is kept, to record the refusal where it was aimed.
             let claimed = claimed.unwrap();
-            assert_eq!(claimed.participant_id.as_deref(), Some(issued.participant_id.as_str()));
+            assert_eq!(
+                claimed.participant_id.as_deref(),
+                Some(issued.participant_id.as_str())
+            );
             assert_eq!(claimed.stage_arn.as_ref(), Some(&stage.arn));
         }
         other => panic!("{other:?}"),
@@ -124,12 +139,19 @@ async fn refuses_expired_forged_and_malformed_tokens() {
     parts[1] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tampered.to_string());
     let tampered = parts.join(".");
     assert_eq!(
-        rejection(control.verify_participant_token(&tampered, None, now_secs()).await),
+        rejection(
+            control
+                .verify_participant_token(&tampered, None, now_secs())
+                .await
+        ),
         TokenRejection::BadSignature
     );
 
     // Not a JWT at all.
-    match control.verify_participant_token("not-a-token", None, now_secs()).await {
+    match control
+        .verify_participant_token("not-a-token", None, now_secs())
+        .await
+    {
         Err(TokenVerificationError::Rejected {
             rejection: TokenRejection::Malformed(_),
             claimed: None,
@@ -148,7 +170,11 @@ async fn refuses_expired_forged_and_malformed_tokens() {
     )
     .unwrap();
     assert!(matches!(
-        rejection(control.verify_participant_token(&hs, None, now_secs()).await),
+        rejection(
+            control
+                .verify_participant_token(&hs, None, now_secs())
+                .await
+        ),
         TokenRejection::Malformed(_)
     ));
 
@@ -165,7 +191,10 @@ async fn refuses_expired_forged_and_malformed_tokens() {
 #[tokio::test]
 async fn refuses_a_token_at_another_stage_or_for_a_deleted_one() {
     let (control, stage) = setup().await;
-    let (other, _) = control.create_stage(&account(), NewStage::default()).await.unwrap();
+    let (other, _) = control
+        .create_stage(&account(), NewStage::default())
+        .await
+        .unwrap();
     let issued = control
         .create_participant_token(&account(), &stage.arn.to_string(), TokenRequest::default())
         .await
@@ -178,9 +207,16 @@ async fn refuses_a_token_at_another_stage_or_for_a_deleted_one() {
         ),
         TokenRejection::WrongStage(_)
     ));
-    control.delete_stage(&account(), &stage.arn.to_string()).await.unwrap();
+    control
+        .delete_stage(&account(), &stage.arn.to_string())
+        .await
+        .unwrap();
     assert!(matches!(
-        rejection(control.verify_participant_token(&issued.token, None, now_secs()).await),
+        rejection(
+            control
+                .verify_participant_token(&issued.token, None, now_secs())
+                .await
+        ),
         TokenRejection::WrongStage(_)
     ));
 }
@@ -211,7 +247,11 @@ async fn accepts_self_signed_tokens_under_an_imported_key() {
     minimal.as_object_mut().unwrap().remove("user_id");
     minimal.as_object_mut().unwrap().remove("attributes");
     control
-        .verify_participant_token(&sign(&private, &key.arn.to_string(), &minimal), None, now_secs())
+        .verify_participant_token(
+            &sign(&private, &key.arn.to_string(), &minimal),
+            None,
+            now_secs(),
+        )
         .await
         .unwrap();
 }
@@ -228,7 +268,13 @@ async fn enforces_the_self_signed_claim_rules() {
     let check = |claims: serde_json::Value| {
         let control = control.clone();
         let token = sign(&private, &kid, &claims);
-        async move { rejection(control.verify_participant_token(&token, None, now_secs()).await) }
+        async move {
+            rejection(
+                control
+                    .verify_participant_token(&token, None, now_secs())
+                    .await,
+            )
+        }
     };
 
     for required in [
@@ -246,7 +292,10 @@ async fn enforces_the_self_signed_claim_rules() {
         claims.as_object_mut().unwrap().remove(required);
         let r = check(claims).await;
         // Without `resource` the token names no stage at all.
-        assert!(matches!(r, TokenRejection::Malformed(_)), "{required}: {r:?}");
+        assert!(
+            matches!(r, TokenRejection::Malformed(_)),
+            "{required}: {r:?}"
+        );
     }
 
     let mut claims = self_signed_claims(&stage, "p");
@@ -263,7 +312,9 @@ async fn enforces_the_self_signed_claim_rules() {
 
     let mut claims = self_signed_claims(&stage, "p");
     claims["events_url"] = json!("wss://elsewhere.example/events");
-    assert!(matches!(check(claims).await, TokenRejection::WrongStage(m) if m.contains("events_url")));
+    assert!(
+        matches!(check(claims).await, TokenRejection::WrongStage(m) if m.contains("events_url"))
+    );
 
     let mut claims = self_signed_claims(&stage, "p");
     claims["topic"] = json!("abcdefabcdef");
@@ -292,7 +343,11 @@ async fn a_deleted_or_foreign_key_verifies_nothing() {
         .import_public_key(&account(), &pem, None, Default::default())
         .await
         .unwrap();
-    let token = sign(&private, &key.arn.to_string(), &self_signed_claims(&stage, "p"));
+    let token = sign(
+        &private,
+        &key.arn.to_string(),
+        &self_signed_claims(&stage, "p"),
+    );
     control
         .verify_participant_token(&token, None, now_secs())
         .await
@@ -303,7 +358,11 @@ async fn a_deleted_or_foreign_key_verifies_nothing() {
         .await
         .unwrap();
     assert_eq!(
-        rejection(control.verify_participant_token(&token, None, now_secs()).await),
+        rejection(
+            control
+                .verify_participant_token(&token, None, now_secs())
+                .await
+        ),
         TokenRejection::UnknownKey(key.arn.to_string())
     );
 
@@ -316,16 +375,28 @@ async fn a_deleted_or_foreign_key_verifies_nothing() {
         .import_public_key(&foreign, &pem, None, Default::default())
         .await
         .unwrap();
-    let token = sign(&private, &foreign_key.arn.to_string(), &self_signed_claims(&stage, "p"));
+    let token = sign(
+        &private,
+        &foreign_key.arn.to_string(),
+        &self_signed_claims(&stage, "p"),
+    );
     assert!(matches!(
-        rejection(control.verify_participant_token(&token, None, now_secs()).await),
+        rejection(
+            control
+                .verify_participant_token(&token, None, now_secs())
+                .await
+        ),
         TokenRejection::UnknownKey(_)
     ));
 
     // A kid that is neither the server's nor a public-key ARN.
     let token = sign(&private, "some-other-kid", &self_signed_claims(&stage, "p"));
     assert!(matches!(
-        rejection(control.verify_participant_token(&token, None, now_secs()).await),
+        rejection(
+            control
+                .verify_participant_token(&token, None, now_secs())
+                .await
+        ),
         TokenRejection::UnknownKey(_)
     ));
 
@@ -334,10 +405,17 @@ async fn a_deleted_or_foreign_key_verifies_nothing() {
         .create_participant_token(&account(), &stage.arn.to_string(), TokenRequest::default())
         .await
         .unwrap();
-    let server_kid = jsonwebtoken::decode_header(&issued.token).unwrap().kid.unwrap();
+    let server_kid = jsonwebtoken::decode_header(&issued.token)
+        .unwrap()
+        .kid
+        .unwrap();
     let token = sign(&private, &server_kid, &self_signed_claims(&stage, "p"));
     assert_eq!(
-        rejection(control.verify_participant_token(&token, None, now_secs()).await),
+        rejection(
+            control
+                .verify_participant_token(&token, None, now_secs())
+                .await
+        ),
         TokenRejection::BadSignature
     );
 }

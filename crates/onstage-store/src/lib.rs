@@ -16,6 +16,6 @@ mod sqlite;
 pub use sqlite::SqliteStore;
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod live_write_tests;
+#[cfg(test)]
+mod tests;

@@ -456,7 +456,12 @@ async fn replications_are_recorded_stopped_and_listed() {
     store
         .write_live(
             &source,
-            &[start, upsert(a), start_replication(&b, "st-bbbbbbbbbbbbb"), start_replication(&c, "st-ccccccccccccc")],
+            &[
+                start,
+                upsert(a),
+                start_replication(&b, "st-bbbbbbbbbbbbb"),
+                start_replication(&c, "st-ccccccccccccc"),
+            ],
         )
         .await
         .unwrap();
@@ -464,18 +469,38 @@ async fn replications_are_recorded_stopped_and_listed() {
     // refused, and its whole batch with it.
     assert!(
         store
-            .write_live(&source, &[event("a", "REPLICATION_STARTED", 101), start_replication(&b, "st-bbbbbbbbbbbbb")])
+            .write_live(
+                &source,
+                &[
+                    event("a", "REPLICATION_STARTED", 101),
+                    start_replication(&b, "st-bbbbbbbbbbbbb")
+                ]
+            )
             .await
             .is_err()
     );
-    assert_eq!(store.list_events(&source, SESSION, "a", None, 10).await.unwrap().items.len(), 0);
+    assert_eq!(
+        store
+            .list_events(&source, SESSION, "a", None, 10)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        0
+    );
 
     store
-        .write_live(&source, &[stop_replication(&b, "StopParticipantReplication")])
+        .write_live(
+            &source,
+            &[stop_replication(&b, "StopParticipantReplication")],
+        )
         .await
         .unwrap();
     // Stopping what is not active changes nothing.
-    store.write_live(&source, &[stop_replication(&b, "again")]).await.unwrap();
+    store
+        .write_live(&source, &[stop_replication(&b, "again")])
+        .await
+        .unwrap();
     // The same destination again, after the stop.
     store
         .write_live(&source, &[start_replication(&b, "st-bbbbbbbbbbbb2")])
@@ -503,16 +528,34 @@ async fn replications_are_recorded_stopped_and_listed() {
             (b_arn.as_str(), "st-bbbbbbbbbbbb2", "ACTIVE"),
         ]
     );
-    assert!(listed.items.iter().all(|r| r.source_session_id == SESSION && r.participant_id == "a"));
-    assert_eq!(reasons(&store).await, [Some("StopParticipantReplication".to_owned()), None, None]);
+    assert!(
+        listed
+            .items
+            .iter()
+            .all(|r| r.source_session_id == SESSION && r.participant_id == "a")
+    );
+    assert_eq!(
+        reasons(&store).await,
+        [Some("StopParticipantReplication".to_owned()), None, None]
+    );
 
     // Pages, oldest first.
     let first = store.list_replicas(&source, "a", None, 2).await.unwrap();
     assert_eq!(first.items.len(), 2);
-    let second = store.list_replicas(&source, "a", first.next, 2).await.unwrap();
+    let second = store
+        .list_replicas(&source, "a", first.next, 2)
+        .await
+        .unwrap();
     assert_eq!(second.items.len(), 1);
     assert_eq!(second.next, None);
-    assert!(store.list_replicas(&source, "nobody", None, 10).await.unwrap().items.is_empty());
+    assert!(
+        store
+            .list_replicas(&source, "nobody", None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 
     // Only the replication fields of the record change.
     store
@@ -527,16 +570,41 @@ async fn replications_are_recorded_stopped_and_listed() {
         )
         .await
         .unwrap();
-    let a = store.get_participant(&source, SESSION, "a").await.unwrap().unwrap();
-    assert_eq!((a.replication_type.as_str(), a.replication_state.as_deref()), ("SOURCE", Some("STOPPED")));
-    assert_eq!((a.state, a.published, a.user_id.as_deref()), (ParticipantState::Connected, true, Some("user-a")));
+    let a = store
+        .get_participant(&source, SESSION, "a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a.replication_type.as_str(), a.replication_state.as_deref()),
+        ("SOURCE", Some("STOPPED"))
+    );
+    assert_eq!(
+        (a.state, a.published, a.user_id.as_deref()),
+        (ParticipantState::Connected, true, Some("user-a"))
+    );
 
     // A deleted destination's replications stay listed under the source...
     store.delete_resource(&c).await.unwrap();
-    assert_eq!(store.list_replicas(&source, "a", None, 10).await.unwrap().items.len(), 3);
+    assert_eq!(
+        store
+            .list_replicas(&source, "a", None, 10)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3
+    );
     // ...and a deleted source's go with it.
     store.delete_resource(&source).await.unwrap();
-    assert!(store.list_replicas(&source, "a", None, 10).await.unwrap().items.is_empty());
+    assert!(
+        store
+            .list_replicas(&source, "a", None, 10)
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -563,12 +631,27 @@ async fn start_up_stops_the_replications_of_a_source_that_had_left() {
         .await
         .unwrap();
     let closed = store.close_interrupted_sessions(500).await.unwrap();
-    assert_eq!((closed.sessions, closed.participants, closed.replications), (1, 0, 1));
-    let a = store.get_participant(&source, SESSION, "a").await.unwrap().unwrap();
-    assert_eq!(a.replication_state.as_deref(), Some("STOPPED"));
-    assert_eq!(reasons(&store).await, [Some(crate::live_writes::RESTART_REASON.to_owned())]);
     assert_eq!(
-        store.list_replicas(&source, "a", None, 10).await.unwrap().items[0].replication_state,
+        (closed.sessions, closed.participants, closed.replications),
+        (1, 0, 1)
+    );
+    let a = store
+        .get_participant(&source, SESSION, "a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.replication_state.as_deref(), Some("STOPPED"));
+    assert_eq!(
+        reasons(&store).await,
+        [Some(crate::live_writes::RESTART_REASON.to_owned())]
+    );
+    assert_eq!(
+        store
+            .list_replicas(&source, "a", None, 10)
+            .await
+            .unwrap()
+            .items[0]
+            .replication_state,
         "STOPPED"
     );
 }

@@ -281,10 +281,12 @@ pub(crate) async fn close_interrupted(
         .map_err(backend)?
         .rows_affected();
     // Also a source participant that had left inside its reconnect window.
-    sqlx::query("UPDATE participants SET replication_state = 'STOPPED' WHERE replication_state = 'ACTIVE'")
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?;
+    sqlx::query(
+        "UPDATE participants SET replication_state = 'STOPPED' WHERE replication_state = 'ACTIVE'",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
     let sessions = sqlx::query(
         "UPDATE stage_sessions SET end_time = max(?1, start_time) WHERE end_time IS NULL",
     )

@@ -43,9 +43,21 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The schema, in order. Versions are recorded in `_sqlx_migrations` with a
 /// checksum, so an edited migration is refused rather than silently skipped.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (1, "initial schema", include_str!("../migrations/0001_initial.sql")),
-    (2, "live plane", include_str!("../migrations/0002_live_plane.sql")),
-    (3, "replication", include_str!("../migrations/0003_replication.sql")),
+    (
+        1,
+        "initial schema",
+        include_str!("../migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "live plane",
+        include_str!("../migrations/0002_live_plane.sql"),
+    ),
+    (
+        3,
+        "replication",
+        include_str!("../migrations/0003_replication.sql"),
+    ),
 ];
 
 /// The [`Store`] on SQLite. Cheap to clone: clones share the pools.

@@ -161,13 +161,26 @@ impl Settings {
         if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
             bail!("--public-url must start with http:// or https://, got {public_url}");
         }
-        let region = args.region.or(file.region).unwrap_or_else(|| DEFAULT_REGION.to_owned());
-        if region.is_empty() || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        let region = args
+            .region
+            .or(file.region)
+            .unwrap_or_else(|| DEFAULT_REGION.to_owned());
+        if region.is_empty()
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
             bail!("--region must be of [a-z0-9-], got {region:?}");
         }
-        let account_id = args.account_id.or(file.account_id).unwrap_or_else(default_account);
+        let account_id = args
+            .account_id
+            .or(file.account_id)
+            .unwrap_or_else(default_account);
         let primary = AccessKeyConfig {
-            access_key_id: args.access_key_id.or(file.access_key_id).unwrap_or_else(|| DEV_ACCESS_KEY_ID.to_owned()),
+            access_key_id: args
+                .access_key_id
+                .or(file.access_key_id)
+                .unwrap_or_else(|| DEV_ACCESS_KEY_ID.to_owned()),
             secret_access_key: args
                 .secret_access_key
                 .or(file.secret_access_key)
@@ -178,7 +191,11 @@ impl Settings {
         access_keys.extend(file.access_keys);
         for k in &access_keys {
             if k.account_id.len() != 12 || !k.account_id.bytes().all(|b| b.is_ascii_digit()) {
-                bail!("account id of access key {} must be 12 digits, got {:?}", k.access_key_id, k.account_id);
+                bail!(
+                    "account id of access key {} must be 12 digits, got {:?}",
+                    k.access_key_id,
+                    k.account_id
+                );
             }
             if k.access_key_id.is_empty() || k.secret_access_key.is_empty() {
                 bail!("access key ids and secrets must not be empty");
@@ -186,13 +203,22 @@ impl Settings {
         }
         Ok(Settings {
             listen,
-            media_port: args.media_port.or(file.media_port).unwrap_or(DEFAULT_MEDIA_PORT),
-            data_dir: args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            media_port: args
+                .media_port
+                .or(file.media_port)
+                .unwrap_or(DEFAULT_MEDIA_PORT),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             public_url,
             region,
             access_keys,
             public_ip: args.public_ip.or(file.public_ip),
-            max_subscribers: args.max_subscribers.or(file.max_subscribers).unwrap_or(DEFAULT_MAX_SUBSCRIBERS),
+            max_subscribers: args
+                .max_subscribers
+                .or(file.max_subscribers)
+                .unwrap_or(DEFAULT_MAX_SUBSCRIBERS),
             media_threads: args.media_threads.or(file.media_threads).unwrap_or(0),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
@@ -220,7 +246,8 @@ impl Settings {
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
 

@@ -34,7 +34,9 @@ fn main() -> anyhow::Result<()> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("ONSTAGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -47,7 +49,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
     let control = ControlPlane::open(
         Arc::new(store),
-        ControlPlaneConfig { whip_url: settings.whip_url(), events_url: settings.events_url() },
+        ControlPlaneConfig {
+            whip_url: settings.whip_url(),
+            events_url: settings.events_url(),
+        },
     )
     .await
     .context("loading the token-signing key")?;
@@ -55,7 +60,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let (signals, signal_receiver) = tokio::sync::mpsc::unbounded_channel();
     let media = MediaServer::start(
-        MediaConfig { bind: settings.media_bind(), candidate_ip: settings.public_ip, shards: settings.media_threads },
+        MediaConfig {
+            bind: settings.media_bind(),
+            candidate_ip: settings.public_ip,
+            shards: settings.media_threads,
+        },
         signals,
     )
     .context("starting the media plane")?;
@@ -63,7 +72,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let live = LivePlane::open(
         control.clone(),
         Arc::new(media),
-        LiveConfig { max_subscribers: settings.max_subscribers, ..LiveConfig::default() },
+        LiveConfig {
+            max_subscribers: settings.max_subscribers,
+            ..LiveConfig::default()
+        },
     )
     .await
     .context("starting the live plane")?;
@@ -74,7 +86,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     for k in &settings.access_keys {
         credentials.insert(
             k.access_key_id.clone(),
-            AccessKey { secret: k.secret_access_key.clone(), account_id: k.account_id.clone() },
+            AccessKey {
+                secret: k.secret_access_key.clone(),
+                account_id: k.account_id.clone(),
+            },
         );
     }
     let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -84,7 +99,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || {
         // Sampled at scrape time: a count that only grows under steady load is a
         // leaked task.
-        metrics::gauge!("onstage_runtime_alive_tasks").set(runtime.metrics().num_alive_tasks() as f64);
+        metrics::gauge!("onstage_runtime_alive_tasks")
+            .set(runtime.metrics().num_alive_tasks() as f64);
         prometheus.render()
     });
     let state = ApiState::new(control, credentials, settings.region.clone(), Some(render))
@@ -97,7 +113,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
-    print_banner(&settings, listener.local_addr().unwrap_or(settings.listen), media_candidate);
+    print_banner(
+        &settings,
+        listener.local_addr().unwrap_or(settings.listen),
+        media_candidate,
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
@@ -113,9 +133,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
 fn print_banner(settings: &Settings, bound: std::net::SocketAddr, media: std::net::SocketAddr) {
     let api = format!("http://{bound}");
-    println!("onstage {} — Amazon IVS Real-Time API", env!("CARGO_PKG_VERSION"));
+    println!(
+        "onstage {} — Amazon IVS Real-Time API",
+        env!("CARGO_PKG_VERSION")
+    );
     println!("  API endpoint    {api}   (aws ivs-realtime --endpoint-url {api} ...)");
-    println!("  public URL      {}  (whip {}, events {})", settings.public_url, settings.whip_url(), settings.events_url());
+    println!(
+        "  public URL      {}  (whip {}, events {})",
+        settings.public_url,
+        settings.whip_url(),
+        settings.events_url()
+    );
     println!("  region          {}", settings.region);
     const SHOWN_KEYS: usize = 3;
     for k in settings.access_keys.iter().take(SHOWN_KEYS) {
@@ -124,10 +152,16 @@ fn print_banner(settings: &Settings, bound: std::net::SocketAddr, media: std::ne
         } else {
             mask(&k.secret_access_key)
         };
-        println!("  credentials     {} / {}  → account {}", k.access_key_id, secret, k.account_id);
+        println!(
+            "  credentials     {} / {}  → account {}",
+            k.access_key_id, secret, k.account_id
+        );
     }
     if settings.access_keys.len() > SHOWN_KEYS {
-        println!("                  … and {} more access keys from the configuration", settings.access_keys.len() - SHOWN_KEYS);
+        println!(
+            "                  … and {} more access keys from the configuration",
+            settings.access_keys.len() - SHOWN_KEYS
+        );
     }
     println!("  data directory  {}", settings.data_dir.display());
     println!("  media (UDP)     {media}  (ICE host candidate)");
@@ -137,7 +171,10 @@ fn print_banner(settings: &Settings, bound: std::net::SocketAddr, media: std::ne
 
 fn mask(secret: &str) -> String {
     let shown: String = secret.chars().take(2).collect();
-    format!("{shown}{}", "*".repeat(secret.chars().count().saturating_sub(2).min(16)))
+    format!(
+        "{shown}{}",
+        "*".repeat(secret.chars().count().saturating_sub(2).min(16))
+    )
 }
 
 async fn shutdown_signal() {

@@ -26,20 +26,36 @@ use hyper_util::rt::TokioIo;
 const HEADERS: [(&str, &str); 6] = [
     ("Access-Control-Allow-Origin", "*"),
     ("Cache-Control", "no-store, no-cache"),
-    ("Content-Security-Policy", "default-src 'self'; upgrade-insecure-requests;"),
-    ("Strict-Transport-Security", "max-age:47304000; includeSubDomains"),
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; upgrade-insecure-requests;",
+    ),
+    (
+        "Strict-Transport-Security",
+        "max-age:47304000; includeSubDomains",
+    ),
     ("X-Content-Type-Options", "nosniff"),
     ("X-Frame-Options", "DENY"),
 ];
 
 async fn create_stage(client: &Client, name: &str) -> Stage {
-    client.create_stage().name(name).send().await.expect("CreateStage").stage.expect("CreateStage returns the stage")
+    client
+        .create_stage()
+        .name(name)
+        .send()
+        .await
+        .expect("CreateStage")
+        .stage
+        .expect("CreateStage returns the stage")
 }
 
 /// An audio-only (Opus) sendonly offer, bundle and rtcp-mux, whose one ICE candidate
 /// is `port` on loopback.
 fn offer(port: u16) -> String {
-    let fingerprint = (0..32).map(|i| format!("{:02X}", (i * 7 + 3) % 256)).collect::<Vec<_>>().join(":");
+    let fingerprint = (0..32)
+        .map(|i| format!("{:02X}", (i * 7 + 3) % 256))
+        .collect::<Vec<_>>()
+        .join(":");
     [
         "v=0",
         "o=- 4004794979 4004794979 IN IP4 0.0.0.0",
@@ -71,9 +87,12 @@ fn offer(port: u16) -> String {
 async fn post_offer(url: &str, token: &str, sdp: String) -> (u16, http::HeaderMap, String) {
     let rest = url.strip_prefix("http://").expect("an http:// WHIP URL");
     let (authority, path) = rest.split_once('/').expect("a WHIP URL with a path");
-    let stream = tokio::net::TcpStream::connect(authority).await.expect("connect to the WHIP endpoint");
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1.1 handshake");
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .expect("connect to the WHIP endpoint");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake");
     tokio::spawn(connection);
     let request = http::Request::post(format!("/{path}"))
         .header(http::header::HOST, authority)
@@ -84,16 +103,26 @@ async fn post_offer(url: &str, token: &str, sdp: String) -> (u16, http::HeaderMa
     let response = sender.send_request(request).await.expect("POST the offer");
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = response.into_body().collect().await.expect("response body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("response body")
+        .to_bytes();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
 }
 
 async fn active_session(client: &Client, arn: &str) -> Option<String> {
     let out = client.get_stage().arn(arn).send().await.expect("GetStage");
-    out.stage.and_then(|s| s.active_session_id().map(str::to_owned))
+    out.stage
+        .and_then(|s| s.active_session_id().map(str::to_owned))
 }
 
-async fn replicas(client: &Client, source: &str, pid: &str) -> Vec<(String, ReplicationState, String, String)> {
+async fn replicas(
+    client: &Client,
+    source: &str,
+    pid: &str,
+) -> Vec<(String, ReplicationState, String, String)> {
     let out = client
         .list_participant_replicas()
         .source_stage_arn(source)
@@ -140,12 +169,30 @@ async fn start_list_stop_through_the_sdk() {
     // The publisher: signalling only (see the module comment).
     let silent = UdpSocket::bind("127.0.0.1:0").expect("bind a UDP port");
     let port = silent.local_addr().expect("local address").port();
-    let whip = a.endpoints().and_then(|e| e.whip()).expect("the stage's WHIP endpoint").to_owned();
-    let (status, headers, body) = post_offer(&whip, token.token().expect("token"), offer(port)).await;
-    assert_eq!(status, 201, "WHIP publish: {status} {body}\n{}", server.log());
-    assert!(headers.get(http::header::LOCATION).is_some(), "201 without Location");
-    let src_session = active_session(&client, a.arn()).await.expect("A has a session once its publisher joined");
-    assert!(active_session(&client, b.arn()).await.is_none(), "B is idle before the replication");
+    let whip = a
+        .endpoints()
+        .and_then(|e| e.whip())
+        .expect("the stage's WHIP endpoint")
+        .to_owned();
+    let (status, headers, body) =
+        post_offer(&whip, token.token().expect("token"), offer(port)).await;
+    assert_eq!(
+        status,
+        201,
+        "WHIP publish: {status} {body}\n{}",
+        server.log()
+    );
+    assert!(
+        headers.get(http::header::LOCATION).is_some(),
+        "201 without Location"
+    );
+    let src_session = active_session(&client, a.arn())
+        .await
+        .expect("A has a session once its publisher joined");
+    assert!(
+        active_session(&client, b.arn()).await.is_none(),
+        "B is idle before the replication"
+    );
 
     // Start: 200, the seven headers as the output's members.
     let out = client
@@ -168,15 +215,30 @@ async fn start_list_stop_through_the_sdk() {
         out.x_frame_options(),
     ];
     for ((name, want), got) in HEADERS.iter().zip(got) {
-        assert_eq!(got, Some(*want), "StartParticipantReplication output header {name}");
+        assert_eq!(
+            got,
+            Some(*want),
+            "StartParticipantReplication output header {name}"
+        );
     }
-    assert!(out.access_control_expose_headers().is_some_and(|v| !v.is_empty()), "Access-Control-Expose-Headers");
+    assert!(
+        out.access_control_expose_headers()
+            .is_some_and(|v| !v.is_empty()),
+        "Access-Control-Expose-Headers"
+    );
 
     // In place when the call returns: B's session and the replica's record.
-    let dst_session = active_session(&client, b.arn()).await.expect("the replication started B's session");
+    let dst_session = active_session(&client, b.arn())
+        .await
+        .expect("the replication started B's session");
     assert_eq!(
         replicas(&client, a.arn(), &pid).await,
-        vec![(b.arn().to_owned(), ReplicationState::Active, src_session.clone(), dst_session.clone())]
+        vec![(
+            b.arn().to_owned(),
+            ReplicationState::Active,
+            src_session.clone(),
+            dst_session.clone()
+        )]
     );
     let replica = client
         .get_participant()
@@ -188,18 +250,38 @@ async fn start_list_stop_through_the_sdk() {
         .expect("GetParticipant of the replica")
         .participant
         .expect("participant");
-    assert_eq!(replica.replication_type(), Some(&ReplicationType::Replica), "{replica:?}");
-    assert_eq!(replica.replication_state(), Some(&ReplicationState::Active), "{replica:?}");
+    assert_eq!(
+        replica.replication_type(),
+        Some(&ReplicationType::Replica),
+        "{replica:?}"
+    );
+    assert_eq!(
+        replica.replication_state(),
+        Some(&ReplicationState::Active),
+        "{replica:?}"
+    );
     assert_eq!(replica.source_stage_arn(), Some(a.arn()), "{replica:?}");
-    assert_eq!(replica.source_session_id(), Some(src_session.as_str()), "{replica:?}");
-    assert_eq!(replica.state(), Some(&ParticipantState::Connected), "{replica:?}");
+    assert_eq!(
+        replica.source_session_id(),
+        Some(src_session.as_str()),
+        "{replica:?}"
+    );
+    assert_eq!(
+        replica.state(),
+        Some(&ParticipantState::Connected),
+        "{replica:?}"
+    );
     assert!(replica.published(), "{replica:?}");
     assert_eq!(replica.user_id(), Some("sdk-host"), "{replica:?}");
     let merged: HashMap<String, String> = [("role", "host"), ("lang", "fr"), ("origin", "sdk")]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    assert_eq!(replica.attributes(), Some(&merged), "token attributes overlaid with the request's");
+    assert_eq!(
+        replica.attributes(),
+        Some(&merged),
+        "token attributes overlaid with the request's"
+    );
     let source = client
         .get_participant()
         .stage_arn(a.arn())
@@ -210,8 +292,16 @@ async fn start_list_stop_through_the_sdk() {
         .expect("GetParticipant of the source")
         .participant
         .expect("participant");
-    assert_eq!(source.replication_type(), Some(&ReplicationType::Source), "{source:?}");
-    assert_eq!(source.replication_state(), Some(&ReplicationState::Active), "{source:?}");
+    assert_eq!(
+        source.replication_type(),
+        Some(&ReplicationType::Source),
+        "{source:?}"
+    );
+    assert_eq!(
+        source.replication_state(),
+        Some(&ReplicationState::Active),
+        "{source:?}"
+    );
 
     // Already replicated there; a replica replicated onward.
     expect_failure!(
@@ -249,7 +339,12 @@ async fn start_list_stop_through_the_sdk() {
     assert_eq!(out.x_frame_options(), Some("DENY"));
     assert_eq!(
         replicas(&client, a.arn(), &pid).await,
-        vec![(b.arn().to_owned(), ReplicationState::Stopped, src_session.clone(), dst_session.clone())]
+        vec![(
+            b.arn().to_owned(),
+            ReplicationState::Stopped,
+            src_session.clone(),
+            dst_session.clone()
+        )]
     );
     let source = client
         .get_participant()
@@ -261,8 +356,16 @@ async fn start_list_stop_through_the_sdk() {
         .expect("GetParticipant of the source")
         .participant
         .expect("participant");
-    assert_eq!(source.replication_type(), Some(&ReplicationType::Source), "{source:?}");
-    assert_eq!(source.replication_state(), Some(&ReplicationState::Stopped), "{source:?}");
+    assert_eq!(
+        source.replication_type(),
+        Some(&ReplicationType::Source),
+        "{source:?}"
+    );
+    assert_eq!(
+        source.replication_state(),
+        Some(&ReplicationState::Stopped),
+        "{source:?}"
+    );
     expect_failure!(
         client
             .stop_participant_replication()
@@ -284,10 +387,18 @@ async fn start_list_stop_through_the_sdk() {
             .participant_id(&pid)
             .send()
             .await
-            .unwrap_or_else(|e| panic!("StartParticipantReplication to {}: {e:?}", arn_id(dest.arn())));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "StartParticipantReplication to {}: {e:?}",
+                    arn_id(dest.arn())
+                )
+            });
     }
-    let mut states: Vec<(String, ReplicationState)> =
-        replicas(&client, a.arn(), &pid).await.into_iter().map(|(d, s, _, _)| (d, s)).collect();
+    let mut states: Vec<(String, ReplicationState)> = replicas(&client, a.arn(), &pid)
+        .await
+        .into_iter()
+        .map(|(d, s, _, _)| (d, s))
+        .collect();
     states.sort_by(|x, y| (x.0.as_str(), x.1.as_str()).cmp(&(y.0.as_str(), y.1.as_str())));
     let mut want = vec![
         (b.arn().to_owned(), ReplicationState::Active),

@@ -32,10 +32,20 @@ impl Url {
         if authority.is_empty() {
             bail!("no host in {url:?}");
         }
-        let has_port = authority.rsplit_once(':').is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        let has_port = authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
             && !authority.ends_with(']');
-        let connect_to = if has_port { authority.to_owned() } else { format!("{authority}:80") };
-        Ok(Url { authority: authority.to_owned(), connect_to, path: path.to_owned() })
+        let connect_to = if has_port {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(Url {
+            authority: authority.to_owned(),
+            connect_to,
+            path: path.to_owned(),
+        })
     }
 
     /// Resolves a `Location` header (absolute, or a path on this URL's origin).
@@ -43,7 +53,10 @@ impl Url {
         if location.starts_with("http://") {
             Url::parse(location)
         } else if location.starts_with('/') {
-            Ok(Url { path: location.to_owned(), ..self.clone() })
+            Ok(Url {
+                path: location.to_owned(),
+                ..self.clone()
+            })
         } else {
             bail!("unsupported Location {location:?}")
         }
@@ -68,12 +81,16 @@ pub async fn request(
         .await
         .with_context(|| format!("could not connect to {}", url.connect_to))?;
     stream.set_nodelay(true)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         // Ends when the answer is read and the sender dropped.
         let _ = connection.await;
     });
-    let mut builder = Request::builder().method(method).uri(&url.path).header(HOST, &url.authority);
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(&url.path)
+        .header(HOST, &url.authority);
     if let Some(token) = bearer {
         builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
     }
@@ -82,9 +99,17 @@ pub async fn request(
     }
     let response = sender.send_request(builder.body(Full::new(body))?).await?;
     let status = response.status();
-    let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let location = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = response.into_body().collect().await?.to_bytes();
-    Ok(Response { status, location, body })
+    Ok(Response {
+        status,
+        location,
+        body,
+    })
 }
 
 #[cfg(test)]
@@ -94,7 +119,10 @@ mod tests {
     #[test]
     fn parses_and_joins_urls() -> anyhow::Result<()> {
         let u = Url::parse("http://127.0.0.1:7700/whip")?;
-        assert_eq!((u.connect_to.as_str(), u.path.as_str()), ("127.0.0.1:7700", "/whip"));
+        assert_eq!(
+            (u.connect_to.as_str(), u.path.as_str()),
+            ("127.0.0.1:7700", "/whip")
+        );
         assert_eq!(Url::parse("http://example")?.connect_to, "example:80");
         assert_eq!(u.join("/whip/resource/x")?.path, "/whip/resource/x");
         assert_eq!(u.join("http://h:1/r")?.connect_to, "h:1");

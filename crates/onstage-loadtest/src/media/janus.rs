@@ -81,14 +81,22 @@ impl JanusTarget {
                     event_loops: settings.event_loops,
                     ..JanusOptions::default()
                 };
-                let server = JanusServer::start(&options).await.context("could not start janus")?;
+                let server = JanusServer::start(&options)
+                    .await
+                    .context("could not start janus")?;
                 let addr = server.http_addr();
-                eprintln!("janus pid {} on http://{addr}/janus (log: {})", server.pid(), server.dir().display());
+                eprintln!(
+                    "janus pid {} on http://{addr}/janus (log: {})",
+                    server.pid(),
+                    server.dir().display()
+                );
                 (Some(server), addr)
             }
         };
         let pid = server.as_ref().map(JanusServer::pid);
-        let client = JanusClient::connect(addr).await.with_context(|| format!("could not open a janus session at {addr}"))?;
+        let client = JanusClient::connect(addr)
+            .await
+            .with_context(|| format!("could not open a janus session at {addr}"))?;
         let codec = match settings.codec {
             VideoCodec::Vp8 => RoomCodec::Vp8,
             VideoCodec::H264 => RoomCodec::H264,
@@ -108,13 +116,19 @@ impl JanusTarget {
 
 /// `http://host:port[/janus]` → the HTTP API's socket address.
 fn parse_url(url: &str) -> anyhow::Result<SocketAddr> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow!("--janus-url must be http://host:port/janus: {url}"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow!("--janus-url must be http://host:port/janus: {url}"))?;
     let authority = rest.split('/').next().unwrap_or_default();
-    authority.parse().with_context(|| format!("--janus-url needs a numeric host:port: {url}"))
+    authority
+        .parse()
+        .with_context(|| format!("--janus-url needs a numeric host:port: {url}"))
 }
 
 fn room_number(room: &Room) -> anyhow::Result<u64> {
-    room.id.parse().with_context(|| format!("not a janus room number: {}", room.id))
+    room.id
+        .parse()
+        .with_context(|| format!("not a janus room number: {}", room.id))
 }
 
 /// A publisher's or subscriber's VideoRoom handle.
@@ -126,13 +140,19 @@ struct JanusSession {
 #[async_trait]
 impl Session for JanusSession {
     async fn answer(&mut self, answer_sdp: String) -> anyhow::Result<()> {
-        self.client.start(self.handle, &answer_sdp).await.map_err(|e| Failure::new("janus_start", format!("{e:#}")))
+        self.client
+            .start(self.handle, &answer_sdp)
+            .await
+            .map_err(|e| Failure::new("janus_start", format!("{e:#}")))
     }
 
     async fn leave(self: Box<Self>) -> anyhow::Result<()> {
         // Detach even when `leave` fails (e.g. Janus already closed the peer).
         let left = self.client.leave(self.handle).await;
-        self.client.detach(self.handle).await.map_err(|e| Failure::new("janus_detach", format!("{e:#}")))?;
+        self.client
+            .detach(self.handle)
+            .await
+            .map_err(|e| Failure::new("janus_detach", format!("{e:#}")))?;
         left.map_err(|e| Failure::new("janus_leave", format!("{e:#}")))
     }
 }
@@ -161,14 +181,22 @@ impl Target for JanusTarget {
             .create_room(number, publishers.max(MIN_ROOM_PUBLISHERS), self.codec)
             .await
             .map_err(|e| Failure::new("janus_create_room", format!("{e:#}")))?;
-        Ok(Room { id: number.to_string(), name: name.to_owned() })
+        Ok(Room {
+            id: number.to_string(),
+            name: name.to_owned(),
+        })
     }
 
     async fn delete_room(&self, room: &Room) -> anyhow::Result<()> {
         self.client.destroy_room(room_number(room)?).await
     }
 
-    async fn publish(&self, room: &Room, user: &str, offer_sdp: String) -> anyhow::Result<Published> {
+    async fn publish(
+        &self,
+        room: &Room,
+        user: &str,
+        offer_sdp: String,
+    ) -> anyhow::Result<Published> {
         let published = self
             .client
             .publish(room_number(room)?, user, &offer_sdp)
@@ -177,7 +205,10 @@ impl Target for JanusTarget {
         Ok(Published {
             publisher_id: published.feed.to_string(),
             answer_sdp: published.answer_sdp,
-            session: Box::new(JanusSession { client: self.client.clone(), handle: published.handle }),
+            session: Box::new(JanusSession {
+                client: self.client.clone(),
+                handle: published.handle,
+            }),
         })
     }
 
@@ -191,7 +222,9 @@ impl Target for JanusTarget {
         if offer_sdp.is_some() {
             bail!("janus makes the subscription offer itself");
         }
-        let feed: u64 = publisher_id.parse().with_context(|| format!("not a janus feed id: {publisher_id}"))?;
+        let feed: u64 = publisher_id
+            .parse()
+            .with_context(|| format!("not a janus feed id: {publisher_id}"))?;
         // Janus offers a feed only once its publisher is fully set up; a
         // subscribe that comes first is refused with 428 "No such feed". The
         // onstage target has no such window (its publish answer means the source
@@ -201,7 +234,10 @@ impl Target for JanusTarget {
         let subscribed = loop {
             match self.client.subscribe(room_number(room)?, feed).await {
                 Ok(subscribed) => break subscribed,
-                Err(e) if format!("{e:#}").contains("No such feed") && std::time::Instant::now() < deadline => {
+                Err(e)
+                    if format!("{e:#}").contains("No such feed")
+                        && std::time::Instant::now() < deadline =>
+                {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
                 Err(e) => return Err(Failure::new("janus_subscribe", format!("{e:#}"))),
@@ -210,16 +246,25 @@ impl Target for JanusTarget {
         Ok(Subscribed {
             participant_id: None,
             server_sdp: subscribed.offer_sdp,
-            session: Box::new(JanusSession { client: self.client.clone(), handle: subscribed.handle }),
+            session: Box::new(JanusSession {
+                client: self.client.clone(),
+                handle: subscribed.handle,
+            }),
         })
     }
 
     async fn shutdown(&self) -> anyhow::Result<()> {
-        let server = self.server.lock().map_err(|_| anyhow!("janus server lock poisoned"))?.take();
+        let server = self
+            .server
+            .lock()
+            .map_err(|_| anyhow!("janus server lock poisoned"))?
+            .take();
         if let Some(server) = server {
             // Dropping stops it (SIGTERM, then SIGKILL) and removes its folder;
             // that blocks for up to a few seconds, off the runtime thread.
-            tokio::task::spawn_blocking(move || drop(server)).await.context("stopping janus")?;
+            tokio::task::spawn_blocking(move || drop(server))
+                .await
+                .context("stopping janus")?;
         }
         Ok(())
     }
@@ -231,8 +276,14 @@ mod tests {
 
     #[test]
     fn janus_urls_name_the_api_address() {
-        assert_eq!(parse_url("http://127.0.0.1:8088/janus").ok(), Some(SocketAddr::from(([127, 0, 0, 1], 8088))));
-        assert_eq!(parse_url("http://127.0.0.1:8088").ok(), Some(SocketAddr::from(([127, 0, 0, 1], 8088))));
+        assert_eq!(
+            parse_url("http://127.0.0.1:8088/janus").ok(),
+            Some(SocketAddr::from(([127, 0, 0, 1], 8088)))
+        );
+        assert_eq!(
+            parse_url("http://127.0.0.1:8088").ok(),
+            Some(SocketAddr::from(([127, 0, 0, 1], 8088)))
+        );
         assert!(parse_url("https://127.0.0.1:8089/janus").is_err());
         assert!(parse_url("http://localhost:8088/janus").is_err());
     }

@@ -200,7 +200,9 @@ fn parse_bitrate(s: &str) -> Result<u64, String> {
         Some('m' | 'M') => (&s[..s.len() - 1], 1e6),
         _ => (s, 1.0),
     };
-    let value: f64 = number.parse().map_err(|_| format!("not a bitrate: {s:?} (try 2.5M, 800k)"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("not a bitrate: {s:?} (try 2.5M, 800k)"))?;
     let bits = value * factor;
     if !(bits.is_finite() && bits >= 10_000.0) {
         return Err(format!("bitrate must be at least 10k: {s:?}"));
@@ -263,7 +265,8 @@ impl Plan {
             // smaller receive batches: 4 threads on one core cost ~10% more
             // CPU per packet than 1.
             sockets: a.sockets.unwrap_or_else(|| {
-                std::thread::available_parallelism().map_or(1, |n| u32::try_from(n.get()).unwrap_or(64).min(64))
+                std::thread::available_parallelism()
+                    .map_or(1, |n| u32::try_from(n.get()).unwrap_or(64).min(64))
             }),
         };
         if plan.stages == 0 || plan.publishers == 0 {
@@ -338,7 +341,9 @@ impl Ctx {
 async fn publish(ctx: &Ctx, room: &Room, index: u32, user: &str) -> anyhow::Result<PublisherPeer> {
     let shard = ctx.pick_shard();
     let local = ctx.addresses.next()?;
-    let offering = ctx.factory.publisher(local_addr(local, ctx.shards[shard].port()), ctx.shape.codec)?;
+    let offering = ctx
+        .factory
+        .publisher(local_addr(local, ctx.shards[shard].port()), ctx.shape.codec)?;
     let published = ctx.target.publish(room, user, offering.offer_sdp()).await?;
     let (rtc, audio, video) = offering.accept(&published.answer_sdp)?;
     let (tell, connected) = oneshot::channel();
@@ -359,11 +364,21 @@ async fn publish(ctx: &Ctx, room: &Room, index: u32, user: &str) -> anyhow::Resu
         Ok(Ok(())) => {}
         _ => bail!("publisher {user} did not connect"),
     }
-    Ok(PublisherPeer { shard, local, publisher_id: published.publisher_id, session: published.session })
+    Ok(PublisherPeer {
+        shard,
+        local,
+        publisher_id: published.publisher_id,
+        session: published.session,
+    })
 }
 
 /// Subscribes to one publisher; the peer connects on its shard afterwards.
-async fn subscribe(ctx: &Ctx, room: &Room, publisher_id: &str, user: &str) -> anyhow::Result<Subscription> {
+async fn subscribe(
+    ctx: &Ctx,
+    room: &Room,
+    publisher_id: &str,
+    user: &str,
+) -> anyhow::Result<Subscription> {
     let shard = ctx.pick_shard();
     let local = ctx.addresses.next()?;
     let addr = local_addr(local, ctx.shards[shard].port());
@@ -371,26 +386,44 @@ async fn subscribe(ctx: &Ctx, room: &Room, publisher_id: &str, user: &str) -> an
     let (rtc, subscribed) = match ctx.target.subscribe_mode() {
         SubscribeMode::ClientOffers => {
             let offering = ctx.factory.subscriber_offering(addr)?;
-            let subscribed = ctx.target.subscribe(room, publisher_id, user, Some(offering.offer_sdp())).await?;
-            let (rtc, _, _) = offering.accept(&subscribed.server_sdp).map_err(|e| Failure::new("sdp_answer", format!("{e:#}")))?;
+            let subscribed = ctx
+                .target
+                .subscribe(room, publisher_id, user, Some(offering.offer_sdp()))
+                .await?;
+            let (rtc, _, _) = offering
+                .accept(&subscribed.server_sdp)
+                .map_err(|e| Failure::new("sdp_answer", format!("{e:#}")))?;
             (rtc, subscribed)
         }
         SubscribeMode::ServerOffers => {
             let mut subscribed = ctx.target.subscribe(room, publisher_id, user, None).await?;
-            let (rtc, answer) =
-                ctx.factory.subscriber_answering(addr, &subscribed.server_sdp).map_err(|e| Failure::new("sdp_offer", format!("{e:#}")))?;
+            let (rtc, answer) = ctx
+                .factory
+                .subscriber_answering(addr, &subscribed.server_sdp)
+                .map_err(|e| Failure::new("sdp_offer", format!("{e:#}")))?;
             subscribed.session.answer(answer).await?;
             (rtc, subscribed)
         }
     };
-    ctx.shards[shard].add(NewPeer { local, rtc, role: NewRole::Subscriber { join_started }, on_connected: None })?;
-    Ok(Subscription { shard, local, participant_id: subscribed.participant_id, session: subscribed.session })
+    ctx.shards[shard].add(NewPeer {
+        local,
+        rtc,
+        role: NewRole::Subscriber { join_started },
+        on_connected: None,
+    })?;
+    Ok(Subscription {
+        shard,
+        local,
+        participant_id: subscribed.participant_id,
+        session: subscribed.session,
+    })
 }
 
 async fn leave_subscription(ctx: &Ctx, s: Subscription) {
     ctx.shards[s.shard].remove(s.local);
     if let Err(e) = s.session.leave().await {
-        ctx.failures.record(&Failure::kind_of(&e, "leave"), &format!("{e:#}"));
+        ctx.failures
+            .record(&Failure::kind_of(&e, "leave"), &format!("{e:#}"));
     }
 }
 
@@ -430,7 +463,10 @@ impl Monitor {
             });
             eprintln!(
                 "{}",
-                w.line(now.at.duration_since(self.started).as_secs_f64(), ctx.wanted_subscribers.load(Ordering::Relaxed))
+                w.line(
+                    now.at.duration_since(self.started).as_secs_f64(),
+                    ctx.wanted_subscribers.load(Ordering::Relaxed)
+                )
             );
         }
         self.last = Some(now);
@@ -455,7 +491,11 @@ fn spawn_monitor(ctx: Arc<Ctx>, monitor: Arc<Mutex<Monitor>>) -> oneshot::Sender
 
 /// Starts `jobs` subscriptions at `ramp` per second; returns those that were
 /// accepted (failures are counted).
-async fn join_all(ctx: &Arc<Ctx>, jobs: Vec<(Room, String, String)>, ramp: f64) -> Vec<Subscription> {
+async fn join_all(
+    ctx: &Arc<Ctx>,
+    jobs: Vec<(Room, String, String)>,
+    ramp: f64,
+) -> Vec<Subscription> {
     let started = tokio::time::Instant::now();
     let mut tasks = Vec::with_capacity(jobs.len());
     for (i, (room, publisher_id, user)) in jobs.into_iter().enumerate() {
@@ -467,7 +507,8 @@ async fn join_all(ctx: &Arc<Ctx>, jobs: Vec<(Room, String, String)>, ramp: f64) 
                 Ok(s) => Some(s),
                 Err(e) => {
                     ctx.wanted_subscribers.fetch_sub(1, Ordering::Relaxed);
-                    ctx.failures.record(&Failure::kind_of(&e, "subscribe"), &format!("{e:#}"));
+                    ctx.failures
+                        .record(&Failure::kind_of(&e, "subscribe"), &format!("{e:#}"));
                     None
                 }
             }
@@ -483,7 +524,12 @@ async fn join_all(ctx: &Arc<Ctx>, jobs: Vec<(Room, String, String)>, ramp: f64) 
 }
 
 /// The subscriptions `count` more viewers per stage make (numbered from `first`).
-fn viewer_jobs(stages: &[StageRun], plan: &Plan, first: u32, count: u32) -> Vec<(Room, String, String)> {
+fn viewer_jobs(
+    stages: &[StageRun],
+    plan: &Plan,
+    first: u32,
+    count: u32,
+) -> Vec<(Room, String, String)> {
     let mut jobs = Vec::new();
     for v in first..first + count {
         for (si, stage) in stages.iter().enumerate() {
@@ -492,7 +538,11 @@ fn viewer_jobs(stages: &[StageRun], plan: &Plan, first: u32, count: u32) -> Vec<
                 SubscribeTo::First => &stage.publisher_ids[..stage.publisher_ids.len().min(1)],
             };
             for (pi, pid) in publishers.iter().enumerate() {
-                jobs.push((stage.room.clone(), pid.clone(), format!("viewer-{si}-{v}-{pi}")));
+                jobs.push((
+                    stage.room.clone(),
+                    pid.clone(),
+                    format!("viewer-{si}-{v}-{pi}"),
+                ));
             }
         }
     }
@@ -500,7 +550,13 @@ fn viewer_jobs(stages: &[StageRun], plan: &Plan, first: u32, count: u32) -> Vec<
 }
 
 /// Churn: a subscriber joins every 1/rate s and leaves after `hold`, until `until`.
-async fn churn(ctx: Arc<Ctx>, stages: Vec<(Room, String)>, rate: f64, hold: Duration, until: tokio::time::Instant) -> ChurnResult {
+async fn churn(
+    ctx: Arc<Ctx>,
+    stages: Vec<(Room, String)>,
+    rate: f64,
+    hold: Duration,
+    until: tokio::time::Instant,
+) -> ChurnResult {
     let result = Arc::new(Mutex::new(ChurnResult::default()));
     let left_ids = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut tasks = Vec::new();
@@ -525,12 +581,19 @@ async fn churn(ctx: Arc<Ctx>, stages: Vec<(Room, String)>, rate: f64, hold: Dura
                     leave_subscription(&ctx, s).await;
                     result.lock().unwrap_or_else(PoisonError::into_inner).leaves += 1;
                     if let Some(id) = id {
-                        left_ids.lock().unwrap_or_else(PoisonError::into_inner).push(id);
+                        left_ids
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(id);
                     }
                 }
                 Err(e) => {
-                    result.lock().unwrap_or_else(PoisonError::into_inner).join_failures += 1;
-                    ctx.failures.record(&Failure::kind_of(&e, "subscribe"), &format!("{e:#}"));
+                    result
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .join_failures += 1;
+                    ctx.failures
+                        .record(&Failure::kind_of(&e, "subscribe"), &format!("{e:#}"));
                 }
             }
             ctx.wanted_subscribers.fetch_sub(1, Ordering::Relaxed);
@@ -540,13 +603,25 @@ async fn churn(ctx: Arc<Ctx>, stages: Vec<(Room, String)>, rate: f64, hold: Dura
     for t in tasks {
         let _ = t.await;
     }
-    let mut out = result.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let mut out = result
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     // Participants that left must not stay CONNECTED: ask, allowing the server a
     // few seconds to process the last leaves.
-    let left: HashSet<String> = left_ids.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect();
+    let left: HashSet<String> = left_ids
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .cloned()
+        .collect();
     let rooms: Vec<Room> = {
         let mut seen = HashSet::new();
-        stages.iter().filter(|(r, _)| seen.insert(r.id.clone())).map(|(r, _)| r.clone()).collect()
+        stages
+            .iter()
+            .filter(|(r, _)| seen.insert(r.id.clone()))
+            .map(|(r, _)| r.clone())
+            .collect()
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -572,7 +647,10 @@ async fn churn(ctx: Arc<Ctx>, stages: Vec<(Room, String)>, rate: f64, hold: Dura
 
 /// Waits out `period`, measuring it: the window between its start and end.
 async fn measure(ctx: &Ctx, monitor: &Arc<Mutex<Monitor>>, period: Duration) -> Window {
-    let start = monitor.lock().unwrap_or_else(PoisonError::into_inner).read(ctx);
+    let start = monitor
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .read(ctx);
     tokio::time::sleep(period).await;
     let m = monitor.lock().unwrap_or_else(PoisonError::into_inner);
     let end = m.read(ctx);
@@ -582,9 +660,12 @@ async fn measure(ctx: &Ctx, monitor: &Arc<Mutex<Monitor>>, period: Duration) -> 
 pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
     let plan = Plan::from_args(&args)?;
     let target: Box<dyn Target> = match args.target {
-        TargetKind::Onstage => {
-            Box::new(onstage::Onstage::new(&args.endpoint, &args.access_key_id, &args.secret_access_key, &args.region)?)
-        }
+        TargetKind::Onstage => Box::new(onstage::Onstage::new(
+            &args.endpoint,
+            &args.access_key_id,
+            &args.secret_access_key,
+            &args.region,
+        )?),
         TargetKind::Janus => {
             if args.janus_url.is_none() {
                 // Janus needs the benchmark namespace (see `janus`); entering it
@@ -605,7 +686,9 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
     };
     let server_pid = args.server_pid.or_else(|| target.server_pid());
     if server_pid.is_none() {
-        eprintln!("note: no --server-pid: server CPU, RSS and forwarded packets per core are not measured");
+        eprintln!(
+            "note: no --server-pid: server CPU, RSS and forwarded packets per core are not measured"
+        );
     }
     let failures = Arc::new(Failures::default());
     let shards = (0..plan.sockets as usize)
@@ -618,7 +701,10 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
         shards,
         addresses: match args.target {
             TargetKind::Onstage => LoopbackAddresses::new(),
-            TargetKind::Janus => LoopbackAddresses::range(crate::janus::PEER_ADDRESSES.0, crate::janus::PEER_ADDRESSES.1),
+            TargetKind::Janus => LoopbackAddresses::range(
+                crate::janus::PEER_ADDRESSES.0,
+                crate::janus::PEER_ADDRESSES.1,
+            ),
         },
         failures: failures.clone(),
         next_shard: AtomicUsize::new(0),
@@ -629,25 +715,46 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
     });
     eprintln!("plan: {}", serde_json::to_string(&plan)?);
 
-    let monitor = Arc::new(Mutex::new(Monitor { server_pid, started: Instant::now(), last: None, seconds: Vec::new() }));
+    let monitor = Arc::new(Mutex::new(Monitor {
+        server_pid,
+        started: Instant::now(),
+        last: None,
+        seconds: Vec::new(),
+    }));
     let stop_monitor = spawn_monitor(ctx.clone(), monitor.clone());
 
     let mut stages: Vec<StageRun> = Vec::new();
     let mut publishers: Vec<PublisherPeer> = Vec::new();
     let mut subscriptions: Vec<Subscription> = Vec::new();
     let mut replicas: Vec<Room> = Vec::new();
-    let outcome = drive(&ctx, &plan, &args, &monitor, &mut stages, &mut publishers, &mut subscriptions, &mut replicas).await;
+    let outcome = drive(
+        &ctx,
+        &plan,
+        &args,
+        &monitor,
+        &mut stages,
+        &mut publishers,
+        &mut subscriptions,
+        &mut replicas,
+    )
+    .await;
 
     // Leave in an order that closes nothing under anyone: subscribers, then
     // replications, then publishers.
-    eprintln!("leaving: {} subscriptions, {} publishers", subscriptions.len(), publishers.len());
+    eprintln!(
+        "leaving: {} subscriptions, {} publishers",
+        subscriptions.len(),
+        publishers.len()
+    );
     for s in &ctx.shards {
         s.set_quiet();
     }
     let mut leaving = Vec::new();
     for s in subscriptions.drain(..) {
         let ctx = ctx.clone();
-        leaving.push(tokio::spawn(async move { leave_subscription(&ctx, s).await }));
+        leaving.push(tokio::spawn(
+            async move { leave_subscription(&ctx, s).await },
+        ));
         if leaving.len() >= 64 {
             for t in leaving.drain(..) {
                 let _ = t.await;
@@ -659,7 +766,11 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
     }
     if let (Some(source), Some(first)) = (stages.first(), publishers.first()) {
         for r in &replicas {
-            if let Err(e) = ctx.target.stop_replication(&source.room, &first.publisher_id, r).await {
+            if let Err(e) = ctx
+                .target
+                .stop_replication(&source.room, &first.publisher_id, r)
+                .await
+            {
                 ctx.failures.record("stop_replication", &format!("{e:#}"));
             }
         }
@@ -667,7 +778,8 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
     for p in publishers.drain(..) {
         ctx.shards[p.shard].remove(p.local);
         if let Err(e) = p.session.leave().await {
-            ctx.failures.record(&Failure::kind_of(&e, "leave"), &format!("{e:#}"));
+            ctx.failures
+                .record(&Failure::kind_of(&e, "leave"), &format!("{e:#}"));
         }
     }
     ctx.wanted_subscribers.store(0, Ordering::Relaxed);
@@ -689,7 +801,10 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
     let report = MediaReport {
         target: ctx.target.name().to_owned(),
         scenario: args.scenario.map(|s| format!("{s:?}").to_lowercase()),
-        endpoint: ctx.target.endpoint().unwrap_or_else(|| args.endpoint.clone()),
+        endpoint: ctx
+            .target
+            .endpoint()
+            .unwrap_or_else(|| args.endpoint.clone()),
         plan: serde_json::to_value(&plan)?,
         measured,
         steps,
@@ -702,7 +817,8 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
     report.print();
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("could not write {}", path.display()))?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("could not write {}", path.display()))?;
         println!("wrote                    {}", path.display());
     }
     Ok(report)
@@ -743,8 +859,14 @@ async fn drive(
 ) -> anyhow::Result<Outcome> {
     let run_id = crate::api::unix_now();
     for i in 0..plan.stages {
-        let room = ctx.target.create_room(&format!("load-{run_id}-{i}"), plan.publishers).await?;
-        stages.push(StageRun { room, publisher_ids: Vec::new() });
+        let room = ctx
+            .target
+            .create_room(&format!("load-{run_id}-{i}"), plan.publishers)
+            .await?;
+        stages.push(StageRun {
+            room,
+            publisher_ids: Vec::new(),
+        });
     }
 
     // Publishers, all connected before anyone subscribes.
@@ -763,14 +885,26 @@ async fn drive(
     eprintln!("{} publishers connected", publishers.len());
 
     for r in 0..plan.replications {
-        let room = ctx.target.create_room(&format!("load-{run_id}-replica-{r}"), 1).await?;
+        let room = ctx
+            .target
+            .create_room(&format!("load-{run_id}-replica-{r}"), 1)
+            .await?;
         replicas.push(room.clone());
         let (source, first) = (&stages[0].room, &stages[0].publisher_ids[0]);
-        ctx.target.replicate(source, first, &room).await.context("StartParticipantReplication")?;
-        stages.push(StageRun { room, publisher_ids: vec![first.clone()] });
+        ctx.target
+            .replicate(source, first, &room)
+            .await
+            .context("StartParticipantReplication")?;
+        stages.push(StageRun {
+            room,
+            publisher_ids: vec![first.clone()],
+        });
     }
     if plan.replications > 0 {
-        eprintln!("stage 1's publisher replicated into {} stages", plan.replications);
+        eprintln!(
+            "stage 1's publisher replicated into {} stages",
+            plan.replications
+        );
     }
 
     // A meeting: every publisher also watches the others of its stage.
@@ -780,12 +914,19 @@ async fn drive(
             for (a, _) in stage.publisher_ids.iter().enumerate() {
                 for (b, pid) in stage.publisher_ids.iter().enumerate() {
                     if a != b {
-                        jobs.push((stage.room.clone(), pid.clone(), format!("publisher-{si}-{a}-watches-{b}")));
+                        jobs.push((
+                            stage.room.clone(),
+                            pid.clone(),
+                            format!("publisher-{si}-{a}-watches-{b}"),
+                        ));
                     }
                 }
             }
         }
-        eprintln!("meeting: {} publisher-to-publisher subscriptions", jobs.len());
+        eprintln!(
+            "meeting: {} publisher-to-publisher subscriptions",
+            jobs.len()
+        );
         subscriptions.extend(join_all(ctx, jobs, args.ramp).await);
     }
 
@@ -794,7 +935,10 @@ async fn drive(
         let mut have = 0u32;
         for &want in &plan.steps {
             let jobs = viewer_jobs(stages, plan, have, want - have);
-            eprintln!("step: {want} subscribers per stage ({} new subscriptions)", jobs.len());
+            eprintln!(
+                "step: {want} subscribers per stage ({} new subscriptions)",
+                jobs.len()
+            );
             subscriptions.extend(join_all(ctx, jobs, args.ramp).await);
             have = want;
             tokio::time::sleep(args.settle).await;
@@ -806,9 +950,18 @@ async fn drive(
                     "loss {:.2}% of packets, {:.2}% of frames > {}%",
                     result.loss_percent, result.frame_loss_percent, args.max_loss
                 ));
-            } else if result.server_cpu_percent_avg.is_some_and(|c| c >= args.max_cpu) {
-                stop = Some(format!("server CPU {:.0}% ≥ {}%", result.server_cpu_percent_avg.unwrap_or_default(), args.max_cpu));
-            } else if result.subscribers_connected < ctx.wanted_subscribers.load(Ordering::Relaxed) * 9 / 10 {
+            } else if result
+                .server_cpu_percent_avg
+                .is_some_and(|c| c >= args.max_cpu)
+            {
+                stop = Some(format!(
+                    "server CPU {:.0}% ≥ {}%",
+                    result.server_cpu_percent_avg.unwrap_or_default(),
+                    args.max_cpu
+                ));
+            } else if result.subscribers_connected
+                < ctx.wanted_subscribers.load(Ordering::Relaxed) * 9 / 10
+            {
                 stop = Some(format!(
                     "only {} of {} subscribers connected",
                     result.subscribers_connected,
@@ -817,7 +970,11 @@ async fn drive(
             }
             result.print(&format!("step {want} subscribers per stage"));
             let done = stop.is_some();
-            steps.push(Step { subscribers_per_stage: want, result, stopped_because: stop });
+            steps.push(Step {
+                subscribers_per_stage: want,
+                result,
+                stopped_because: stop,
+            });
             if done {
                 break;
             }
@@ -832,10 +989,18 @@ async fn drive(
 
     eprintln!("measuring for {:.0} s", args.duration.as_secs_f64());
     let churning = (plan.churn_per_second > 0.0).then(|| {
-        let targets: Vec<(Room, String)> =
-            stages.iter().filter_map(|s| Some((s.room.clone(), s.publisher_ids.first()?.clone()))).collect();
+        let targets: Vec<(Room, String)> = stages
+            .iter()
+            .filter_map(|s| Some((s.room.clone(), s.publisher_ids.first()?.clone())))
+            .collect();
         let until = tokio::time::Instant::now() + args.duration;
-        tokio::spawn(churn(ctx.clone(), targets, plan.churn_per_second, args.churn_hold, until))
+        tokio::spawn(churn(
+            ctx.clone(),
+            targets,
+            plan.churn_per_second,
+            args.churn_hold,
+            until,
+        ))
     });
     let measured = measure(ctx, monitor, args.duration).await;
     let churn_result = match churning {

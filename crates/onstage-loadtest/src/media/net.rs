@@ -35,7 +35,11 @@ impl LoopbackAddresses {
     /// Addresses from `first` up to, not including, `end`, all of which must be
     /// local (e.g. under a `local` route, as the Janus benchmark namespace has).
     pub fn range(first: Ipv4Addr, end: Ipv4Addr) -> Self {
-        LoopbackAddresses { first: u32::from(first), end: u32::from(end), next: AtomicU32::new(0) }
+        LoopbackAddresses {
+            first: u32::from(first),
+            end: u32::from(end),
+            next: AtomicU32::new(0),
+        }
     }
 
     /// The next address of the range, skipping .0 and .255 host bytes.
@@ -98,8 +102,16 @@ impl RecvBatch {
         RecvBatch {
             buffers: vec![[0; DATAGRAM_MAX]; size],
             names: vec![name; size],
-            controls: (0..size).map(|_| ControlBuffer([0; CONTROL_BYTES])).collect(),
-            iovecs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; size],
+            controls: (0..size)
+                .map(|_| ControlBuffer([0; CONTROL_BYTES]))
+                .collect(),
+            iovecs: vec![
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0
+                };
+                size
+            ],
             headers: vec![header; size],
             received: vec![none; size],
         }
@@ -130,9 +142,19 @@ struct ControlBuffer([u8; CONTROL_BYTES]);
 fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
     // SAFETY: passes a pointer to a live i32 and its size.
     let rc = unsafe {
-        libc::setsockopt(fd, level, name, (&value as *const i32).cast(), size_of::<i32>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 impl SharedSocket {
@@ -166,7 +188,10 @@ impl SharedSocket {
     pub fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<usize> {
         let n = batch.buffers.len();
         for i in 0..n {
-            batch.iovecs[i] = libc::iovec { iov_base: batch.buffers[i].as_mut_ptr().cast(), iov_len: DATAGRAM_MAX };
+            batch.iovecs[i] = libc::iovec {
+                iov_base: batch.buffers[i].as_mut_ptr().cast(),
+                iov_len: DATAGRAM_MAX,
+            };
             // SAFETY: all-zero is a valid msghdr; the pointers set below point
             // into `batch`, which outlives the call.
             let mut hdr: libc::msghdr = unsafe { zeroed() };
@@ -176,11 +201,20 @@ impl SharedSocket {
             hdr.msg_iovlen = 1;
             hdr.msg_control = batch.controls[i].0.as_mut_ptr().cast();
             hdr.msg_controllen = batch.controls[i].0.len() as _;
-            batch.headers[i] = libc::mmsghdr { msg_hdr: hdr, msg_len: 0 };
+            batch.headers[i] = libc::mmsghdr {
+                msg_hdr: hdr,
+                msg_len: 0,
+            };
         }
         // SAFETY: `headers` holds `n` initialised mmsghdrs whose buffers live in `batch`.
         let got = unsafe {
-            libc::recvmmsg(self.socket.as_raw_fd(), batch.headers.as_mut_ptr(), n as _, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(
+                self.socket.as_raw_fd(),
+                batch.headers.as_mut_ptr(),
+                n as _,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
         };
         if got < 0 {
             let e = io::Error::last_os_error();
@@ -201,12 +235,19 @@ impl SharedSocket {
                 while !cmsg.is_null() {
                     let (level, kind) = ((*cmsg).cmsg_level, (*cmsg).cmsg_type);
                     if level == libc::IPPROTO_IP && kind == libc::IP_PKTINFO {
-                        let info = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
+                        let info = std::ptr::read_unaligned(
+                            libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo
+                        );
                         to = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
                     } else if level == libc::SOL_SOCKET && kind == libc::SCM_TIMESTAMPNS {
-                        let ts = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::timespec);
-                        queued_realtime_ns =
-                            Some((ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64));
+                        let ts = std::ptr::read_unaligned(
+                            libc::CMSG_DATA(cmsg) as *const libc::timespec
+                        );
+                        queued_realtime_ns = Some(
+                            (ts.tv_sec as u64)
+                                .saturating_mul(1_000_000_000)
+                                .saturating_add(ts.tv_nsec as u64),
+                        );
                     }
                     cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
                 }
@@ -214,7 +255,10 @@ impl SharedSocket {
             let name = &batch.names[i];
             batch.received[i] = Received {
                 len: (batch.headers[i].msg_len as usize).min(DATAGRAM_MAX),
-                from: SocketAddrV4::new(Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)), u16::from_be(name.sin_port)),
+                from: SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
+                    u16::from_be(name.sin_port),
+                ),
                 // A datagram without the option cannot be placed: no peer has 0.0.0.0.
                 to: to.unwrap_or(Ipv4Addr::UNSPECIFIED),
                 queued_realtime_ns,
@@ -226,7 +270,10 @@ impl SharedSocket {
     /// Sends `data` to `to` from the local address `from` (this socket's port).
     pub fn send(&self, from: Ipv4Addr, to: SocketAddr, data: &[u8]) -> io::Result<()> {
         let SocketAddr::V4(to) = to else {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "IPv6 destination"));
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "IPv6 destination",
+            ));
         };
         // SAFETY: all-zero is a valid value for these plain C structs.
         let mut dest: libc::sockaddr_in = unsafe { zeroed() };
@@ -234,7 +281,10 @@ impl SharedSocket {
         dest.sin_port = to.port().to_be();
         dest.sin_addr.s_addr = u32::from(*to.ip()).to_be();
         let mut control = ControlBuffer([0; CONTROL_BYTES]);
-        let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
+        let mut iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
         // SAFETY: as above.
         let mut msg: libc::msghdr = unsafe { zeroed() };
         msg.msg_name = (&mut dest as *mut libc::sockaddr_in).cast();
@@ -259,13 +309,24 @@ impl SharedSocket {
         }
         // SAFETY: `msg` points into locals that outlive the call.
         let n = unsafe { libc::sendmsg(self.socket.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
-        if n < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
     }
 
     /// Waits until a datagram is ready or `timeout` passes.
     pub fn wait_readable(&self, timeout: Duration) -> io::Result<()> {
-        let mut fds = libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as _ };
+        let mut fds = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as _,
+        };
         // SAFETY: one valid pollfd, a valid timespec, no signal mask.
         let rc = unsafe { libc::ppoll(&mut fds, 1, &ts, std::ptr::null()) };
         if rc < 0 {
@@ -282,13 +343,18 @@ impl SharedSocket {
 /// ports (`/proc/net/udp`, last column): datagrams lost inside this tool rather
 /// than by the server.
 pub fn socket_drops(ports: &[u16]) -> u64 {
-    let Ok(text) = std::fs::read_to_string("/proc/net/udp") else { return 0 };
+    let Ok(text) = std::fs::read_to_string("/proc/net/udp") else {
+        return 0;
+    };
     text.lines()
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
             let port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
-            ports.contains(&port).then(|| fields.last()?.parse::<u64>().ok()).flatten()
+            ports
+                .contains(&port)
+                .then(|| fields.last()?.parse::<u64>().ok())
+                .flatten()
         })
         .sum()
 }
@@ -310,8 +376,14 @@ mod tests {
         let mut buf = [0u8; 64];
         let (_, seen_a) = server.recv_from(&mut buf)?;
         let (_, seen_b) = server.recv_from(&mut buf)?;
-        assert_eq!(seen_a, SocketAddr::from(SocketAddrV4::new(a, shared.port())));
-        assert_eq!(seen_b, SocketAddr::from(SocketAddrV4::new(b, shared.port())));
+        assert_eq!(
+            seen_a,
+            SocketAddr::from(SocketAddrV4::new(a, shared.port()))
+        );
+        assert_eq!(
+            seen_b,
+            SocketAddr::from(SocketAddrV4::new(b, shared.port()))
+        );
         server.send_to(b"to b", seen_b)?;
         server.send_to(b"to a", seen_a)?;
         let mut batch = RecvBatch::new(8);
@@ -328,7 +400,13 @@ mod tests {
             }
         }
         let server_seen = SocketAddrV4::new(Ipv4Addr::LOCALHOST, server_addr.port());
-        assert_eq!(got, vec![(b, b"to b".to_vec(), server_seen), (a, b"to a".to_vec(), server_seen)]);
+        assert_eq!(
+            got,
+            vec![
+                (b, b"to b".to_vec(), server_seen),
+                (a, b"to a".to_vec(), server_seen)
+            ]
+        );
         Ok(())
     }
 
@@ -341,7 +419,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         let client = UdpSocket::bind("127.0.0.1:0")?;
         let before = crate::media::synth::realtime_ns();
-        client.send_to(b"stamped", SocketAddrV4::new(Ipv4Addr::LOCALHOST, shared.port()))?;
+        client.send_to(
+            b"stamped",
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, shared.port()),
+        )?;
         // Read well after it arrived: the stamp is the arrival, not the read.
         std::thread::sleep(Duration::from_millis(50));
         let mut batch = RecvBatch::new(4);
@@ -350,9 +431,18 @@ mod tests {
         let read = crate::media::synth::realtime_ns();
         let (data, r) = batch.get(0);
         assert_eq!(data, b"stamped");
-        let queued = r.queued_realtime_ns.expect("SO_TIMESTAMPNS gives every datagram a stamp");
-        assert!(queued >= before, "queued {queued} before the send at {before}");
-        assert!(read - queued >= 40_000_000, "the stamp is the arrival, {} ns before the read", read - queued);
+        let queued = r
+            .queued_realtime_ns
+            .expect("SO_TIMESTAMPNS gives every datagram a stamp");
+        assert!(
+            queued >= before,
+            "queued {queued} before the send at {before}"
+        );
+        assert!(
+            read - queued >= 40_000_000,
+            "the stamp is the arrival, {} ns before the read",
+            read - queued
+        );
         Ok(())
     }
 }

@@ -29,7 +29,12 @@ pub struct Onstage {
 }
 
 impl Onstage {
-    pub fn new(endpoint: &str, access_key_id: &str, secret_access_key: &str, region: &str) -> anyhow::Result<Self> {
+    pub fn new(
+        endpoint: &str,
+        access_key_id: &str,
+        secret_access_key: &str,
+        region: &str,
+    ) -> anyhow::Result<Self> {
         Ok(Onstage {
             api: api::Target::parse(endpoint)?,
             signer: Signer::new(access_key_id, secret_access_key, region, "ivs"),
@@ -39,45 +44,78 @@ impl Onstage {
 
     async fn call(&self, operation: &str, body: Value) -> anyhow::Result<Value> {
         let mut signer = self.signer.clone();
-        api::call(&self.api, &mut signer, operation, body).await.map_err(|e| Failure::new(operation, format!("{e:#}")))
+        api::call(&self.api, &mut signer, operation, body)
+            .await
+            .map_err(|e| Failure::new(operation, format!("{e:#}")))
     }
 
     fn whip_of(&self, room: &Room) -> anyhow::Result<Url> {
-        let map = self.whip.lock().map_err(|_| anyhow!("stage map poisoned"))?;
-        map.get(&room.id).cloned().ok_or_else(|| anyhow!("no WHIP endpoint known for {}", room.id))
+        let map = self
+            .whip
+            .lock()
+            .map_err(|_| anyhow!("stage map poisoned"))?;
+        map.get(&room.id)
+            .cloned()
+            .ok_or_else(|| anyhow!("no WHIP endpoint known for {}", room.id))
     }
 
-    async fn token(&self, room: &Room, user: &str, capabilities: &[&str]) -> anyhow::Result<(String, String)> {
+    async fn token(
+        &self,
+        room: &Room,
+        user: &str,
+        capabilities: &[&str],
+    ) -> anyhow::Result<(String, String)> {
         let created = self
             .call(
                 "CreateParticipantToken",
                 json!({ "stageArn": room.id, "userId": user, "capabilities": capabilities }),
             )
             .await?;
-        let token = created.pointer("/participantToken/token").and_then(Value::as_str);
-        let id = created.pointer("/participantToken/participantId").and_then(Value::as_str);
+        let token = created
+            .pointer("/participantToken/token")
+            .and_then(Value::as_str);
+        let id = created
+            .pointer("/participantToken/participantId")
+            .and_then(Value::as_str);
         match (token, id) {
             (Some(t), Some(i)) => Ok((t.to_owned(), i.to_owned())),
-            _ => Err(Failure::new("CreateParticipantToken", format!("answer without token or participantId: {created}"))),
+            _ => Err(Failure::new(
+                "CreateParticipantToken",
+                format!("answer without token or participantId: {created}"),
+            )),
         }
     }
 
     /// POSTs an offer to a WHIP URL; `201` with an answer and a `Location`, or a
     /// failure of kind `{what}_{status}`.
-    async fn post_offer(&self, url: &Url, token: &str, offer: String, what: &str) -> anyhow::Result<(String, Url)> {
-        let response =
-            whip_http::request(Method::POST, url, Some(token), Some("application/sdp"), Bytes::from(offer))
-                .await
-                .map_err(|e| Failure::new(format!("{what}_transport"), format!("{e:#}")))?;
+    async fn post_offer(
+        &self,
+        url: &Url,
+        token: &str,
+        offer: String,
+        what: &str,
+    ) -> anyhow::Result<(String, Url)> {
+        let response = whip_http::request(
+            Method::POST,
+            url,
+            Some(token),
+            Some("application/sdp"),
+            Bytes::from(offer),
+        )
+        .await
+        .map_err(|e| Failure::new(format!("{what}_transport"), format!("{e:#}")))?;
         if response.status != StatusCode::CREATED {
             return Err(Failure::new(
                 format!("{what}_{}", response.status.as_u16()),
                 String::from_utf8_lossy(&response.body).into_owned(),
             ));
         }
-        let location = response
-            .location
-            .ok_or_else(|| Failure::new(format!("{what}_no_location"), "201 without a Location header"))?;
+        let location = response.location.ok_or_else(|| {
+            Failure::new(
+                format!("{what}_no_location"),
+                "201 without a Location header",
+            )
+        })?;
         let answer = String::from_utf8(response.body.to_vec())
             .map_err(|_| Failure::new(format!("{what}_bad_answer"), "the answer is not UTF-8"))?;
         Ok((answer, url.join(&location)?))
@@ -93,9 +131,15 @@ struct WhipSession {
 #[async_trait]
 impl Session for WhipSession {
     async fn leave(self: Box<Self>) -> anyhow::Result<()> {
-        let response = whip_http::request(Method::DELETE, &self.resource, Some(&self.token), None, Bytes::new())
-            .await
-            .map_err(|e| Failure::new("leave_transport", format!("{e:#}")))?;
+        let response = whip_http::request(
+            Method::DELETE,
+            &self.resource,
+            Some(&self.token),
+            None,
+            Bytes::new(),
+        )
+        .await
+        .map_err(|e| Failure::new("leave_transport", format!("{e:#}")))?;
         // 404: the server already closed it (e.g. the peer timed out).
         if !response.status.is_success() && response.status != StatusCode::NOT_FOUND {
             return Err(Failure::new(
@@ -120,13 +164,21 @@ impl Target for Onstage {
     async fn create_room(&self, name: &str, _publishers: u32) -> anyhow::Result<Room> {
         let created = self.call("CreateStage", json!({ "name": name })).await?;
         let arn = created.pointer("/stage/arn").and_then(Value::as_str);
-        let whip = created.pointer("/stage/endpoints/whip").and_then(Value::as_str);
+        let whip = created
+            .pointer("/stage/endpoints/whip")
+            .and_then(Value::as_str);
         let (Some(arn), Some(whip)) = (arn, whip) else {
             bail!("CreateStage answered without stage.arn or stage.endpoints.whip: {created}");
         };
         let whip = Url::parse(whip).context("stage.endpoints.whip")?;
-        self.whip.lock().map_err(|_| anyhow!("stage map poisoned"))?.insert(arn.to_owned(), whip);
-        Ok(Room { id: arn.to_owned(), name: name.to_owned() })
+        self.whip
+            .lock()
+            .map_err(|_| anyhow!("stage map poisoned"))?
+            .insert(arn.to_owned(), whip);
+        Ok(Room {
+            id: arn.to_owned(),
+            name: name.to_owned(),
+        })
     }
 
     async fn delete_room(&self, room: &Room) -> anyhow::Result<()> {
@@ -134,11 +186,22 @@ impl Target for Onstage {
         Ok(())
     }
 
-    async fn publish(&self, room: &Room, user: &str, offer_sdp: String) -> anyhow::Result<Published> {
+    async fn publish(
+        &self,
+        room: &Room,
+        user: &str,
+        offer_sdp: String,
+    ) -> anyhow::Result<Published> {
         let whip = self.whip_of(room)?;
         let (token, participant_id) = self.token(room, user, &["PUBLISH", "SUBSCRIBE"]).await?;
-        let (answer_sdp, resource) = self.post_offer(&whip, &token, offer_sdp, "whip_publish").await?;
-        Ok(Published { publisher_id: participant_id, answer_sdp, session: Box::new(WhipSession { resource, token }) })
+        let (answer_sdp, resource) = self
+            .post_offer(&whip, &token, offer_sdp, "whip_publish")
+            .await?;
+        Ok(Published {
+            publisher_id: participant_id,
+            answer_sdp,
+            session: Box::new(WhipSession { resource, token }),
+        })
     }
 
     async fn subscribe(
@@ -152,9 +215,17 @@ impl Target for Onstage {
             bail!("onstage subscriptions start with the client's offer");
         };
         let whip = self.whip_of(room)?;
-        let url = Url { path: format!("{}/subscribe/{publisher_id}", whip.path.trim_end_matches('/')), ..whip };
+        let url = Url {
+            path: format!(
+                "{}/subscribe/{publisher_id}",
+                whip.path.trim_end_matches('/')
+            ),
+            ..whip
+        };
         let (token, participant_id) = self.token(room, user, &["SUBSCRIBE"]).await?;
-        let (server_sdp, resource) = self.post_offer(&url, &token, offer, "whip_subscribe").await?;
+        let (server_sdp, resource) = self
+            .post_offer(&url, &token, offer, "whip_subscribe")
+            .await?;
         Ok(Subscribed {
             participant_id: Some(participant_id),
             server_sdp,
@@ -162,7 +233,12 @@ impl Target for Onstage {
         })
     }
 
-    async fn replicate(&self, source: &Room, publisher_id: &str, destination: &Room) -> anyhow::Result<()> {
+    async fn replicate(
+        &self,
+        source: &Room,
+        publisher_id: &str,
+        destination: &Room,
+    ) -> anyhow::Result<()> {
         self.call(
             "StartParticipantReplication",
             json!({
@@ -175,7 +251,12 @@ impl Target for Onstage {
         Ok(())
     }
 
-    async fn stop_replication(&self, source: &Room, publisher_id: &str, destination: &Room) -> anyhow::Result<()> {
+    async fn stop_replication(
+        &self,
+        source: &Room,
+        publisher_id: &str,
+        destination: &Room,
+    ) -> anyhow::Result<()> {
         self.call(
             "StopParticipantReplication",
             json!({
@@ -190,7 +271,10 @@ impl Target for Onstage {
 
     async fn connected_participants(&self, room: &Room) -> anyhow::Result<Vec<String>> {
         let stage = self.call("GetStage", json!({ "arn": room.id })).await?;
-        let Some(session) = stage.pointer("/stage/activeSessionId").and_then(Value::as_str) else {
+        let Some(session) = stage
+            .pointer("/stage/activeSessionId")
+            .and_then(Value::as_str)
+        else {
             return Ok(Vec::new());
         };
         let mut ids = Vec::new();
@@ -204,7 +288,10 @@ impl Target for Onstage {
             }
             let page = self.call("ListParticipants", body).await?;
             if let Some(list) = page.get("participants").and_then(Value::as_array) {
-                ids.extend(list.iter().filter_map(|p| p.get("participantId")?.as_str().map(str::to_owned)));
+                ids.extend(
+                    list.iter()
+                        .filter_map(|p| p.get("participantId")?.as_str().map(str::to_owned)),
+                );
             }
             match page.get("nextToken").and_then(Value::as_str) {
                 Some(t) if !t.is_empty() => next = Some(t.to_owned()),

@@ -99,7 +99,11 @@ pub fn audio_frame(size: usize, stamp: &Stamp) -> OutPacket {
     payload.push(0xFC); // TOC: config 31 (CELT fullband 20 ms), mono, one frame
     stamp.write(&mut payload);
     payload.resize(size.clamp(1 + STAMP_LEN, MAX_PAYLOAD), FILLER);
-    OutPacket { payload, marker: false, stamp_at: 1 }
+    OutPacket {
+        payload,
+        marker: false,
+        stamp_at: 1,
+    }
 }
 
 /// How `total` bytes split into packets of at most `capacity` bytes, evenly
@@ -111,7 +115,13 @@ fn even_split(total: usize, capacity: usize) -> impl Iterator<Item = usize> {
     (0..count).map(move |i| base + usize::from(i < extra))
 }
 
-fn vp8_frame(out: &mut Vec<OutPacket>, keyframe: bool, size: usize, stamp: &Stamp, picture_id: u16) {
+fn vp8_frame(
+    out: &mut Vec<OutPacket>,
+    keyframe: bool,
+    size: usize,
+    stamp: &Stamp,
+    picture_id: u16,
+) {
     // VP8 payload header (RFC 6386 §9.1): P bit (0 = keyframe), version 0,
     // show_frame 1, 19-bit first partition size; a keyframe adds the start
     // code and 1280x720 with no scaling.
@@ -137,7 +147,11 @@ fn vp8_frame(out: &mut Vec<OutPacket>, keyframe: bool, size: usize, stamp: &Stam
         stamp.write(&mut payload);
         let len = (VP8_DESCRIPTOR_LEN + data_len).clamp(payload.len(), MAX_PAYLOAD);
         payload.resize(len, FILLER);
-        out.push(OutPacket { payload, marker: false, stamp_at });
+        out.push(OutPacket {
+            payload,
+            marker: false,
+            stamp_at,
+        });
     }
 }
 
@@ -146,14 +160,22 @@ fn h264_frame(out: &mut Vec<OutPacket>, keyframe: bool, size: usize, stamp: &Sta
         out.push(stap_a_parameter_sets(stamp));
     }
     // nal_ref_idc 3 for an IDR slice, 2 for the others, as libwebrtc's encoders set them.
-    let nal_header = if keyframe { 0x60 | NAL_IDR } else { 0x40 | NAL_NON_IDR };
+    let nal_header = if keyframe {
+        0x60 | NAL_IDR
+    } else {
+        0x40 | NAL_NON_IDR
+    };
     let body = size.saturating_sub(1).max(STAMP_LEN);
     if body < MAX_PAYLOAD {
         let mut payload = Vec::with_capacity(1 + body);
         payload.push(nal_header);
         stamp.write(&mut payload);
         payload.resize(1 + body, FILLER);
-        out.push(OutPacket { payload, marker: false, stamp_at: 1 });
+        out.push(OutPacket {
+            payload,
+            marker: false,
+            stamp_at: 1,
+        });
         return;
     }
     // FU-A (RFC 6184 §5.8): the NAL header's F and NRI bits go into the FU
@@ -175,7 +197,11 @@ fn h264_frame(out: &mut Vec<OutPacket>, keyframe: bool, size: usize, stamp: &Sta
         stamp.write(&mut payload);
         let len = (2 + part).clamp(payload.len(), MAX_PAYLOAD);
         payload.resize(len, FILLER);
-        out.push(OutPacket { payload, marker: false, stamp_at: 2 });
+        out.push(OutPacket {
+            payload,
+            marker: false,
+            stamp_at: 2,
+        });
     }
 }
 
@@ -199,14 +225,22 @@ fn stap_a_parameter_sets(stamp: &Stamp) -> OutPacket {
         }
         payload.extend_from_slice(nal);
     }
-    OutPacket { payload, marker: false, stamp_at }
+    OutPacket {
+        payload,
+        marker: false,
+        stamp_at,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const STAMP: Stamp = Stamp { publisher: 3, frame: 70_000, sent_ns: 0 };
+    const STAMP: Stamp = Stamp {
+        publisher: 3,
+        frame: 70_000,
+        sent_ns: 0,
+    };
 
     fn packets(codec: VideoCodec, keyframe: bool, size: usize) -> Vec<OutPacket> {
         let mut out = Vec::new();
@@ -219,11 +253,22 @@ mod tests {
     fn check_common(out: &mut [OutPacket]) {
         let last = out.len() - 1;
         for (i, p) in out.iter_mut().enumerate() {
-            assert!(p.payload.len() <= MAX_PAYLOAD, "packet {i}: {} bytes", p.payload.len());
+            assert!(
+                p.payload.len() <= MAX_PAYLOAD,
+                "packet {i}: {} bytes",
+                p.payload.len()
+            );
             assert_eq!(p.marker, i == last, "marker on packet {i}");
             p.stamp_sent(1_000_000 + i as u64);
             let found = Stamp::find(&p.payload);
-            assert_eq!(found, Some(Stamp { sent_ns: 1_000_000 + i as u64, ..STAMP }), "packet {i}");
+            assert_eq!(
+                found,
+                Some(Stamp {
+                    sent_ns: 1_000_000 + i as u64,
+                    ..STAMP
+                }),
+                "packet {i}"
+            );
         }
     }
 
@@ -290,7 +335,10 @@ mod tests {
                     let mut at = 1;
                     while at < b.len() {
                         let n = usize::from(u16::from_be_bytes([b[at], b[at + 1]]));
-                        assert!(n > 0 && at + 2 + n <= b.len(), "STAP-A unit overruns the packet");
+                        assert!(
+                            n > 0 && at + 2 + n <= b.len(),
+                            "STAP-A unit overruns the packet"
+                        );
                         nals.push(b[at + 2..at + 2 + n].to_vec());
                         at += 2 + n;
                     }
@@ -303,7 +351,9 @@ mod tests {
                         assert!(fragment.is_none(), "start bit inside a fragmented unit");
                         fragment = Some(vec![(b[0] & 0xE0) | (b[1] & 0x1F)]);
                     }
-                    let Some(nal) = fragment.as_mut() else { panic!("fragment without a start") };
+                    let Some(nal) = fragment.as_mut() else {
+                        panic!("fragment without a start")
+                    };
                     nal.extend_from_slice(&b[2..]);
                     if end {
                         nals.extend(fragment.take());
@@ -327,7 +377,10 @@ mod tests {
         assert_eq!(out[1].payload[1], 0x80 | NAL_IDR, "FU-A start of an IDR");
         assert_eq!(out[out.len() - 1].payload[1], 0x40 | NAL_IDR, "FU-A end");
         for nal in &nals {
-            assert!(!nal.windows(3).any(|w| w == [0, 0, 1] || w == [0, 0, 0]), "start code in a NAL unit");
+            assert!(
+                !nal.windows(3).any(|w| w == [0, 0, 1] || w == [0, 0, 0]),
+                "start code in a NAL unit"
+            );
         }
         check_common(&mut out);
     }
@@ -352,7 +405,13 @@ mod tests {
         let mut p = audio_frame(160, &STAMP);
         assert_eq!((p.payload.len(), p.payload[0]), (160, 0xFC));
         p.stamp_sent(42);
-        assert_eq!(Stamp::find(&p.payload), Some(Stamp { sent_ns: 42, ..STAMP }));
+        assert_eq!(
+            Stamp::find(&p.payload),
+            Some(Stamp {
+                sent_ns: 42,
+                ..STAMP
+            })
+        );
     }
 
     #[test]

@@ -49,14 +49,20 @@ impl PeerFactory {
             .enable_opus(true, false)
             .enable_vp8(video.contains(&VideoCodec::Vp8));
         if video.contains(&VideoCodec::H264) {
-            config.codec_config().add_h264(102.into(), Some(103.into()), true, H264_CONSTRAINED_BASELINE);
+            config.codec_config().add_h264(
+                102.into(),
+                Some(103.into()),
+                true,
+                H264_CONSTRAINED_BASELINE,
+            );
         }
         config
     }
 
     fn build(&self, config: RtcConfig, local: SocketAddr) -> anyhow::Result<Rtc> {
         let mut rtc = config.build(Instant::now());
-        let candidate = Candidate::host(local, "udp").map_err(|e| anyhow!("host candidate {local}: {e}"))?;
+        let candidate =
+            Candidate::host(local, "udp").map_err(|e| anyhow!("host candidate {local}: {e}"))?;
         rtc.add_local_candidate(candidate);
         Ok(rtc)
     }
@@ -67,25 +73,55 @@ impl PeerFactory {
         let mut change = rtc.sdp_api();
         let audio = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
         let video = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
-        let (offer, pending) = change.apply().ok_or_else(|| anyhow!("str0m made no offer"))?;
-        Ok(OfferingPeer { rtc, offer, pending, audio, video })
+        let (offer, pending) = change
+            .apply()
+            .ok_or_else(|| anyhow!("str0m made no offer"))?;
+        Ok(OfferingPeer {
+            rtc,
+            offer,
+            pending,
+            audio,
+            video,
+        })
     }
 
     /// A subscriber that offers: recvonly audio and video, either video codec.
     pub fn subscriber_offering(&self, local: SocketAddr) -> anyhow::Result<OfferingPeer> {
-        let mut rtc = self.build(self.config(true, &[VideoCodec::Vp8, VideoCodec::H264]), local)?;
+        let mut rtc = self.build(
+            self.config(true, &[VideoCodec::Vp8, VideoCodec::H264]),
+            local,
+        )?;
         let mut change = rtc.sdp_api();
         let audio = change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
         let video = change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
-        let (offer, pending) = change.apply().ok_or_else(|| anyhow!("str0m made no offer"))?;
-        Ok(OfferingPeer { rtc, offer, pending, audio, video })
+        let (offer, pending) = change
+            .apply()
+            .ok_or_else(|| anyhow!("str0m made no offer"))?;
+        Ok(OfferingPeer {
+            rtc,
+            offer,
+            pending,
+            audio,
+            video,
+        })
     }
 
     /// A subscriber that answers the server's offer; returns it and its answer.
-    pub fn subscriber_answering(&self, local: SocketAddr, server_offer: &str) -> anyhow::Result<(Rtc, String)> {
-        let mut rtc = self.build(self.config(true, &[VideoCodec::Vp8, VideoCodec::H264]), local)?;
-        let offer = SdpOffer::from_sdp_string(server_offer).context("the server's offer does not parse")?;
-        let answer = rtc.sdp_api().accept_offer(offer).context("the server's offer was not accepted")?;
+    pub fn subscriber_answering(
+        &self,
+        local: SocketAddr,
+        server_offer: &str,
+    ) -> anyhow::Result<(Rtc, String)> {
+        let mut rtc = self.build(
+            self.config(true, &[VideoCodec::Vp8, VideoCodec::H264]),
+            local,
+        )?;
+        let offer =
+            SdpOffer::from_sdp_string(server_offer).context("the server's offer does not parse")?;
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .context("the server's offer was not accepted")?;
         Ok((rtc, answer.to_sdp_string()))
     }
 }
@@ -107,7 +143,10 @@ impl OfferingPeer {
     /// Applies the server's answer; the peer is then ready to connect.
     pub fn accept(mut self, answer_sdp: &str) -> anyhow::Result<(Rtc, Mid, Mid)> {
         let answer = SdpAnswer::from_sdp_string(answer_sdp).context("the answer does not parse")?;
-        self.rtc.sdp_api().accept_answer(self.pending, answer).context("the answer was not accepted")?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(self.pending, answer)
+            .context("the answer was not accepted")?;
         Ok((self.rtc, self.audio, self.video))
     }
 }

@@ -38,7 +38,11 @@ pub fn sample(pid: Option<u32>) -> Option<ProcSample> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
-    Some(ProcSample { at: Instant::now(), cpu_ticks: utime + stime, rss_kib })
+    Some(ProcSample {
+        at: Instant::now(),
+        cpu_ticks: utime + stime,
+        rss_kib,
+    })
 }
 
 /// CPU% of one core between two samples.

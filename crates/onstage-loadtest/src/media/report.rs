@@ -86,20 +86,43 @@ impl Window {
             (Some(x), Some(y)) => Some(procstat::cpu_percent(x, y)),
             _ => None,
         };
-        let inside: Vec<&SecondSample> = seconds_samples.iter().filter(|s| s.at > a.at && s.at <= b.at).collect();
-        let cpu_max = inside.iter().filter_map(|s| s.server_cpu).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-        let rss: Vec<f64> = inside.iter().filter_map(|s| s.server_rss_kib).map(|k| k as f64 / 1024.0).collect();
+        let inside: Vec<&SecondSample> = seconds_samples
+            .iter()
+            .filter(|s| s.at > a.at && s.at <= b.at)
+            .collect();
+        let cpu_max = inside
+            .iter()
+            .filter_map(|s| s.server_cpu)
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        let rss: Vec<f64> = inside
+            .iter()
+            .filter_map(|s| s.server_rss_kib)
+            .map(|k| k as f64 / 1024.0)
+            .collect();
         let rss_now = b.server.map(|s| s.rss_kib as f64 / 1024.0);
-        let rss_avg = if rss.is_empty() { rss_now } else { Some(rss.iter().sum::<f64>() / rss.len() as f64) };
-        let rss_max = rss.iter().copied().fold(rss_now, |m, v| Some(m.map_or(v, |m| m.max(v))));
+        let rss_avg = if rss.is_empty() {
+            rss_now
+        } else {
+            Some(rss.iter().sum::<f64>() / rss.len() as f64)
+        };
+        let rss_max = rss
+            .iter()
+            .copied()
+            .fold(rss_now, |m, v| Some(m.map_or(v, |m| m.max(v))));
         Window {
             seconds: round(seconds, 2),
             subscribers_connected: tb.subscribers_connected,
             publishers_connected: tb.publishers_connected,
             rx_packets_per_second: round(rx_pps, 1),
-            rx_bits_per_second: round(tb.rx_bytes.saturating_sub(ta.rx_bytes) as f64 * 8.0 / seconds, 0),
+            rx_bits_per_second: round(
+                tb.rx_bytes.saturating_sub(ta.rx_bytes) as f64 * 8.0 / seconds,
+                0,
+            ),
             loss_percent: round(
-                loss_percent(tb.expected.saturating_sub(ta.expected), tb.received.saturating_sub(ta.received)),
+                loss_percent(
+                    tb.expected.saturating_sub(ta.expected),
+                    tb.received.saturating_sub(ta.received),
+                ),
                 3,
             ),
             frame_loss_percent: {
@@ -123,7 +146,10 @@ impl Window {
                 .filter(|c| *c > 0.5)
                 .map(|c| round(rx_pps / (c / 100.0), 0)),
             tool_socket_drops: b.socket_drops.saturating_sub(a.socket_drops),
-            frames_sent_per_second: round(tb.frames_sent.saturating_sub(ta.frames_sent) as f64 / seconds, 1),
+            frames_sent_per_second: round(
+                tb.frames_sent.saturating_sub(ta.frames_sent) as f64 / seconds,
+                1,
+            ),
         }
     }
 
@@ -147,22 +173,39 @@ impl Window {
             self.rx_bits_per_second / 1e6,
             self.loss_percent,
             self.frame_loss_percent,
-            self.video_jitter_ms.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+            self.video_jitter_ms
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
             ms(self.latency_ms.p50),
             ms(self.latency_ms.p99),
-            self.tool_cpu_percent.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
-            if self.tool_socket_drops > 0 { format!("  TOOL DROPS {}", self.tool_socket_drops) } else { String::new() },
+            self.tool_cpu_percent
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
+            if self.tool_socket_drops > 0 {
+                format!("  TOOL DROPS {}", self.tool_socket_drops)
+            } else {
+                String::new()
+            },
         )
     }
 
     /// The block printed for a measured window.
     pub fn print(&self, title: &str) {
-        let opt = |v: Option<f64>, unit: &str| v.map_or_else(|| "-".to_owned(), |v| format!("{v}{unit}"));
+        let opt =
+            |v: Option<f64>, unit: &str| v.map_or_else(|| "-".to_owned(), |v| format!("{v}{unit}"));
         let pct = |p: &Percentiles| {
-            format!("p50 {} p95 {} p99 {} max {} ({} samples)", opt(p.p50, " ms"), opt(p.p95, " ms"), opt(p.p99, " ms"), opt(p.max, " ms"), p.samples)
+            format!(
+                "p50 {} p95 {} p99 {} max {} ({} samples)",
+                opt(p.p50, " ms"),
+                opt(p.p95, " ms"),
+                opt(p.p99, " ms"),
+                opt(p.max, " ms"),
+                p.samples
+            )
         };
         println!("{title} ({:.1} s)", self.seconds);
-        println!("  subscribers connected  {}   publishers {}", self.subscribers_connected, self.publishers_connected);
+        println!(
+            "  subscribers connected  {}   publishers {}",
+            self.subscribers_connected, self.publishers_connected
+        );
         println!(
             "  received               {:.0} packets/s, {:.2} Mbit/s",
             self.rx_packets_per_second,
@@ -172,7 +215,10 @@ impl Window {
             "  loss                   {:.3}% of packets, {:.3}% of frames   (tool socket drops: {})",
             self.loss_percent, self.frame_loss_percent, self.tool_socket_drops
         );
-        println!("  video jitter           {}", opt(self.video_jitter_ms, " ms"));
+        println!(
+            "  video jitter           {}",
+            opt(self.video_jitter_ms, " ms")
+        );
         println!("  latency                {}", pct(&self.latency_ms));
         println!("    until read by tool   {}", pct(&self.read_latency_ms));
         println!("  join (POST → 1st RTP)  {}", pct(&self.join_ms));
@@ -183,11 +229,16 @@ impl Window {
             opt(self.server_rss_mib_avg, " MiB"),
             opt(self.server_rss_mib_max, " MiB")
         );
-        println!("  tool CPU               {}", opt(self.tool_cpu_percent, "%"));
+        println!(
+            "  tool CPU               {}",
+            opt(self.tool_cpu_percent, "%")
+        );
         println!(
             "  forwarded per core     {}",
-            self.forwarded_packets_per_second_per_core
-                .map_or_else(|| "- (give --server-pid)".to_owned(), |v| format!("{v:.0} packets/s per server core"))
+            self.forwarded_packets_per_second_per_core.map_or_else(
+                || "- (give --server-pid)".to_owned(),
+                |v| format!("{v:.0} packets/s per server core")
+            )
         );
     }
 }
@@ -233,7 +284,10 @@ pub struct MediaReport {
 impl MediaReport {
     pub fn print(&self) {
         println!();
-        println!("target                   {} ({})", self.target, self.endpoint);
+        println!(
+            "target                   {} ({})",
+            self.target, self.endpoint
+        );
         if let Some(s) = &self.scenario {
             println!("scenario                 {s}");
         }
@@ -242,7 +296,18 @@ impl MediaReport {
             println!("steps:");
             println!(
                 "  {:>6} {:>6} {:>10} {:>8} {:>7} {:>7} {:>8} {:>8} {:>8} {:>8} {:>7} {:>12}",
-                "subs", "conn", "rx pkt/s", "Mbit/s", "loss%", "frame%", "lat p50", "lat p99", "srv CPU", "RSS MiB", "tool%", "fwd/core"
+                "subs",
+                "conn",
+                "rx pkt/s",
+                "Mbit/s",
+                "loss%",
+                "frame%",
+                "lat p50",
+                "lat p99",
+                "srv CPU",
+                "RSS MiB",
+                "tool%",
+                "fwd/core"
             );
             for s in &self.steps {
                 let r = &s.result;
@@ -260,8 +325,11 @@ impl MediaReport {
                     o(r.server_cpu_percent_avg),
                     o(r.server_rss_mib_max),
                     o(r.tool_cpu_percent),
-                    r.forwarded_packets_per_second_per_core.map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
-                    s.stopped_because.as_ref().map_or_else(String::new, |why| format!("  stop: {why}")),
+                    r.forwarded_packets_per_second_per_core
+                        .map_or_else(|| "-".to_owned(), |v| format!("{v:.0}")),
+                    s.stopped_because
+                        .as_ref()
+                        .map_or_else(String::new, |why| format!("  stop: {why}")),
                 );
             }
         }
@@ -294,7 +362,11 @@ impl MediaReport {
         } else {
             println!("failures                 {:?}", self.failures);
         }
-        if let Some(v) = self.measured.as_ref().and_then(|m| m.forwarded_packets_per_second_per_core) {
+        if let Some(v) = self
+            .measured
+            .as_ref()
+            .and_then(|m| m.forwarded_packets_per_second_per_core)
+        {
             println!("HEADLINE                 {v:.0} forwarded packets/s per server core");
         }
     }

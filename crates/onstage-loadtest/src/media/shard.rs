@@ -107,7 +107,11 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub fn start(index: usize, socket_buffer: usize, failures: Arc<Failures>) -> anyhow::Result<Shard> {
+    pub fn start(
+        index: usize,
+        socket_buffer: usize,
+        failures: Arc<Failures>,
+    ) -> anyhow::Result<Shard> {
         let socket = SharedSocket::bind(socket_buffer).context("could not open a peer socket")?;
         let port = socket.port();
         let (commands, receiver) = channel();
@@ -137,7 +141,12 @@ impl Shard {
             .name(format!("peers-{index}"))
             .spawn(move || worker.run())
             .context("could not start a shard thread")?;
-        Ok(Shard { port, commands, shared, thread: Some(thread) })
+        Ok(Shard {
+            port,
+            commands,
+            shared,
+            thread: Some(thread),
+        })
     }
 
     pub fn port(&self) -> u16 {
@@ -145,7 +154,9 @@ impl Shard {
     }
 
     pub fn add(&self, peer: NewPeer) -> anyhow::Result<()> {
-        self.commands.send(Command::Add(Box::new(peer))).map_err(|_| anyhow::anyhow!("the shard thread has stopped"))
+        self.commands
+            .send(Command::Add(Box::new(peer)))
+            .map_err(|_| anyhow::anyhow!("the shard thread has stopped"))
     }
 
     pub fn remove(&self, local: Ipv4Addr) {
@@ -153,7 +164,11 @@ impl Shard {
     }
 
     pub fn totals(&self) -> Totals {
-        self.shared.totals.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.shared
+            .totals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn set_quiet(&self) {
@@ -297,7 +312,10 @@ impl Arrival {
     /// Both times "now": for inputs that are not datagrams.
     fn now() -> Self {
         let now = synth::monotonic_ns();
-        Arrival { queued_ns: now, read_ns: now }
+        Arrival {
+            queued_ns: now,
+            read_ns: now,
+        }
     }
 }
 
@@ -327,13 +345,19 @@ impl Worker {
                 // stamps arrivals on the realtime clock: read both clocks once
                 // and move the stamps over (a slewing realtime clock moves by
                 // microseconds per second, and this is redone every batch).
-                let (now, now_ns, realtime_now_ns) = (Instant::now(), synth::monotonic_ns(), synth::realtime_ns());
+                let (now, now_ns, realtime_now_ns) =
+                    (Instant::now(), synth::monotonic_ns(), synth::realtime_ns());
                 for i in 0..received {
                     let (datagram, r) = batch.get(i);
                     let queued_ns = r.queued_realtime_ns.map_or(now_ns, |queued| {
-                        now_ns.saturating_sub(realtime_now_ns.saturating_sub(queued)).min(now_ns)
+                        now_ns
+                            .saturating_sub(realtime_now_ns.saturating_sub(queued))
+                            .min(now_ns)
                     });
-                    let arrival = Arrival { queued_ns, read_ns: now_ns };
+                    let arrival = Arrival {
+                        queued_ns,
+                        read_ns: now_ns,
+                    };
                     self.on_datagram(datagram, SocketAddr::V4(r.from), r.to, now, arrival);
                 }
             }
@@ -350,7 +374,11 @@ impl Worker {
             // A batch that did not fill up emptied the socket: sleep rather
             // than ask again (`ppoll` returns at once if more has arrived).
             if received < RECV_BATCH {
-                let wake = self.next_publisher_due().unwrap_or(next_sweep).min(next_sweep).min(next_flush);
+                let wake = self
+                    .next_publisher_due()
+                    .unwrap_or(next_sweep)
+                    .min(next_sweep)
+                    .min(next_flush);
                 let idle = wake.saturating_duration_since(Instant::now()).min(MAX_IDLE);
                 if !idle.is_zero() {
                     if let Err(e) = self.socket.wait_readable(idle) {
@@ -378,36 +406,47 @@ impl Worker {
     fn add(&mut self, new: NewPeer) {
         let now = Instant::now();
         let role = match new.role {
-            NewRole::Publisher { index, audio, video, shape, audio_bytes, pacing_factor } => {
-                let mut jiggle = Jiggle::new(0x9E37_79B9_7F4A_7C15 ^ u64::from(index));
-                // Random first sequence numbers as senders pick them, low enough
-                // that the rollover counter starts at 0.
-                let (video_seq, audio_seq) = (jiggle.vary(16_384, 99) as u64, jiggle.vary(16_384, 99) as u64);
-                let pacing_rate = (pacing_factor > 0.0).then(|| pacing_factor * shape.bits_per_second as f64 / 8.0);
-                Role::Publisher(Box::new(Publisher {
+            NewRole::Publisher {
                 index,
                 audio,
                 video,
-                audio_pt: None,
-                video_pt: None,
                 shape,
                 audio_bytes,
-                started: None,
-                next_video: now,
-                next_audio: now,
-                video_frames: 0,
-                audio_frames: 0,
-                frames_since_key: 0,
-                last_key: None,
-                keyframe_requested: false,
-                jiggle,
-                video_seq,
-                audio_seq,
-                pacing_rate,
-                paced: VecDeque::new(),
-                paced_bytes: 0,
-                next_paced: now,
-            }))
+                pacing_factor,
+            } => {
+                let mut jiggle = Jiggle::new(0x9E37_79B9_7F4A_7C15 ^ u64::from(index));
+                // Random first sequence numbers as senders pick them, low enough
+                // that the rollover counter starts at 0.
+                let (video_seq, audio_seq) = (
+                    jiggle.vary(16_384, 99) as u64,
+                    jiggle.vary(16_384, 99) as u64,
+                );
+                let pacing_rate = (pacing_factor > 0.0)
+                    .then(|| pacing_factor * shape.bits_per_second as f64 / 8.0);
+                Role::Publisher(Box::new(Publisher {
+                    index,
+                    audio,
+                    video,
+                    audio_pt: None,
+                    video_pt: None,
+                    shape,
+                    audio_bytes,
+                    started: None,
+                    next_video: now,
+                    next_audio: now,
+                    video_frames: 0,
+                    audio_frames: 0,
+                    frames_since_key: 0,
+                    last_key: None,
+                    keyframe_requested: false,
+                    jiggle,
+                    video_seq,
+                    audio_seq,
+                    pacing_rate,
+                    paced: VecDeque::new(),
+                    paced_bytes: 0,
+                    next_paced: now,
+                }))
             }
             NewRole::Subscriber { join_started } => Role::Subscriber(Subscriber {
                 join_started,
@@ -440,12 +479,18 @@ impl Worker {
     }
 
     fn remove(&mut self, local: Ipv4Addr) {
-        let Some(index) = self.by_local.remove(&local) else { return };
+        let Some(index) = self.by_local.remove(&local) else {
+            return;
+        };
         let peer = self.peers.swap_remove(index);
         if let Some(moved) = self.peers.get(index) {
             self.by_local.insert(moved.local, index);
         }
-        let publishers = self.peers.iter().enumerate().filter(|(_, p)| matches!(p.role, Role::Publisher(_)));
+        let publishers = self
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| matches!(p.role, Role::Publisher(_)));
         self.publishers = publishers.map(|(i, _)| i).collect();
         if let Role::Subscriber(s) = &peer.role {
             self.departed_expected += s.audio.expected() + s.video.expected();
@@ -455,16 +500,30 @@ impl Worker {
         }
     }
 
-    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr, to: Ipv4Addr, now: Instant, arrival: Arrival) {
+    fn on_datagram(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+        to: Ipv4Addr,
+        now: Instant,
+        arrival: Arrival,
+    ) {
         self.totals.rx_bytes += datagram.len() as u64;
         let Some(&index) = self.by_local.get(&to) else {
             self.totals.stray_datagrams += 1;
             return;
         };
-        let Ok(contents) = datagram.try_into() else { return };
+        let Ok(contents) = datagram.try_into() else {
+            return;
+        };
         let input = Input::Receive(
             now,
-            Receive { proto: Protocol::Udp, source: from, destination: SocketAddr::new(to.into(), self.port), contents },
+            Receive {
+                proto: Protocol::Udp,
+                source: from,
+                destination: SocketAddr::new(to.into(), self.port),
+                contents,
+            },
         );
         self.arrival = arrival;
         self.feed(index, input);
@@ -472,7 +531,9 @@ impl Worker {
 
     /// Gives one input to a peer and drains its output; removes it if it died.
     fn feed(&mut self, index: usize, input: Input) {
-        let Some(peer) = self.peers.get_mut(index) else { return };
+        let Some(peer) = self.peers.get_mut(index) else {
+            return;
+        };
         let death = match peer.rtc.handle_input(input) {
             Ok(()) => drain(peer, &self.socket, &mut self.totals, self.arrival),
             Err(e) => Some(Death::Failed("rtc_error", e.to_string())),
@@ -483,7 +544,9 @@ impl Worker {
     }
 
     fn bury(&mut self, index: usize, death: Death) {
-        let Some(peer) = self.peers.get(index) else { return };
+        let Some(peer) = self.peers.get(index) else {
+            return;
+        };
         let local = peer.local;
         let Death::Failed(kind, detail) = death;
         if !self.shared.quiet.load(Ordering::Relaxed) {
@@ -491,7 +554,8 @@ impl Worker {
                 Role::Publisher(_) => format!("publisher_{kind}"),
                 Role::Subscriber(_) => kind.to_owned(),
             };
-            self.failures.record(&kind, &format!("peer {local}: {detail}"));
+            self.failures
+                .record(&kind, &format!("peer {local}: {detail}"));
         }
         self.remove(local);
     }
@@ -502,14 +566,20 @@ impl Worker {
         while index < self.peers.len() {
             let peer = &mut self.peers[index];
             if peer.connected_at.is_none() && now.duration_since(peer.added) > CONNECT_TIMEOUT {
-                self.bury(index, Death::Failed("ice_timeout", "not connected after 15 s".into()));
+                self.bury(
+                    index,
+                    Death::Failed("ice_timeout", "not connected after 15 s".into()),
+                );
                 continue; // another peer moved into `index`
             }
             if let (Role::Subscriber(s), Some(at)) = (&mut peer.role, peer.connected_at) {
                 if !s.got_media && !s.no_media_reported && now.duration_since(at) > MEDIA_TIMEOUT {
                     s.no_media_reported = true;
                     if !self.shared.quiet.load(Ordering::Relaxed) {
-                        self.failures.record("no_media", &format!("peer {}: no RTP 10 s after connecting", peer.local));
+                        self.failures.record(
+                            "no_media",
+                            &format!("peer {}: no RTP 10 s after connecting", peer.local),
+                        );
                     }
                 }
             }
@@ -528,7 +598,9 @@ impl Worker {
         self.publishers
             .iter()
             .filter_map(|&i| match &self.peers.get(i)?.role {
-                Role::Publisher(publisher) if publisher.started.is_some() => Some(publisher.next_due()),
+                Role::Publisher(publisher) if publisher.started.is_some() => {
+                    Some(publisher.next_due())
+                }
                 _ => None,
             })
             .min()
@@ -538,7 +610,9 @@ impl Worker {
         let mut i = 0;
         while let Some(&index) = self.publishers.get(i) {
             i += 1;
-            let Some(peer) = self.peers.get_mut(index) else { continue };
+            let Some(peer) = self.peers.get_mut(index) else {
+                continue;
+            };
             let due = matches!(&peer.role, Role::Publisher(p) if p.started.is_some() && p.next_due() <= now);
             if due && write_due_packets(peer, now, &mut self.packets, &mut self.totals) {
                 // str0m sends what was written once time moves on: its pacer
@@ -588,13 +662,22 @@ impl Worker {
         self.totals.publishers_connected = publishers;
         self.totals.video_jitter_ms_sum = jitter_sum;
         self.totals.video_streams = video_streams;
-        self.shared.totals.lock().unwrap_or_else(PoisonError::into_inner).clone_from(&self.totals);
+        self.shared
+            .totals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone_from(&self.totals);
     }
 }
 
 /// Drains a peer's output: datagrams go out now, events update its state.
 /// Returns why the peer died, if it did.
-fn drain(peer: &mut Peer, socket: &SharedSocket, totals: &mut Totals, arrival: Arrival) -> Option<Death> {
+fn drain(
+    peer: &mut Peer,
+    socket: &SharedSocket,
+    totals: &mut Totals,
+    arrival: Arrival,
+) -> Option<Death> {
     loop {
         if !peer.rtc.is_alive() {
             return Some(Death::Failed("closed", "the connection was closed".into()));
@@ -655,19 +738,37 @@ fn on_rtp(s: &mut Subscriber, packet: &RtpPacket, totals: &mut Totals, arrival: 
     let clock = packet.time.denom();
     let is_video = clock == Frequency::NINETY_KHZ.get();
     let stream = if is_video { &mut s.video } else { &mut s.audio };
-    stream.on_packet(*packet.seq_no, packet.time.numer(), clock, arrival.queued_ns);
+    stream.on_packet(
+        *packet.seq_no,
+        packet.time.numer(),
+        clock,
+        arrival.queued_ns,
+    );
     if !s.got_media {
         s.got_media = true;
-        totals.join_us.record(s.join_started.elapsed().as_micros() as u64);
+        totals
+            .join_us
+            .record(s.join_started.elapsed().as_micros() as u64);
     }
     if is_video && !s.got_video {
         s.got_video = true;
-        totals.first_video_us.record(s.join_started.elapsed().as_micros() as u64);
+        totals
+            .first_video_us
+            .record(s.join_started.elapsed().as_micros() as u64);
     }
     if let Some(stamp) = Stamp::find(&packet.payload) {
-        totals.latency_us.record(arrival.queued_ns.saturating_sub(stamp.sent_ns) / 1000);
-        totals.read_latency_us.record(arrival.read_ns.saturating_sub(stamp.sent_ns) / 1000);
-        if is_video { &mut s.video_frames } else { &mut s.audio_frames }.on_frame(stamp.frame);
+        totals
+            .latency_us
+            .record(arrival.queued_ns.saturating_sub(stamp.sent_ns) / 1000);
+        totals
+            .read_latency_us
+            .record(arrival.read_ns.saturating_sub(stamp.sent_ns) / 1000);
+        if is_video {
+            &mut s.video_frames
+        } else {
+            &mut s.audio_frames
+        }
+        .on_frame(stamp.frame);
     }
 }
 
@@ -675,7 +776,11 @@ impl Publisher {
     /// When this publisher next has something to send.
     fn next_due(&self) -> Instant {
         let media = self.next_video.min(self.next_audio);
-        if self.paced.is_empty() { media } else { media.min(self.next_paced) }
+        if self.paced.is_empty() {
+            media
+        } else {
+            media.min(self.next_paced)
+        }
     }
 }
 
@@ -704,20 +809,45 @@ fn start_publishing(p: &mut Publisher, rtc: &mut Rtc, now: Instant) {
 /// keyframe) and writes their packets to str0m: audio at once, video as the
 /// pacer allows. Each packet's stamp gets the time it is written. Returns
 /// whether anything was written.
-fn write_due_packets(peer: &mut Peer, now: Instant, packets: &mut Vec<OutPacket>, totals: &mut Totals) -> bool {
-    let Role::Publisher(p) = &mut peer.role else { return false };
-    let Some(started) = p.started else { return false };
+fn write_due_packets(
+    peer: &mut Peer,
+    now: Instant,
+    packets: &mut Vec<OutPacket>,
+    totals: &mut Totals,
+) -> bool {
+    let Role::Publisher(p) = &mut peer.role else {
+        return false;
+    };
+    let Some(started) = p.started else {
+        return false;
+    };
     let interval = p.shape.frame_interval();
     let mut made = 0;
     while p.next_video <= now && made < MAX_CATCH_UP_FRAMES {
         let keyframe_due = p.video_frames == 0 || p.frames_since_key + 1 >= p.shape.gop;
-        let answer_request =
-            p.keyframe_requested && p.last_key.is_none_or(|t| now.duration_since(t) >= KEYFRAME_ANSWER_INTERVAL);
+        let answer_request = p.keyframe_requested
+            && p.last_key
+                .is_none_or(|t| now.duration_since(t) >= KEYFRAME_ANSWER_INTERVAL);
         let keyframe = keyframe_due || answer_request;
-        let size = if keyframe { p.jiggle.vary(p.shape.key_bytes, 5) } else { p.jiggle.vary(p.shape.delta_bytes, 15) };
-        let stamp = Stamp { publisher: p.index, frame: p.video_frames, sent_ns: 0 };
+        let size = if keyframe {
+            p.jiggle.vary(p.shape.key_bytes, 5)
+        } else {
+            p.jiggle.vary(p.shape.delta_bytes, 15)
+        };
+        let stamp = Stamp {
+            publisher: p.index,
+            frame: p.video_frames,
+            sent_ns: 0,
+        };
         packets.clear();
-        packetize::video_frame(packets, p.shape.codec, keyframe, size, &stamp, p.video_frames as u16);
+        packetize::video_frame(
+            packets,
+            p.shape.codec,
+            keyframe,
+            size,
+            &stamp,
+            p.video_frames as u16,
+        );
         // 90 kHz from the frame's scheduled time; RTP timestamps wrap.
         let rtp_time = (p.next_video.duration_since(started).as_micros() as u64 * 9 / 100) as u32;
         if p.paced.is_empty() {
@@ -726,7 +856,11 @@ fn write_due_packets(peer: &mut Peer, now: Instant, packets: &mut Vec<OutPacket>
         }
         for packet in packets.drain(..) {
             p.paced_bytes += packet.payload.len();
-            p.paced.push_back(PacedPacket { packet, rtp_time, wallclock: p.next_video });
+            p.paced.push_back(PacedPacket {
+                packet,
+                rtp_time,
+                wallclock: p.next_video,
+            });
         }
         totals.frames_sent += 1;
         if keyframe {
@@ -748,12 +882,22 @@ fn write_due_packets(peer: &mut Peer, now: Instant, packets: &mut Vec<OutPacket>
     let mut direct = peer.rtc.direct_api();
     made = 0;
     while p.next_audio <= now && made < MAX_CATCH_UP_FRAMES {
-        let stamp = Stamp { publisher: p.index, frame: p.audio_frames, sent_ns: 0 };
+        let stamp = Stamp {
+            publisher: p.index,
+            frame: p.audio_frames,
+            sent_ns: 0,
+        };
         let rtp_time = (p.next_audio.duration_since(started).as_micros() as u64 * 48 / 1000) as u32;
         if let (Some(pt), Some(stream)) = (p.audio_pt, direct.stream_tx_by_mid(p.audio, None)) {
             let mut packet = packetize::audio_frame(p.audio_bytes, &stamp);
             packet.stamp_sent(synth::monotonic_ns());
-            stream.write_rtp(RtpWrite::new(pt, p.audio_seq.into(), rtp_time, p.next_audio, packet.payload));
+            stream.write_rtp(RtpWrite::new(
+                pt,
+                p.audio_seq.into(),
+                rtp_time,
+                p.next_audio,
+                packet.payload,
+            ));
             p.audio_seq += 1;
             totals.frames_sent += 1;
             wrote = true;
@@ -774,14 +918,24 @@ fn write_due_packets(peer: &mut Peer, now: Instant, packets: &mut Vec<OutPacket>
     while p.paced.front().is_some() {
         // libwebrtc's pacer: its rate, or faster when the queue would take
         // longer than its limit to drain.
-        let rate = p.pacing_rate.map(|r| r.max(p.paced_bytes as f64 / PACER_QUEUE_LIMIT.as_secs_f64()));
+        let rate = p
+            .pacing_rate
+            .map(|r| r.max(p.paced_bytes as f64 / PACER_QUEUE_LIMIT.as_secs_f64()));
         if rate.is_some() && p.next_paced > now {
             break;
         }
-        let Some(PacedPacket { mut packet, rtp_time, wallclock }) = p.paced.pop_front() else { break };
+        let Some(PacedPacket {
+            mut packet,
+            rtp_time,
+            wallclock,
+        }) = p.paced.pop_front()
+        else {
+            break;
+        };
         p.paced_bytes = p.paced_bytes.saturating_sub(packet.payload.len());
         if let Some(rate) = rate {
-            p.next_paced += Duration::from_secs_f64((packet.payload.len() + PACKET_OVERHEAD) as f64 / rate);
+            p.next_paced +=
+                Duration::from_secs_f64((packet.payload.len() + PACKET_OVERHEAD) as f64 / rate);
         }
         packet.stamp_sent(synth::monotonic_ns());
         let write = RtpWrite::new(pt, p.video_seq.into(), rtp_time, wallclock, packet.payload);

@@ -28,7 +28,10 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { counts: vec![0; BUCKETS].into_boxed_slice(), total: 0 }
+        Histogram {
+            counts: vec![0; BUCKETS].into_boxed_slice(),
+            total: 0,
+        }
     }
 }
 
@@ -73,9 +76,16 @@ impl Histogram {
 
     /// `self - earlier`, where `earlier` is an older reading of the same histogram.
     pub fn since(&self, earlier: &Histogram) -> Histogram {
-        let counts: Box<[u64]> =
-            self.counts.iter().zip(earlier.counts.iter()).map(|(a, b)| a.saturating_sub(*b)).collect();
-        Histogram { counts, total: self.total.saturating_sub(earlier.total) }
+        let counts: Box<[u64]> = self
+            .counts
+            .iter()
+            .zip(earlier.counts.iter())
+            .map(|(a, b)| a.saturating_sub(*b))
+            .collect();
+        Histogram {
+            counts,
+            total: self.total.saturating_sub(earlier.total),
+        }
     }
 
     /// The value at quantile `q` (0..=1), or `None` when empty.
@@ -107,8 +117,17 @@ pub struct Percentiles {
 
 impl Percentiles {
     pub fn of_micros(h: &Histogram) -> Self {
-        let ms = |q| h.quantile(q).map(|us| (us / 1000.0 * 100.0).round() / 100.0);
-        Percentiles { samples: h.count(), p50: ms(0.50), p95: ms(0.95), p99: ms(0.99), max: ms(1.0) }
+        let ms = |q| {
+            h.quantile(q)
+                .map(|us| (us / 1000.0 * 100.0).round() / 100.0)
+        };
+        Percentiles {
+            samples: h.count(),
+            p50: ms(0.50),
+            p95: ms(0.95),
+            p99: ms(0.99),
+            max: ms(1.0),
+        }
     }
 }
 
@@ -149,7 +168,11 @@ impl StreamStats {
     }
 
     pub fn expected(&self) -> u64 {
-        if self.started { self.max_seq - self.base_seq + 1 } else { 0 }
+        if self.started {
+            self.max_seq - self.base_seq + 1
+        } else {
+            0
+        }
     }
 
     pub fn received(&self) -> u64 {
@@ -243,7 +266,10 @@ impl Failures {
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.by_kind.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.by_kind
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -55,10 +55,15 @@ pub fn realtime_ns() -> u64 {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; both clocks always exist on Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };
-    (ts.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 /// Writes `value` as 7-bit groups, most significant first, each with the top
@@ -106,7 +111,11 @@ impl Stamp {
         // then compare the rest, rather than compare at every offset.
         let mut from = 0;
         let at = loop {
-            let at = from + window.get(from..STAMP_SEARCH_WINDOW.min(window.len()))?.iter().position(|&b| b == MAGIC[0])?;
+            let at = from
+                + window
+                    .get(from..STAMP_SEARCH_WINDOW.min(window.len()))?
+                    .iter()
+                    .position(|&b| b == MAGIC[0])?;
             if window.get(at..at + MAGIC.len()) == Some(&MAGIC[..]) {
                 break at;
             }
@@ -137,13 +146,25 @@ pub struct VideoShape {
 const KEYFRAME_RATIO: usize = 9;
 
 impl VideoShape {
-    pub fn new(codec: VideoCodec, bits_per_second: u64, fps: u32, keyframe_interval: Duration) -> Self {
+    pub fn new(
+        codec: VideoCodec,
+        bits_per_second: u64,
+        fps: u32,
+        keyframe_interval: Duration,
+    ) -> Self {
         let fps = fps.max(1);
         let gop = ((keyframe_interval.as_secs_f64() * f64::from(fps)).round() as u32).max(1);
         // One GOP = (gop - 1) deltas + one keyframe of KEYFRAME_RATIO deltas.
         let gop_bytes = bits_per_second as f64 / 8.0 * f64::from(gop) / f64::from(fps);
         let delta = (gop_bytes / (f64::from(gop - 1) + KEYFRAME_RATIO as f64)).max(64.0) as usize;
-        VideoShape { codec, bits_per_second, fps, gop, delta_bytes: delta, key_bytes: delta * KEYFRAME_RATIO }
+        VideoShape {
+            codec,
+            bits_per_second,
+            fps,
+            gop,
+            delta_bytes: delta,
+            key_bytes: delta * KEYFRAME_RATIO,
+        }
     }
 
     pub fn frame_interval(&self) -> Duration {
@@ -178,14 +199,24 @@ mod tests {
 
     #[test]
     fn stamp_round_trips_without_zero_bytes() {
-        let stamp = Stamp { publisher: 7, frame: 1, sent_ns: 1_234_567_890_123 };
+        let stamp = Stamp {
+            publisher: 7,
+            frame: 1,
+            sent_ns: 1_234_567_890_123,
+        };
         let mut out = vec![0x90, 0x10, 0x11];
         stamp.write(&mut out);
         assert_eq!(out.len(), 3 + STAMP_LEN);
         assert!(out[3..].iter().all(|&b| b != 0));
         assert_eq!(Stamp::find(&out), Some(stamp));
         Stamp::set_sent_ns(&mut out[3..], 987_654_321);
-        assert_eq!(Stamp::find(&out), Some(Stamp { sent_ns: 987_654_321, ..stamp }));
+        assert_eq!(
+            Stamp::find(&out),
+            Some(Stamp {
+                sent_ns: 987_654_321,
+                ..stamp
+            })
+        );
         assert_eq!(Stamp::find(&[0xAA; 100]), None);
     }
 

@@ -25,12 +25,17 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(kind: impl Into<String>, detail: impl Into<String>) -> anyhow::Error {
-        anyhow::Error::new(Failure { kind: kind.into(), detail: detail.into() })
+        anyhow::Error::new(Failure {
+            kind: kind.into(),
+            detail: detail.into(),
+        })
     }
 
     /// The kind of any error: a [`Failure`]'s own, else `fallback`.
     pub fn kind_of(error: &anyhow::Error, fallback: &str) -> String {
-        error.downcast_ref::<Failure>().map_or_else(|| fallback.to_owned(), |f| f.kind.clone())
+        error
+            .downcast_ref::<Failure>()
+            .map_or_else(|| fallback.to_owned(), |f| f.kind.clone())
     }
 }
 
@@ -112,7 +117,12 @@ pub trait Target: Send + Sync {
     async fn delete_room(&self, room: &Room) -> anyhow::Result<()>;
 
     /// Publishes with `offer_sdp` (sendonly audio + video) as user `user`.
-    async fn publish(&self, room: &Room, user: &str, offer_sdp: String) -> anyhow::Result<Published>;
+    async fn publish(
+        &self,
+        room: &Room,
+        user: &str,
+        offer_sdp: String,
+    ) -> anyhow::Result<Published>;
 
     /// Subscribes `user` to `publisher_id`'s media in `room`. `offer_sdp` is the
     /// client's recvonly offer in [`SubscribeMode::ClientOffers`], `None` otherwise.
@@ -125,12 +135,28 @@ pub trait Target: Send + Sync {
     ) -> anyhow::Result<Subscribed>;
 
     /// Makes `publisher_id`, publishing in `source`, appear in `destination` too.
-    async fn replicate(&self, _source: &Room, _publisher_id: &str, _destination: &Room) -> anyhow::Result<()> {
-        bail!("the {} target does not support participant replication", self.name())
+    async fn replicate(
+        &self,
+        _source: &Room,
+        _publisher_id: &str,
+        _destination: &Room,
+    ) -> anyhow::Result<()> {
+        bail!(
+            "the {} target does not support participant replication",
+            self.name()
+        )
     }
 
-    async fn stop_replication(&self, _source: &Room, _publisher_id: &str, _destination: &Room) -> anyhow::Result<()> {
-        bail!("the {} target does not support participant replication", self.name())
+    async fn stop_replication(
+        &self,
+        _source: &Room,
+        _publisher_id: &str,
+        _destination: &Room,
+    ) -> anyhow::Result<()> {
+        bail!(
+            "the {} target does not support participant replication",
+            self.name()
+        )
     }
 
     /// Ids of the participants the server lists as connected in `room` now.

@@ -31,7 +31,11 @@ pub fn from_user_agent(user_agent: Option<&str>) -> ClientAttributes {
 pub fn sanitize(value: &str) -> Option<String> {
     let kept: String = value
         .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ',' | ':' | ';') || c.is_whitespace())
+        .filter(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '-' | '_' | '.' | ',' | ':' | ';')
+                || c.is_whitespace()
+        })
         .take(MAX_CLIENT_ATTRIBUTE_LEN)
         .collect();
     let kept = kept.trim().to_owned();
@@ -141,10 +145,16 @@ mod tests {
 
     #[test]
     fn sanitises_to_the_model_pattern() {
-        assert_eq!(sanitize("Evil<script>/1.0 (x)").as_deref(), Some("Evilscript1.0 x"));
+        assert_eq!(
+            sanitize("Evil<script>/1.0 (x)").as_deref(),
+            Some("Evilscript1.0 x")
+        );
         assert_eq!(sanitize("<>()").as_deref(), None);
         let long = "a".repeat(300);
-        assert_eq!(sanitize(&long).map(|s| s.len()), Some(MAX_CLIENT_ATTRIBUTE_LEN));
+        assert_eq!(
+            sanitize(&long).map(|s| s.len()),
+            Some(MAX_CLIENT_ATTRIBUTE_LEN)
+        );
         let odd = from_user_agent(Some("Weird\u{202e}Client/9<9>"));
         assert_eq!(odd.browser_name.as_deref(), Some("WeirdClient"));
         assert_eq!(odd.browser_version.as_deref(), Some("99"));

@@ -38,13 +38,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use crate::error::DomainError;
 use crate::ids::{self, Arn};
 use crate::media::{CloseCause, PeerId, SourceId};
-use crate::model::{Attributes, ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantState};
+use crate::model::{
+    Attributes, ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantState,
+};
 use crate::store::LiveWrite;
 use crate::time_fmt::UnixMillis;
 use crate::token::TokenRejection;
 
 use super::{
-    Action, Joiner, MAX_REPLICATIONS_PER_PARTICIPANT, Refusal, RefusalKind, StageState, StageStateParticipant,
+    Action, Joiner, MAX_REPLICATIONS_PER_PARTICIPANT, Refusal, RefusalKind, StageState,
+    StageStateParticipant,
 };
 
 /// One accepted connection (a publish, a subscribe or an events socket), unique
@@ -92,9 +95,12 @@ pub enum Admission {
 pub mod stop_reason {
     pub const STOPPED_BY_REQUEST: &str = "StopParticipantReplication";
     pub const SOURCE_STOPPED_PUBLISHING: &str = "the source participant stopped publishing";
-    pub const WINDOW_PASSED: &str = "the source participant did not publish again within the reconnect window";
-    pub const SOURCE_DISCONNECTED: &str = "the source participant was disconnected (DisconnectParticipant)";
-    pub const REPLICA_DISCONNECTED: &str = "the replica was disconnected from the destination (DisconnectParticipant)";
+    pub const WINDOW_PASSED: &str =
+        "the source participant did not publish again within the reconnect window";
+    pub const SOURCE_DISCONNECTED: &str =
+        "the source participant was disconnected (DisconnectParticipant)";
+    pub const REPLICA_DISCONNECTED: &str =
+        "the replica was disconnected from the destination (DisconnectParticipant)";
     pub const SOURCE_STAGE_DELETED: &str = "the source stage was deleted";
     pub const DESTINATION_STAGE_DELETED: &str = "the destination stage was deleted";
     pub const SERVER_SHUTDOWN: &str = "the server shut down";
@@ -214,7 +220,10 @@ struct OnStage {
 
 impl OnStage {
     fn has_connections(&self) -> bool {
-        self.publish.is_some() || !self.subscriptions.is_empty() || self.events.is_some() || self.replica.is_some()
+        self.publish.is_some()
+            || !self.subscriptions.is_empty()
+            || self.events.is_some()
+            || self.replica.is_some()
     }
 
     fn source(&self) -> Option<SourceId> {
@@ -390,7 +399,10 @@ impl StageMachine {
 
     /// Nobody is on the stage and it is not being deleted: the machine can go.
     pub fn is_idle(&self) -> bool {
-        self.participants.is_empty() && self.session.is_none() && !self.closed && self.replicated.is_empty()
+        self.participants.is_empty()
+            && self.session.is_none()
+            && !self.closed
+            && self.replicated.is_empty()
     }
 
     pub fn is_closed(&self) -> bool {
@@ -419,8 +431,16 @@ impl StageMachine {
     /// Publishing slots taken: publishers, replicas, and publishers inside a
     /// reconnect window (their slot is kept for their return).
     pub fn publisher_count(&self) -> usize {
-        let on_stage = self.participants.values().filter(|p| p.source().is_some()).count();
-        let away = self.replicated.values().filter(|r| r.away_since.is_some()).count();
+        let on_stage = self
+            .participants
+            .values()
+            .filter(|p| p.source().is_some())
+            .count();
+        let away = self
+            .replicated
+            .values()
+            .filter(|r| r.away_since.is_some())
+            .count();
         on_stage + away
     }
 
@@ -439,7 +459,10 @@ impl StageMachine {
 
     /// When [`StageMachine::handle_timeout`] next has something to do.
     pub fn next_deadline(&self) -> Option<UnixMillis> {
-        self.replicated.values().filter_map(Replicated::next_deadline).min()
+        self.replicated
+            .values()
+            .filter_map(Replicated::next_deadline)
+            .min()
     }
 
     pub fn snapshot(&self) -> StageState {
@@ -514,7 +537,9 @@ impl StageMachine {
                 }
                 // Back within a reconnect window: the slot was kept.
                 if let Some(r) = self.replicated.get(pid).filter(|r| r.away_since.is_some()) {
-                    return Ok(Admission::Publish { source: Some(r.source) });
+                    return Ok(Admission::Publish {
+                        source: Some(r.source),
+                    });
                 }
                 if self.publisher_count() >= self.limits.max_publishers {
                     return Err(Refusal::new(
@@ -535,10 +560,14 @@ impl StageMachine {
                     ));
                 }
                 let publisher = publisher.unwrap_or_default();
-                let Some(source) = self.participants.get(publisher).and_then(OnStage::source) else {
+                let Some(source) = self.participants.get(publisher).and_then(OnStage::source)
+                else {
                     return Err(Refusal::new(
                         RefusalKind::PublisherNotFound,
-                        format!("participant {publisher} is not publishing in stage {}", self.stage),
+                        format!(
+                            "participant {publisher} is not publishing in stage {}",
+                            self.stage
+                        ),
                     ));
                 };
                 let already_subscribing = current.is_some_and(|p| !p.subscriptions.is_empty());
@@ -570,7 +599,11 @@ impl StageMachine {
         let mut fx = Effects::default();
         if let Some(session_id) = &self.session {
             let name = refusal.event_name(action);
-            let remote = if name == EventName::SubscribeError { publisher } else { None };
+            let remote = if name == EventName::SubscribeError {
+                publisher
+            } else {
+                None
+            };
             let mut event = self.event(participant_id, name, remote, now);
             event.error_code = Some(refusal.error_code().as_str().to_owned());
             fx.writes.push(LiveWrite::AppendEvent {
@@ -613,7 +646,8 @@ impl StageMachine {
         {
             r.away_since = None;
         }
-        self.connections.insert(conn, (pid.clone(), ConnectionKind::Publish));
+        self.connections
+            .insert(conn, (pid.clone(), ConnectionKind::Publish));
         self.peers.insert(peer, conn);
         if let Some(p) = self.participants.get_mut(&pid) {
             p.published = true;
@@ -644,22 +678,41 @@ impl StageMachine {
         if let Some(old) = previous {
             fx.close_peers.push(old.peer);
             self.forget_connection(old.conn, Some(old.peer), &mut fx);
-            fx.writes
-                .push(self.append(&session_id, &pid, EventName::SubscribeStopped, Some(publisher), now));
+            fx.writes.push(self.append(
+                &session_id,
+                &pid,
+                EventName::SubscribeStopped,
+                Some(publisher),
+                now,
+            ));
         }
-        self.connections.insert(conn, (pid.clone(), ConnectionKind::Subscribe));
+        self.connections
+            .insert(conn, (pid.clone(), ConnectionKind::Subscribe));
         self.peers.insert(peer, conn);
-        fx.writes
-            .push(self.append(&session_id, &pid, EventName::SubscribeStarted, Some(publisher), now));
+        fx.writes.push(self.append(
+            &session_id,
+            &pid,
+            EventName::SubscribeStarted,
+            Some(publisher),
+            now,
+        ));
         fx
     }
 
     /// An events socket was accepted; a previous one of the participant is closed.
-    pub fn events_opened(&mut self, joiner: &Joiner, conn: ConnectionId, now: UnixMillis) -> Effects {
+    pub fn events_opened(
+        &mut self,
+        joiner: &Joiner,
+        conn: ConnectionId,
+        now: UnixMillis,
+    ) -> Effects {
         let mut fx = Effects::default();
         self.join(joiner, now, &mut fx);
         let pid = joiner.participant_id.clone();
-        let previous = self.participants.get_mut(&pid).and_then(|p| p.events.replace(conn));
+        let previous = self
+            .participants
+            .get_mut(&pid)
+            .and_then(|p| p.events.replace(conn));
         if let Some(old) = previous {
             fx.close_events.push((old, EventsClose::Replaced));
             self.forget_connection(old, None, &mut fx);
@@ -727,7 +780,12 @@ impl StageMachine {
     /// replica: that replication stops, and nothing is revoked (the id holds no
     /// token for this stage; a later StartParticipantReplication may bring it back).
     /// `None` when the participant is neither connected nor inside a window.
-    pub fn disconnect(&mut self, participant_id: &str, reason: Option<&str>, now: UnixMillis) -> Option<Effects> {
+    pub fn disconnect(
+        &mut self,
+        participant_id: &str,
+        reason: Option<&str>,
+        now: UnixMillis,
+    ) -> Option<Effects> {
         let pid = participant_id;
         let mut fx = Effects::default();
         if self.is_replica(pid) {
@@ -739,7 +797,12 @@ impl StageMachine {
         }
         self.stop_all_replications(pid, stop_reason::SOURCE_DISCONNECTED, now, &mut fx);
         if self.participants.contains_key(pid) {
-            self.end_all_connections(pid, EventsClose::Disconnected(reason.map(str::to_owned)), now, &mut fx);
+            self.end_all_connections(
+                pid,
+                EventsClose::Disconnected(reason.map(str::to_owned)),
+                now,
+                &mut fx,
+            );
         }
         fx.writes.push(LiveWrite::RevokeParticipant {
             participant_id: pid.to_owned(),
@@ -752,18 +815,32 @@ impl StageMachine {
     /// The stage is being deleted (or the server stops): every replication into or
     /// out of it stops, everyone leaves, the session ends, and with
     /// `refuse_from_now` every later connection is refused.
-    pub fn close_stage(&mut self, why: EventsClose, refuse_from_now: bool, now: UnixMillis) -> Effects {
+    pub fn close_stage(
+        &mut self,
+        why: EventsClose,
+        refuse_from_now: bool,
+        now: UnixMillis,
+    ) -> Effects {
         self.closed |= refuse_from_now;
         let mut fx = Effects::default();
         let (as_source, as_destination) = match why {
-            EventsClose::ServerShutdown => (stop_reason::SERVER_SHUTDOWN, stop_reason::SERVER_SHUTDOWN),
-            _ => (stop_reason::SOURCE_STAGE_DELETED, stop_reason::DESTINATION_STAGE_DELETED),
+            EventsClose::ServerShutdown => {
+                (stop_reason::SERVER_SHUTDOWN, stop_reason::SERVER_SHUTDOWN)
+            }
+            _ => (
+                stop_reason::SOURCE_STAGE_DELETED,
+                stop_reason::DESTINATION_STAGE_DELETED,
+            ),
         };
         let sources: Vec<String> = self.replicated.keys().cloned().collect();
         for pid in sources {
             self.stop_all_replications(&pid, as_source, now, &mut fx);
         }
-        let mut everyone: Vec<(u64, String)> = self.participants.iter().map(|(id, p)| (p.order, id.clone())).collect();
+        let mut everyone: Vec<(u64, String)> = self
+            .participants
+            .iter()
+            .map(|(id, p)| (p.order, id.clone()))
+            .collect();
         everyone.sort();
         for (_, pid) in everyone {
             if self.is_replica(&pid) {
@@ -805,7 +882,8 @@ impl StageMachine {
             },
         );
         self.write_participant(&pid, &session_id, ParticipantState::Connected, &mut fx);
-        fx.writes.push(self.append(&session_id, &pid, EventName::Joined, None, now));
+        fx.writes
+            .push(self.append(&session_id, &pid, EventName::Joined, None, now));
         fx.writes
             .push(self.append(&session_id, &pid, EventName::PublishStarted, None, now));
         fx
@@ -827,7 +905,10 @@ impl StageMachine {
         let pid = participant_id;
         let (Some(session_id), Some(source)) = (
             self.session.clone(),
-            self.participants.get(pid).and_then(|p| p.publish).map(|p| p.source),
+            self.participants
+                .get(pid)
+                .and_then(|p| p.publish)
+                .map(|p| p.source),
         ) else {
             return fx;
         };
@@ -866,14 +947,32 @@ impl StageMachine {
 
     /// Source side, StopParticipantReplication: `None` when there is no active
     /// replication of the participant into `destination`.
-    pub fn stop_replication(&mut self, participant_id: &str, destination: &Arn, now: UnixMillis) -> Option<Effects> {
+    pub fn stop_replication(
+        &mut self,
+        participant_id: &str,
+        destination: &Arn,
+        now: UnixMillis,
+    ) -> Option<Effects> {
         let mut fx = Effects::default();
-        self.stop_outgoing(participant_id, destination, stop_reason::STOPPED_BY_REQUEST, true, now, &mut fx)
-            .then_some(fx)
+        self.stop_outgoing(
+            participant_id,
+            destination,
+            stop_reason::STOPPED_BY_REQUEST,
+            true,
+            now,
+            &mut fx,
+        )
+        .then_some(fx)
     }
 
     /// Source side: the destination reports that the replica went away there.
-    pub fn replication_ended(&mut self, participant_id: &str, destination: &Arn, reason: &str, now: UnixMillis) -> Effects {
+    pub fn replication_ended(
+        &mut self,
+        participant_id: &str,
+        destination: &Arn,
+        reason: &str,
+        now: UnixMillis,
+    ) -> Effects {
         let mut fx = Effects::default();
         self.stop_outgoing(participant_id, destination, reason, false, now, &mut fx);
         fx
@@ -910,7 +1009,14 @@ impl StageMachine {
             })
             .collect();
         for (pid, destination) in expired {
-            self.stop_outgoing(&pid, &destination, stop_reason::WINDOW_PASSED, true, now, &mut fx);
+            self.stop_outgoing(
+                &pid,
+                &destination,
+                stop_reason::WINDOW_PASSED,
+                true,
+                now,
+                &mut fx,
+            );
         }
         if let Some(next) = self.next_deadline() {
             fx.wake_no_later_than(next);
@@ -984,7 +1090,11 @@ impl StageMachine {
     /// local subscribers' peers are closed, and the replicas' subscribers wait for
     /// the publisher's return.
     fn stop_publishing(&mut self, pid: &str, now: UnixMillis, fx: &mut Effects) {
-        let Some(publishing) = self.participants.get_mut(pid).and_then(|p| p.publish.take()) else {
+        let Some(publishing) = self
+            .participants
+            .get_mut(pid)
+            .and_then(|p| p.publish.take())
+        else {
             return;
         };
         self.forget_connection(publishing.conn, Some(publishing.peer), fx);
@@ -1008,7 +1118,14 @@ impl StageMachine {
                 .collect();
             for destination in at_once {
                 // The last one closes the kept source.
-                self.stop_outgoing(pid, &destination, stop_reason::SOURCE_STOPPED_PUBLISHING, true, now, fx);
+                self.stop_outgoing(
+                    pid,
+                    &destination,
+                    stop_reason::SOURCE_STOPPED_PUBLISHING,
+                    true,
+                    now,
+                    fx,
+                );
             }
         }
         let kept = self.replicated.get(pid).and_then(Replicated::next_deadline);
@@ -1035,7 +1152,14 @@ impl StageMachine {
         }
     }
 
-    fn stop_subscription(&mut self, pid: &str, publisher: &str, close_peer: bool, now: UnixMillis, fx: &mut Effects) {
+    fn stop_subscription(
+        &mut self,
+        pid: &str,
+        publisher: &str,
+        close_peer: bool,
+        now: UnixMillis,
+        fx: &mut Effects,
+    ) {
         let Some(sub) = self
             .participants
             .get_mut(pid)
@@ -1048,12 +1172,23 @@ impl StageMachine {
         }
         self.forget_connection(sub.conn, Some(sub.peer), fx);
         if let Some(session_id) = self.session.clone() {
-            fx.writes
-                .push(self.append(&session_id, pid, EventName::SubscribeStopped, Some(publisher), now));
+            fx.writes.push(self.append(
+                &session_id,
+                pid,
+                EventName::SubscribeStopped,
+                Some(publisher),
+                now,
+            ));
         }
     }
 
-    fn end_all_connections(&mut self, pid: &str, why: EventsClose, now: UnixMillis, fx: &mut Effects) {
+    fn end_all_connections(
+        &mut self,
+        pid: &str,
+        why: EventsClose,
+        now: UnixMillis,
+        fx: &mut Effects,
+    ) {
         self.stop_publishing(pid, now, fx);
         let publishers: Vec<String> = self
             .participants
@@ -1132,7 +1267,13 @@ impl StageMachine {
         true
     }
 
-    fn stop_all_replications(&mut self, pid: &str, reason: &str, now: UnixMillis, fx: &mut Effects) {
+    fn stop_all_replications(
+        &mut self,
+        pid: &str,
+        reason: &str,
+        now: UnixMillis,
+        fx: &mut Effects,
+    ) {
         for destination in self.replication_destinations(pid) {
             self.stop_outgoing(pid, &destination, reason, true, now, fx);
         }
@@ -1142,7 +1283,13 @@ impl StageMachine {
     /// subscriptions end (their peers are closed: the source may live on), then
     /// `LEFT`. With `tell_source` (the destination's own decision, with its reason)
     /// the source stage is told.
-    fn remove_replica(&mut self, pid: &str, tell_source: Option<&str>, now: UnixMillis, fx: &mut Effects) {
+    fn remove_replica(
+        &mut self,
+        pid: &str,
+        tell_source: Option<&str>,
+        now: UnixMillis,
+        fx: &mut Effects,
+    ) {
         let Some(replica) = self.participants.get(pid).and_then(|p| p.replica.clone()) else {
             return;
         };
@@ -1175,7 +1322,11 @@ impl StageMachine {
     /// A participant without connections leaves (`LEFT`, DISCONNECTED); the last one
     /// to leave ends the session.
     fn leave_if_unconnected(&mut self, pid: &str, now: UnixMillis, fx: &mut Effects) {
-        if self.participants.get(pid).is_none_or(OnStage::has_connections) {
+        if self
+            .participants
+            .get(pid)
+            .is_none_or(OnStage::has_connections)
+        {
             return;
         }
         self.depart(pid, now, fx);
@@ -1237,22 +1388,33 @@ impl StageMachine {
         }
     }
 
-    fn write_participant(&self, pid: &str, session_id: &str, state: ParticipantState, fx: &mut Effects) {
+    fn write_participant(
+        &self,
+        pid: &str,
+        session_id: &str,
+        state: ParticipantState,
+        fx: &mut Effects,
+    ) {
         let Some(p) = self.participants.get(pid) else {
             return;
         };
-        let (replication_type, replication_state, source_stage_arn, source_session_id) = match &p.replica {
-            Some(r) => (
-                "REPLICA",
-                Some(if state == ParticipantState::Connected { "ACTIVE" } else { "STOPPED" }),
-                Some(r.source_stage.to_string()),
-                Some(r.source_session.clone()),
-            ),
-            None => {
-                let (t, s) = self.replication_fields(pid);
-                (t, s, None, None)
-            }
-        };
+        let (replication_type, replication_state, source_stage_arn, source_session_id) =
+            match &p.replica {
+                Some(r) => (
+                    "REPLICA",
+                    Some(if state == ParticipantState::Connected {
+                        "ACTIVE"
+                    } else {
+                        "STOPPED"
+                    }),
+                    Some(r.source_stage.to_string()),
+                    Some(r.source_session.clone()),
+                ),
+                None => {
+                    let (t, s) = self.replication_fields(pid);
+                    (t, s, None, None)
+                }
+            };
         fx.writes.push(LiveWrite::UpsertParticipant {
             session_id: session_id.to_owned(),
             participant: Box::new(Participant {
@@ -1275,7 +1437,13 @@ impl StageMachine {
 
     /// An event of `pid`; `replica: true` when it or the remote participant is a
     /// replica on this stage.
-    fn event(&self, pid: &str, name: EventName, remote: Option<&str>, now: UnixMillis) -> ParticipantEvent {
+    fn event(
+        &self,
+        pid: &str,
+        name: EventName,
+        remote: Option<&str>,
+        now: UnixMillis,
+    ) -> ParticipantEvent {
         ParticipantEvent {
             name: name.as_str().to_owned(),
             participant_id: pid.to_owned(),
@@ -1288,7 +1456,14 @@ impl StageMachine {
         }
     }
 
-    fn append(&self, session_id: &str, pid: &str, name: EventName, remote: Option<&str>, now: UnixMillis) -> LiveWrite {
+    fn append(
+        &self,
+        session_id: &str,
+        pid: &str,
+        name: EventName,
+        remote: Option<&str>,
+        now: UnixMillis,
+    ) -> LiveWrite {
         LiveWrite::AppendEvent {
             session_id: session_id.to_owned(),
             event: self.event(pid, name, remote, now),
@@ -1317,7 +1492,10 @@ mod tests {
             id: "000000000000".into(),
             region: "us-east-1".into(),
         };
-        StageMachine::new(Arn::new(&account, ResourceKind::Stage, "stageAAAAAAA"), limits)
+        StageMachine::new(
+            Arn::new(&account, ResourceKind::Stage, "stageAAAAAAA"),
+            limits,
+        )
     }
 
     fn joiner(id: &str) -> Joiner {
@@ -1343,10 +1521,18 @@ mod tests {
         m.publish_accepted(&j, ConnectionId(conn), PeerId(peer), source, now)
     }
 
-    fn subscribe(m: &mut StageMachine, who: &str, publisher: &str, conn: u64, peer: u64, now: UnixMillis) -> Effects {
+    fn subscribe(
+        m: &mut StageMachine,
+        who: &str,
+        publisher: &str,
+        conn: u64,
+        peer: u64,
+        now: UnixMillis,
+    ) -> Effects {
         let j = joiner(who);
         assert!(matches!(
-            m.admit(&j, Action::Subscribe, Some(publisher), false).unwrap(),
+            m.admit(&j, Action::Subscribe, Some(publisher), false)
+                .unwrap(),
             Admission::Subscribe { .. }
         ));
         m.subscribe_accepted(&j, publisher, ConnectionId(conn), PeerId(peer), now)
@@ -1369,7 +1555,9 @@ mod tests {
             .iter()
             .rev()
             .find_map(|w| match w {
-                LiveWrite::UpsertParticipant { participant, .. } if participant.participant_id == who => {
+                LiveWrite::UpsertParticipant { participant, .. }
+                    if participant.participant_id == who =>
+                {
                     Some((**participant).clone())
                 }
                 _ => None,
@@ -1382,7 +1570,11 @@ mod tests {
         let mut m = machine();
         assert!(m.is_idle());
         let fx = m.events_opened(&joiner("a"), ConnectionId(1), T0);
-        let LiveWrite::StartSession { session_id, start_time } = &fx.writes[0] else {
+        let LiveWrite::StartSession {
+            session_id,
+            start_time,
+        } = &fx.writes[0]
+        else {
             panic!("{:?}", fx.writes)
         };
         assert_eq!(*start_time, T0);
@@ -1449,10 +1641,18 @@ mod tests {
         let mut m = machine();
         m.events_opened(&joiner("a"), ConnectionId(1), T0);
         let fx = m.events_opened(&joiner("b"), ConnectionId(2), T0 + 1);
-        assert!(!fx.writes.iter().any(|w| matches!(w, LiveWrite::StartSession { .. })));
+        assert!(
+            !fx.writes
+                .iter()
+                .any(|w| matches!(w, LiveWrite::StartSession { .. }))
+        );
         let fx = m.connection_closed(ConnectionId(1), T0 + 2);
         assert_eq!(fx.event_names(), ["LEFT"]);
-        assert!(!fx.writes.iter().any(|w| matches!(w, LiveWrite::EndSession { .. })));
+        assert!(
+            !fx.writes
+                .iter()
+                .any(|w| matches!(w, LiveWrite::EndSession { .. }))
+        );
         assert_eq!(
             m.snapshot()
                 .participants
@@ -1462,7 +1662,10 @@ mod tests {
             ["b"]
         );
         let fx = m.connection_closed(ConnectionId(2), T0 + 3);
-        assert!(matches!(fx.writes.last(), Some(LiveWrite::EndSession { .. })));
+        assert!(matches!(
+            fx.writes.last(),
+            Some(LiveWrite::EndSession { .. })
+        ));
     }
 
     #[test]
@@ -1483,7 +1686,10 @@ mod tests {
         assert_eq!(fx.ended, [(ConnectionId(1), Some(PeerId(10)))]);
         assert_eq!(fx.event_names(), ["PUBLISH_STOPPED", "PUBLISH_STARTED"]);
         // The subscriber is undisturbed, and the old peer's close means nothing now.
-        assert!(m.peer_closed(PeerId(10), CloseCause::Requested, T0 + 2).is_empty());
+        assert!(
+            m.peer_closed(PeerId(10), CloseCause::Requested, T0 + 2)
+                .is_empty()
+        );
         assert!(m.has_peer(PeerId(20)) && m.has_peer(PeerId(30)));
         // DELETE on the old resource is a no-op too.
         assert!(m.connection_closed(ConnectionId(1), T0 + 2).is_empty());
@@ -1499,7 +1705,10 @@ mod tests {
         assert_eq!(fx.ended, [(ConnectionId(2), Some(PeerId(20)))]);
         assert_eq!(
             events_of(&fx, "b"),
-            [("SUBSCRIBE_STOPPED", Some("a")), ("SUBSCRIBE_STARTED", Some("a"))]
+            [
+                ("SUBSCRIBE_STOPPED", Some("a")),
+                ("SUBSCRIBE_STARTED", Some("a"))
+            ]
         );
         assert_eq!(m.subscriber_count(), 1);
     }
@@ -1523,7 +1732,9 @@ mod tests {
             publish(&mut m, &format!("p{i}"), i + 1, 100 + i, T0);
         }
         assert_eq!(m.publisher_count(), 12);
-        let refusal = m.admit(&joiner("p12"), Action::Publish, None, false).unwrap_err();
+        let refusal = m
+            .admit(&joiner("p12"), Action::Publish, None, false)
+            .unwrap_err();
         assert_eq!(refusal.kind, RefusalKind::QuotaExceeded);
         assert_eq!(refusal.http_status(), 403);
         assert_eq!(refusal.error_code(), EventErrorCode::QuotaExceeded);
@@ -1552,9 +1763,14 @@ mod tests {
         subscribe(&mut m, "b", "a", 3, 12, T0);
         // b subscribing to another publisher is fine; d is one subscriber too many.
         subscribe(&mut m, "b", "c", 4, 13, T0);
-        let refusal = m.admit(&joiner("d"), Action::Subscribe, Some("a"), false).unwrap_err();
+        let refusal = m
+            .admit(&joiner("d"), Action::Subscribe, Some("a"), false)
+            .unwrap_err();
         assert_eq!(refusal.kind, RefusalKind::QuotaExceeded);
-        assert_eq!(refusal.event_name(Action::Subscribe), EventName::SubscribeError);
+        assert_eq!(
+            refusal.event_name(Action::Subscribe),
+            EventName::SubscribeError
+        );
     }
 
     #[test]
@@ -1566,12 +1782,20 @@ mod tests {
         let refusal = m.admit(&nothing, Action::Publish, None, false).unwrap_err();
         assert_eq!(refusal.kind, RefusalKind::MissingCapability);
         assert_eq!(refusal.http_status(), 403);
-        assert_eq!(refusal.error_code(), EventErrorCode::InsufficientCapabilities);
+        assert_eq!(
+            refusal.error_code(),
+            EventErrorCode::InsufficientCapabilities
+        );
         assert_eq!(refusal.event_name(Action::Publish), EventName::PublishError);
-        let refusal = m.admit(&nothing, Action::Subscribe, Some("a"), false).unwrap_err();
+        let refusal = m
+            .admit(&nothing, Action::Subscribe, Some("a"), false)
+            .unwrap_err();
         assert_eq!(refusal.kind, RefusalKind::MissingCapability);
         // No capabilities still hold the events socket.
-        assert_eq!(m.admit(&nothing, Action::Events, None, false), Ok(Admission::Events));
+        assert_eq!(
+            m.admit(&nothing, Action::Events, None, false),
+            Ok(Admission::Events)
+        );
     }
 
     #[test]
@@ -1593,7 +1817,8 @@ mod tests {
         let mut m = machine();
         let refusal = Refusal::token(TokenRejection::BadSignature);
         assert!(
-            m.refused("x", Action::Publish, None, &refusal, T0).is_empty(),
+            m.refused("x", Action::Publish, None, &refusal, T0)
+                .is_empty(),
             "an idle stage starts no session"
         );
         m.events_opened(&joiner("a"), ConnectionId(1), T0);
@@ -1618,12 +1843,22 @@ mod tests {
         // Closing the source closes its subscribers' peers in the media plane.
         assert_eq!(fx.close_sources, [SourceId(1)]);
         assert!(fx.close_peers.is_empty());
-        assert_eq!(events_of(&fx, "a"), [("PUBLISH_STOPPED", None), ("LEFT", None)]);
-        assert_eq!(events_of(&fx, "b"), [("SUBSCRIBE_STOPPED", Some("a")), ("LEFT", None)]);
+        assert_eq!(
+            events_of(&fx, "a"),
+            [("PUBLISH_STOPPED", None), ("LEFT", None)]
+        );
+        assert_eq!(
+            events_of(&fx, "b"),
+            [("SUBSCRIBE_STOPPED", Some("a")), ("LEFT", None)]
+        );
         // c still holds its events socket.
         assert_eq!(events_of(&fx, "c"), [("SUBSCRIBE_STOPPED", Some("a"))]);
         assert!(m.is_connected("c") && !m.is_connected("b"));
-        assert!(!fx.writes.iter().any(|w| matches!(w, LiveWrite::EndSession { .. })));
+        assert!(
+            !fx.writes
+                .iter()
+                .any(|w| matches!(w, LiveWrite::EndSession { .. }))
+        );
         // Their peers' closes (SourceClosed) change nothing more.
         assert!(
             m.peer_closed(PeerId(20), CloseCause::SourceClosed, T0 + 15_001)
@@ -1638,7 +1873,10 @@ mod tests {
         subscribe(&mut m, "b", "a", 2, 20, T0);
         let fx = m.peer_closed(PeerId(20), CloseCause::Timeout, T0 + 15_000);
         assert!(fx.close_peers.is_empty(), "the peer is gone already");
-        assert_eq!(events_of(&fx, "b"), [("SUBSCRIBE_STOPPED", Some("a")), ("LEFT", None)]);
+        assert_eq!(
+            events_of(&fx, "b"),
+            [("SUBSCRIBE_STOPPED", Some("a")), ("LEFT", None)]
+        );
         assert_eq!(last_record(&fx, "b").state, ParticipantState::Disconnected);
         // DELETE of a subscribe closes its peer.
         subscribe(&mut m, "c", "a", 3, 30, T0);
@@ -1661,7 +1899,10 @@ mod tests {
         assert_eq!(fx.close_peers, [PeerId(40)]);
         assert_eq!(
             fx.close_events,
-            [(ConnectionId(2), EventsClose::Disconnected(Some("bye".into())))]
+            [(
+                ConnectionId(2),
+                EventsClose::Disconnected(Some("bye".into()))
+            )]
         );
         assert_eq!(
             events_of(&fx, "a"),
@@ -1680,7 +1921,9 @@ mod tests {
         assert!(!m.is_connected("a") && m.is_connected("b"));
         assert_eq!(fx.ended.len(), 4);
 
-        let refusal = m.admit(&joiner("a"), Action::Events, None, true).unwrap_err();
+        let refusal = m
+            .admit(&joiner("a"), Action::Events, None, true)
+            .unwrap_err();
         assert_eq!(refusal.kind, RefusalKind::Revoked);
         assert_eq!(refusal.http_status(), 403);
         assert_eq!(refusal.event_name(Action::Publish), EventName::JoinError);
@@ -1694,11 +1937,19 @@ mod tests {
         m.events_opened(&joiner("b"), ConnectionId(3), T0);
         let fx = m.close_stage(EventsClose::StageDeleted, true, T0 + 1);
         assert_eq!(fx.close_sources, [SourceId(1)]);
-        assert_eq!(fx.close_events, [(ConnectionId(3), EventsClose::StageDeleted)]);
-        assert!(matches!(fx.writes.last(), Some(LiveWrite::EndSession { .. })));
+        assert_eq!(
+            fx.close_events,
+            [(ConnectionId(3), EventsClose::StageDeleted)]
+        );
+        assert!(matches!(
+            fx.writes.last(),
+            Some(LiveWrite::EndSession { .. })
+        ));
         assert_eq!(fx.event_names().iter().filter(|n| **n == "LEFT").count(), 2);
         assert!(m.is_closed() && !m.is_idle() && m.snapshot().participants.is_empty());
-        let refusal = m.admit(&joiner("c"), Action::Events, None, false).unwrap_err();
+        let refusal = m
+            .admit(&joiner("c"), Action::Events, None, false)
+            .unwrap_err();
         assert_eq!(refusal.http_status(), 401);
     }
 
@@ -1742,7 +1993,13 @@ mod tests {
     }
 
     /// Replicates `pid` from `src` to `dst` as the driver does; the effects on each.
-    fn replicate(src: &mut StageMachine, dst: &mut StageMachine, pid: &str, window: u32, now: UnixMillis) -> (Effects, Effects) {
+    fn replicate(
+        src: &mut StageMachine,
+        dst: &mut StageMachine,
+        pid: &str,
+        window: u32,
+        now: UnixMillis,
+    ) -> (Effects, Effects) {
         let origin = check_replication(src, dst, pid).unwrap();
         let mut attributes = origin.attributes.clone();
         attributes.insert("role".into(), "guest".into());
@@ -1766,9 +2023,11 @@ mod tests {
         fx.writes
             .iter()
             .filter_map(|w| match w {
-                LiveWrite::AppendEvent { event, .. } => {
-                    Some((event.participant_id.as_str(), event.name.as_str(), event.replica))
-                }
+                LiveWrite::AppendEvent { event, .. } => Some((
+                    event.participant_id.as_str(),
+                    event.name.as_str(),
+                    event.replica,
+                )),
                 _ => None,
             })
             .collect()
@@ -1797,7 +2056,10 @@ mod tests {
         a.events_opened(&joiner("watcher"), ConnectionId(2), T0);
         for who in ["watcher", "nobody"] {
             let message = conflict(check_replication(&a, &b, who).unwrap_err());
-            assert_eq!(message, format!("participant {who} is not publishing in {}", a.stage()));
+            assert_eq!(
+                message,
+                format!("participant {who} is not publishing in {}", a.stage())
+            );
         }
         let origin = check_replication(&a, &b, "a").unwrap();
         assert_eq!(origin.source, SourceId(1));
@@ -1805,18 +2067,31 @@ mod tests {
         assert_eq!(origin.user_id.as_deref(), Some("user-a"));
 
         replicate(&mut a, &mut b, "a", 0, T0 + 1);
-        assert!(conflict(check_replication(&a, &b, "a").unwrap_err()).contains("already replicated"));
+        assert!(
+            conflict(check_replication(&a, &b, "a").unwrap_err()).contains("already replicated")
+        );
         // The replica in B cannot be replicated again, not even back to A.
-        assert!(matches!(check_replication(&b, &a, "a"), Err(DomainError::Validation(_))));
+        assert!(matches!(
+            check_replication(&b, &a, "a"),
+            Err(DomainError::Validation(_))
+        ));
         let mut c = stage_named("stageCCCCCCC");
-        assert!(matches!(check_replication(&b, &c, "a"), Err(DomainError::Validation(_))));
+        assert!(matches!(
+            check_replication(&b, &c, "a"),
+            Err(DomainError::Validation(_))
+        ));
         // An id already on the destination.
         c.events_opened(&joiner("a"), ConnectionId(1), T0);
-        assert!(conflict(check_replication(&a, &c, "a").unwrap_err()).contains("already a participant"));
+        assert!(
+            conflict(check_replication(&a, &c, "a").unwrap_err()).contains("already a participant")
+        );
         // A stage being deleted does not exist any more.
         let mut d = stage_named("stageDDDDDDD");
         d.close_stage(EventsClose::StageDeleted, true, T0);
-        assert!(matches!(check_replication(&a, &d, "a"), Err(DomainError::NotFound(_))));
+        assert!(matches!(
+            check_replication(&a, &d, "a"),
+            Err(DomainError::NotFound(_))
+        ));
     }
 
     #[test]
@@ -1828,7 +2103,10 @@ mod tests {
         }
         assert_eq!(a.replication_destinations("a").len(), 5);
         let sixth = stage_named("stageDst0006");
-        assert!(matches!(check_replication(&a, &sixth, "a"), Err(DomainError::QuotaExceeded(_))));
+        assert!(matches!(
+            check_replication(&a, &sixth, "a"),
+            Err(DomainError::QuotaExceeded(_))
+        ));
 
         // A destination with 11 publishers takes one replica, which makes it full.
         let mut full = stage_named("stageFull001");
@@ -1841,8 +2119,13 @@ mod tests {
         assert_eq!(full.publisher_count(), 12);
         let mut c = stage_named("stageCCCCCCC");
         publish(&mut c, "c", 70, 80, T0);
-        assert!(matches!(check_replication(&c, &full, "c"), Err(DomainError::QuotaExceeded(_))));
-        let refusal = full.admit(&joiner("p99"), Action::Publish, None, false).unwrap_err();
+        assert!(matches!(
+            check_replication(&c, &full, "c"),
+            Err(DomainError::QuotaExceeded(_))
+        ));
+        let refusal = full
+            .admit(&joiner("p99"), Action::Publish, None, false)
+            .unwrap_err();
         assert_eq!(refusal.kind, RefusalKind::QuotaExceeded);
     }
 
@@ -1853,7 +2136,10 @@ mod tests {
 
         // B was idle: the replica starts its session.
         assert!(matches!(&on_b.writes[0], LiveWrite::StartSession { .. }));
-        assert_eq!(replica_events(&on_b), [("a", "JOINED", true), ("a", "PUBLISH_STARTED", true)]);
+        assert_eq!(
+            replica_events(&on_b),
+            [("a", "JOINED", true), ("a", "PUBLISH_STARTED", true)]
+        );
         let replica = last_record(&on_b, "a");
         assert_eq!(replica.state, ParticipantState::Connected);
         assert!(replica.published);
@@ -1865,15 +2151,26 @@ mod tests {
         assert_eq!(replica.attributes["k"], "a");
         assert_eq!(replica.attributes["role"], "guest");
         let state = b.snapshot();
-        assert_eq!((state.participants[0].id.as_str(), state.participants[0].is_publishing), ("a", true));
+        assert_eq!(
+            (
+                state.participants[0].id.as_str(),
+                state.participants[0].is_publishing
+            ),
+            ("a", true)
+        );
         assert!(b.is_replica("a") && !a.is_replica("a"));
 
         // A records the replication.
         let b_session = b.session_id().unwrap().to_owned();
-        let LiveWrite::AppendEvent { event, .. } = &on_a.writes[0] else { panic!("{:?}", on_a.writes) };
+        let LiveWrite::AppendEvent { event, .. } = &on_a.writes[0] else {
+            panic!("{:?}", on_a.writes)
+        };
         assert_eq!(event.name, "REPLICATION_STARTED");
         assert_eq!(event.destination_stage_arn, Some(b.stage().to_string()));
-        assert_eq!(event.destination_session_id.as_deref(), Some(b_session.as_str()));
+        assert_eq!(
+            event.destination_session_id.as_deref(),
+            Some(b_session.as_str())
+        );
         assert!(on_a.writes.contains(&LiveWrite::StartReplication {
             participant_id: "a".into(),
             source_session_id: a.session_id().unwrap().into(),
@@ -1881,19 +2178,38 @@ mod tests {
             destination_session_id: b_session,
         }));
         let source = last_record(&on_a, "a");
-        assert_eq!((source.replication_type.as_str(), source.replication_state.as_deref()), ("SOURCE", Some("ACTIVE")));
+        assert_eq!(
+            (
+                source.replication_type.as_str(),
+                source.replication_state.as_deref()
+            ),
+            ("SOURCE", Some("ACTIVE"))
+        );
 
         // B's participants subscribe to the replica: that is A's source.
         let j = joiner("viewer");
         assert_eq!(
             b.admit(&j, Action::Subscribe, Some("a"), false),
-            Ok(Admission::Subscribe { source: SourceId(1) })
+            Ok(Admission::Subscribe {
+                source: SourceId(1)
+            })
         );
         let fx = b.subscribe_accepted(&j, "a", ConnectionId(7), PeerId(70), T0 + 2);
-        assert_eq!(replica_events(&fx), [("viewer", "JOINED", false), ("viewer", "SUBSCRIBE_STARTED", true)]);
+        assert_eq!(
+            replica_events(&fx),
+            [
+                ("viewer", "JOINED", false),
+                ("viewer", "SUBSCRIBE_STARTED", true)
+            ]
+        );
         // Nobody can connect to B under the replica's id.
-        let refusal = b.admit(&joiner("a"), Action::Events, None, false).unwrap_err();
-        assert_eq!((refusal.kind.clone(), refusal.http_status()), (RefusalKind::ReplicaIdInUse, 409));
+        let refusal = b
+            .admit(&joiner("a"), Action::Events, None, false)
+            .unwrap_err();
+        assert_eq!(
+            (refusal.kind.clone(), refusal.http_status()),
+            (RefusalKind::ReplicaIdInUse, 409)
+        );
         assert_eq!(refusal.event_name(Action::Subscribe), EventName::JoinError);
     }
 
@@ -1918,7 +2234,13 @@ mod tests {
         );
         assert!(fx.close_sources.is_empty(), "a still publishes in A");
         let record = last_record(&fx, "a");
-        assert_eq!((record.replication_type.as_str(), record.replication_state.as_deref()), ("SOURCE", Some("STOPPED")));
+        assert_eq!(
+            (
+                record.replication_type.as_str(),
+                record.replication_state.as_deref()
+            ),
+            ("SOURCE", Some("STOPPED"))
+        );
         assert!(a.stop_replication("a", b.stage(), T0 + 6).is_none());
 
         // Only A's replica of `a` answers to A.
@@ -1942,12 +2264,20 @@ mod tests {
         let replica = last_record(&fx, "a");
         assert_eq!(replica.state, ParticipantState::Disconnected);
         assert_eq!(replica.replication_state.as_deref(), Some("STOPPED"));
-        assert!(!fx.writes.iter().any(|w| matches!(w, LiveWrite::EndSession { .. })), "host is still there");
+        assert!(
+            !fx.writes
+                .iter()
+                .any(|w| matches!(w, LiveWrite::EndSession { .. })),
+            "host is still there"
+        );
         assert!(!b.is_connected("a"));
 
         // It may be replicated there again, in the same source session.
         let (on_a, _) = replicate(&mut a, &mut b, "a", 0, T0 + 7);
-        assert_eq!(last_record(&on_a, "a").replication_state.as_deref(), Some("ACTIVE"));
+        assert_eq!(
+            last_record(&on_a, "a").replication_state.as_deref(),
+            Some("ACTIVE")
+        );
     }
 
     #[test]
@@ -1955,12 +2285,21 @@ mod tests {
         let (mut a, mut b) = two_stages();
         replicate(&mut a, &mut b, "a", 0, T0);
         let fx = a.peer_closed(PeerId(10), CloseCause::Timeout, T0 + 15_000);
-        assert_eq!(fx.event_names(), ["PUBLISH_STOPPED", "REPLICATION_STOPPED", "LEFT"]);
+        assert_eq!(
+            fx.event_names(),
+            ["PUBLISH_STOPPED", "REPLICATION_STOPPED", "LEFT"]
+        );
         assert_eq!(stop_reasons(&fx), [stop_reason::SOURCE_STOPPED_PUBLISHING]);
         assert_eq!(fx.close_sources, [SourceId(1)]);
         assert_eq!(fx.cross_stage.len(), 1);
-        assert!(matches!(fx.writes.last(), Some(LiveWrite::EndSession { .. })));
-        assert_eq!(last_record(&fx, "a").replication_state.as_deref(), Some("STOPPED"));
+        assert!(matches!(
+            fx.writes.last(),
+            Some(LiveWrite::EndSession { .. })
+        ));
+        assert_eq!(
+            last_record(&fx, "a").replication_state.as_deref(),
+            Some("STOPPED")
+        );
         assert!(a.is_idle());
     }
 
@@ -1977,14 +2316,31 @@ mod tests {
             [("PUBLISH_STOPPED", None), ("LEFT", None)],
             "A records what happened to the publisher"
         );
-        assert_eq!(events_of(&fx, "local"), [("SUBSCRIBE_STOPPED", Some("a")), ("LEFT", None)]);
-        assert!(fx.close_sources.is_empty(), "the source is kept for the replicas");
+        assert_eq!(
+            events_of(&fx, "local"),
+            [("SUBSCRIBE_STOPPED", Some("a")), ("LEFT", None)]
+        );
+        assert!(
+            fx.close_sources.is_empty(),
+            "the source is kept for the replicas"
+        );
         assert_eq!(fx.close_peers, [PeerId(10), PeerId(20)]);
         assert_eq!(fx.wake_at, Some(T0 + 11_000));
         assert!(fx.cross_stage.is_empty());
-        assert!(!fx.writes.iter().any(|w| matches!(w, LiveWrite::EndSession { .. })));
-        assert_eq!(a.session_id(), Some(session.as_str()), "the window keeps the session open");
-        assert_eq!(last_record(&fx, "a").replication_state.as_deref(), Some("ACTIVE"));
+        assert!(
+            !fx.writes
+                .iter()
+                .any(|w| matches!(w, LiveWrite::EndSession { .. }))
+        );
+        assert_eq!(
+            a.session_id(),
+            Some(session.as_str()),
+            "the window keeps the session open"
+        );
+        assert_eq!(
+            last_record(&fx, "a").replication_state.as_deref(),
+            Some("ACTIVE")
+        );
         assert_eq!(a.publisher_count(), 1, "the slot is kept");
         assert!(!a.is_idle());
         assert!(a.handle_timeout(T0 + 10_999).writes.is_empty());
@@ -1993,11 +2349,17 @@ mod tests {
         let j = joiner("a");
         assert_eq!(
             a.admit(&j, Action::Publish, None, false),
-            Ok(Admission::Publish { source: Some(SourceId(1)) })
+            Ok(Admission::Publish {
+                source: Some(SourceId(1))
+            })
         );
         let fx = a.publish_accepted(&j, ConnectionId(3), PeerId(30), SourceId(1), T0 + 10_000);
         assert_eq!(fx.event_names(), ["JOINED", "PUBLISH_STARTED"]);
-        assert!(!fx.writes.iter().any(|w| matches!(w, LiveWrite::StartSession { .. })));
+        assert!(
+            !fx.writes
+                .iter()
+                .any(|w| matches!(w, LiveWrite::StartSession { .. }))
+        );
         assert_eq!(last_record(&fx, "a").replication_type, "SOURCE");
         assert!(a.handle_timeout(T0 + 20_000).is_empty());
         assert_eq!(a.replication_destinations("a"), [b.stage().clone()]);
@@ -2019,8 +2381,13 @@ mod tests {
         replicate(&mut a, &mut c, "a", 0, T0);
         let fx = a.peer_closed(PeerId(10), CloseCause::Timeout, T0 + 1_000);
         // The window-0 replication stops at once, the other waits.
-        assert_eq!(fx.event_names(), ["PUBLISH_STOPPED", "REPLICATION_STOPPED", "LEFT"]);
-        assert!(matches!(&fx.cross_stage[..], [CrossStage::EndReplica { destination, .. }] if destination == c.stage()));
+        assert_eq!(
+            fx.event_names(),
+            ["PUBLISH_STOPPED", "REPLICATION_STOPPED", "LEFT"]
+        );
+        assert!(
+            matches!(&fx.cross_stage[..], [CrossStage::EndReplica { destination, .. }] if destination == c.stage())
+        );
         assert!(fx.close_sources.is_empty());
         assert_eq!(a.next_deadline(), Some(T0 + 6_000));
 
@@ -2031,8 +2398,13 @@ mod tests {
             LiveWrite::SetReplicationState { participant_id, replication_type, replication_state, .. }
                 if participant_id == "a" && replication_type == "SOURCE" && replication_state.as_deref() == Some("STOPPED"))));
         assert_eq!(fx.close_sources, [SourceId(1)]);
-        assert!(matches!(&fx.cross_stage[..], [CrossStage::EndReplica { destination, .. }] if destination == b.stage()));
-        assert!(matches!(fx.writes.last(), Some(LiveWrite::EndSession { .. })));
+        assert!(
+            matches!(&fx.cross_stage[..], [CrossStage::EndReplica { destination, .. }] if destination == b.stage())
+        );
+        assert!(matches!(
+            fx.writes.last(),
+            Some(LiveWrite::EndSession { .. })
+        ));
         assert!(a.is_idle());
         // Coming back now is a new publish in a new session.
         assert_eq!(
@@ -2046,11 +2418,18 @@ mod tests {
         let (mut a, mut b) = two_stages();
         replicate(&mut a, &mut b, "a", 60, T0);
         let fx = a.disconnect("a", Some("bye"), T0 + 1).unwrap();
-        assert_eq!(fx.event_names(), ["REPLICATION_STOPPED", "PUBLISH_STOPPED", "LEFT"]);
+        assert_eq!(
+            fx.event_names(),
+            ["REPLICATION_STOPPED", "PUBLISH_STOPPED", "LEFT"]
+        );
         assert_eq!(stop_reasons(&fx), [stop_reason::SOURCE_DISCONNECTED]);
         assert_eq!(fx.close_sources, [SourceId(1)]);
         assert_eq!(fx.cross_stage.len(), 1);
-        assert!(fx.writes.iter().any(|w| matches!(w, LiveWrite::RevokeParticipant { .. })));
+        assert!(
+            fx.writes
+                .iter()
+                .any(|w| matches!(w, LiveWrite::RevokeParticipant { .. }))
+        );
         assert!(a.is_idle());
 
         // Also inside its window, when it is not connected at all.
@@ -2058,10 +2437,15 @@ mod tests {
         replicate(&mut a, &mut b, "a", 60, T0);
         a.peer_closed(PeerId(10), CloseCause::Timeout, T0 + 1);
         assert!(!a.is_connected("a"));
-        let fx = a.disconnect("a", None, T0 + 2).expect("a window counts as being there");
+        let fx = a
+            .disconnect("a", None, T0 + 2)
+            .expect("a window counts as being there");
         assert_eq!(fx.event_names(), ["REPLICATION_STOPPED"]);
         assert_eq!(fx.close_sources, [SourceId(1)]);
-        assert!(matches!(fx.writes[fx.writes.len() - 2], LiveWrite::EndSession { .. }));
+        assert!(matches!(
+            fx.writes[fx.writes.len() - 2],
+            LiveWrite::EndSession { .. }
+        ));
         assert!(a.disconnect("a", None, T0 + 3).is_none());
     }
 
@@ -2073,24 +2457,50 @@ mod tests {
         replicate(&mut a, &mut c, "a", 0, T0);
 
         let fx = b.disconnect("a", Some("off topic"), T0 + 1).unwrap();
-        assert_eq!(replica_events(&fx), [("a", "PUBLISH_STOPPED", true), ("a", "LEFT", true)]);
+        assert_eq!(
+            replica_events(&fx),
+            [("a", "PUBLISH_STOPPED", true), ("a", "LEFT", true)]
+        );
         assert!(
-            !fx.writes.iter().any(|w| matches!(w, LiveWrite::RevokeParticipant { .. })),
+            !fx.writes
+                .iter()
+                .any(|w| matches!(w, LiveWrite::RevokeParticipant { .. })),
             "a replica's id is not revoked: it may be replicated there again"
         );
-        assert!(matches!(fx.writes.last(), Some(LiveWrite::EndSession { .. })));
-        let [CrossStage::ReplicaEnded { source, destination, participant_id, reason }] = &fx.cross_stage[..] else {
+        assert!(matches!(
+            fx.writes.last(),
+            Some(LiveWrite::EndSession { .. })
+        ));
+        let [
+            CrossStage::ReplicaEnded {
+                source,
+                destination,
+                participant_id,
+                reason,
+            },
+        ] = &fx.cross_stage[..]
+        else {
             panic!("{:?}", fx.cross_stage)
         };
-        assert_eq!((source, destination, participant_id.as_str()), (a.stage(), b.stage(), "a"));
+        assert_eq!(
+            (source, destination, participant_id.as_str()),
+            (a.stage(), b.stage(), "a")
+        );
         assert_eq!(reason, stop_reason::REPLICA_DISCONNECTED);
 
         let fx = a.replication_ended("a", b.stage(), reason, T0 + 2);
         assert_eq!(fx.event_names(), ["REPLICATION_STOPPED"]);
         assert!(fx.cross_stage.is_empty(), "B knows already");
-        assert_eq!(last_record(&fx, "a").replication_state.as_deref(), Some("ACTIVE"), "C still runs");
+        assert_eq!(
+            last_record(&fx, "a").replication_state.as_deref(),
+            Some("ACTIVE"),
+            "C still runs"
+        );
         assert_eq!(a.replication_destinations("a"), [c.stage().clone()]);
-        assert!(a.replication_ended("a", b.stage(), reason, T0 + 3).is_empty());
+        assert!(
+            a.replication_ended("a", b.stage(), reason, T0 + 3)
+                .is_empty()
+        );
         // And B may have it back.
         assert!(check_replication(&a, &b, "a").is_ok());
     }
@@ -2122,11 +2532,22 @@ mod tests {
                 },
             ]
         );
-        assert!(matches!(fx.writes.last(), Some(LiveWrite::EndSession { .. })));
-        let fx = a.replication_ended("a", b.stage(), stop_reason::DESTINATION_STAGE_DELETED, T0 + 2);
+        assert!(matches!(
+            fx.writes.last(),
+            Some(LiveWrite::EndSession { .. })
+        ));
+        let fx = a.replication_ended(
+            "a",
+            b.stage(),
+            stop_reason::DESTINATION_STAGE_DELETED,
+            T0 + 2,
+        );
         assert_eq!(stop_reasons(&fx), [stop_reason::DESTINATION_STAGE_DELETED]);
         let fx = c.end_replica("b", b.stage(), T0 + 2);
-        assert_eq!(replica_events(&fx), [("b", "PUBLISH_STOPPED", true), ("b", "LEFT", true)]);
+        assert_eq!(
+            replica_events(&fx),
+            [("b", "PUBLISH_STOPPED", true), ("b", "LEFT", true)]
+        );
         assert!(c.is_idle());
 
         // Shutting down says so.
@@ -2148,7 +2569,13 @@ mod tests {
         assert_eq!(last_record(&fx, "a").replication_type, "SOURCE");
         let fx = a.events_opened(&joiner("a"), ConnectionId(3), T0 + 3);
         let record = last_record(&fx, "a");
-        assert_eq!((record.replication_type.as_str(), record.replication_state.as_deref()), ("SOURCE", Some("STOPPED")));
+        assert_eq!(
+            (
+                record.replication_type.as_str(),
+                record.replication_state.as_deref()
+            ),
+            ("SOURCE", Some("STOPPED"))
+        );
         // A new session forgets it.
         a.connection_closed(ConnectionId(2), T0 + 4);
         a.connection_closed(ConnectionId(3), T0 + 4);

@@ -37,7 +37,9 @@ use crate::media::MediaRefusal;
 use crate::model::{Attributes, ClientAttributes, EventErrorCode, EventName};
 use crate::token::{Capabilities, TokenRejection};
 
-pub use machine::{Admission, ConnectionId, CrossStage, Effects, EventsClose, StageLimits, StageMachine};
+pub use machine::{
+    Admission, ConnectionId, CrossStage, Effects, EventsClose, StageLimits, StageMachine,
+};
 pub use plane::{Accepted, EventsSubscription, EventsUpdate, LiveConfig, LivePlane};
 pub use replication::{FeedOrigin, LocalReplicaFeeds, ReplicaFeeds};
 
@@ -139,10 +141,14 @@ impl Refusal {
     pub fn http_status(&self) -> u16 {
         match self.kind {
             RefusalKind::Token(_) => TokenRejection::HTTP_STATUS,
-            RefusalKind::Revoked | RefusalKind::MissingCapability | RefusalKind::QuotaExceeded => 403,
+            RefusalKind::Revoked | RefusalKind::MissingCapability | RefusalKind::QuotaExceeded => {
+                403
+            }
             RefusalKind::PublisherNotFound => 404,
             RefusalKind::ReplicaIdInUse => 409,
-            RefusalKind::InvalidOffer | RefusalKind::InvalidVideoCodec | RefusalKind::InvalidAudioCodec => 400,
+            RefusalKind::InvalidOffer
+            | RefusalKind::InvalidVideoCodec
+            | RefusalKind::InvalidAudioCodec => 400,
             RefusalKind::Internal => 500,
         }
     }
@@ -151,7 +157,9 @@ impl Refusal {
     pub fn error_code(&self) -> EventErrorCode {
         match &self.kind {
             RefusalKind::Token(rejection) => rejection.error_code(),
-            RefusalKind::Revoked | RefusalKind::MissingCapability => EventErrorCode::InsufficientCapabilities,
+            RefusalKind::Revoked | RefusalKind::MissingCapability => {
+                EventErrorCode::InsufficientCapabilities
+            }
             RefusalKind::QuotaExceeded => EventErrorCode::QuotaExceeded,
             RefusalKind::PublisherNotFound => EventErrorCode::PublisherNotFound,
             RefusalKind::InvalidOffer | RefusalKind::ReplicaIdInUse => EventErrorCode::InvalidInput,
@@ -166,9 +174,8 @@ impl Refusal {
     /// subscribe it was for.
     pub fn event_name(&self, action: Action) -> EventName {
         match (&self.kind, action) {
-            (RefusalKind::Token(_) | RefusalKind::Revoked | RefusalKind::ReplicaIdInUse, _) | (_, Action::Events) => {
-                EventName::JoinError
-            }
+            (RefusalKind::Token(_) | RefusalKind::Revoked | RefusalKind::ReplicaIdInUse, _)
+            | (_, Action::Events) => EventName::JoinError,
             (_, Action::Publish) => EventName::PublishError,
             (_, Action::Subscribe) => EventName::SubscribeError,
         }

@@ -32,16 +32,22 @@ use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot, watch};
 use crate::error::{DomainError, StoreError};
 use crate::ids::Arn;
 use crate::media::{CloseCause, MediaPlane, MediaSignal, PeerId};
-use crate::service::{ControlPlane, LiveStages, ReplicationStart, TokenVerificationError, VerifiedToken};
+use crate::service::{
+    ControlPlane, LiveStages, ReplicationStart, TokenVerificationError, VerifiedToken,
+};
 use crate::store::LiveWrite;
 use crate::time_fmt::{UnixMillis, now_millis};
 
 use super::client;
 use super::machine::{
-    self, Admission, ConnectionId, CrossStage, Effects, EventsClose, ReplicaJoin, StageLimits, StageMachine,
+    self, Admission, ConnectionId, CrossStage, Effects, EventsClose, ReplicaJoin, StageLimits,
+    StageMachine,
 };
 use super::replication::{FeedOrigin, LocalReplicaFeeds, ReplicaFeeds};
-use super::{Action, DEFAULT_MAX_SUBSCRIBERS_PER_STAGE, Joiner, MAX_PUBLISHERS_PER_STAGE, Refusal, StageState};
+use super::{
+    Action, DEFAULT_MAX_SUBSCRIBERS_PER_STAGE, Joiner, MAX_PUBLISHERS_PER_STAGE, Refusal,
+    StageState,
+};
 
 /// How long the close of a peer the live plane has not registered yet is remembered
 /// (the media plane may report it before `publish`/`subscribe` has returned).
@@ -106,7 +112,9 @@ impl EventsSubscription {
         if let Some(why) = &self.close_reason {
             return why.clone();
         }
-        let why = (&mut self.closed).await.unwrap_or(EventsClose::ServerShutdown);
+        let why = (&mut self.closed)
+            .await
+            .unwrap_or(EventsClose::ServerShutdown);
         self.close_reason = Some(why.clone());
         why
     }
@@ -148,7 +156,9 @@ struct EventsRegistration {
 
 impl Drop for EventsRegistration {
     fn drop(&mut self) {
-        let (Some(plane), Ok(runtime)) = (self.plane.upgrade(), tokio::runtime::Handle::try_current()) else {
+        let (Some(plane), Ok(runtime)) =
+            (self.plane.upgrade(), tokio::runtime::Handle::try_current())
+        else {
             return;
         };
         let (stage, conn) = (self.stage.clone(), self.conn);
@@ -224,7 +234,10 @@ impl LivePlane {
         feeds: Arc<dyn ReplicaFeeds>,
         config: LiveConfig,
     ) -> Result<Arc<LivePlane>, DomainError> {
-        let closed = control.store().close_interrupted_sessions(now_millis()).await?;
+        let closed = control
+            .store()
+            .close_interrupted_sessions(now_millis())
+            .await?;
         if closed.sessions > 0 || closed.participants > 0 || closed.replications > 0 {
             tracing::info!(
                 sessions = closed.sessions,
@@ -325,7 +338,13 @@ impl LivePlane {
         let plane = self.arc()?;
         run_detached(async move {
             plane
-                .connect_media(token, Action::Subscribe, Some(publisher_id), offer_sdp, user_agent)
+                .connect_media(
+                    token,
+                    Action::Subscribe,
+                    Some(publisher_id),
+                    offer_sdp,
+                    user_agent,
+                )
                 .await
         })
         .await
@@ -338,7 +357,9 @@ impl LivePlane {
         let resource_id = resource_id.to_owned();
         run_detached(async move {
             let found = lock(&plane.routes).resources.get(&resource_id).cloned();
-            let Some((stage, conn)) = found else { return Ok(false) };
+            let Some((stage, conn)) = found else {
+                return Ok(false);
+            };
             let Some((slot, mut inner)) = plane.lock_existing_stage(&stage).await else {
                 return Ok(false);
             };
@@ -382,7 +403,9 @@ impl LivePlane {
 
     /// The current STAGE_STATE of a stage with someone on it.
     pub fn stage_state(&self, stage: &Arn) -> Option<Arc<StageState>> {
-        lock(&self.stages).get(stage).map(|slot| slot.state.borrow().clone())
+        lock(&self.stages)
+            .get(stage)
+            .map(|slot| slot.state.borrow().clone())
     }
 
     /// Stages with someone on them (or being deleted).
@@ -417,7 +440,14 @@ impl LivePlane {
         let stage = verified.stage.arn;
         let (slot, mut inner) = self.lock_stage(&stage).await;
         let result = self
-            .connect_media_locked(&slot, &mut inner, &joiner, action, publisher.as_deref(), offer_sdp)
+            .connect_media_locked(
+                &slot,
+                &mut inner,
+                &joiner,
+                action,
+                publisher.as_deref(),
+                offer_sdp,
+            )
             .await;
         self.release(&stage, &slot, inner).await;
         result.map(|accepted| Accepted {
@@ -440,7 +470,14 @@ impl LivePlane {
             Ok(a) => a,
             Err(refusal) => {
                 return Err(self
-                    .refuse_locked(slot, inner, &joiner.participant_id, action, publisher, refusal)
+                    .refuse_locked(
+                        slot,
+                        inner,
+                        &joiner.participant_id,
+                        action,
+                        publisher,
+                        refusal,
+                    )
                     .await);
             }
         };
@@ -453,7 +490,13 @@ impl LivePlane {
                 };
                 match self.media.publish(source, offer_sdp).await {
                     Ok((peer, answer)) => {
-                        let fx = inner.machine.publish_accepted(joiner, conn, peer, source, now_millis());
+                        let fx = inner.machine.publish_accepted(
+                            joiner,
+                            conn,
+                            peer,
+                            source,
+                            now_millis(),
+                        );
                         (peer, answer, fx)
                     }
                     Err(refused) => {
@@ -462,27 +505,51 @@ impl LivePlane {
                         }
                         let refusal = Refusal::from_media(refused);
                         return Err(self
-                            .refuse_locked(slot, inner, &joiner.participant_id, action, publisher, refusal)
+                            .refuse_locked(
+                                slot,
+                                inner,
+                                &joiner.participant_id,
+                                action,
+                                publisher,
+                                refusal,
+                            )
                             .await);
                     }
                 }
             }
-            Admission::Subscribe { source } => match self.media.subscribe(source, offer_sdp).await {
-                Ok((peer, answer)) => {
-                    let publisher = publisher.unwrap_or_default();
-                    let fx = inner
-                        .machine
-                        .subscribe_accepted(joiner, publisher, conn, peer, now_millis());
-                    (peer, answer, fx)
+            Admission::Subscribe { source } => {
+                match self.media.subscribe(source, offer_sdp).await {
+                    Ok((peer, answer)) => {
+                        let publisher = publisher.unwrap_or_default();
+                        let fx = inner.machine.subscribe_accepted(
+                            joiner,
+                            publisher,
+                            conn,
+                            peer,
+                            now_millis(),
+                        );
+                        (peer, answer, fx)
+                    }
+                    Err(refused) => {
+                        let refusal = Refusal::from_media(refused);
+                        return Err(self
+                            .refuse_locked(
+                                slot,
+                                inner,
+                                &joiner.participant_id,
+                                action,
+                                publisher,
+                                refusal,
+                            )
+                            .await);
+                    }
                 }
-                Err(refused) => {
-                    let refusal = Refusal::from_media(refused);
-                    return Err(self
-                        .refuse_locked(slot, inner, &joiner.participant_id, action, publisher, refusal)
-                        .await);
-                }
-            },
-            Admission::Events => return Err(Refusal::internal("an events admission for a media connection")),
+            }
+            Admission::Events => {
+                return Err(Refusal::internal(
+                    "an events admission for a media connection",
+                ));
+            }
         };
         let stage = inner.machine.stage().clone();
         let (resource_id, early_close) = self.register(&stage, conn, peer);
@@ -512,7 +579,14 @@ impl LivePlane {
         let admitted = self.admit(&mut inner, &joiner, Action::Events, None).await;
         if let Err(refusal) = admitted {
             let refusal = self
-                .refuse_locked(&slot, &mut inner, &joiner.participant_id, Action::Events, None, refusal)
+                .refuse_locked(
+                    &slot,
+                    &mut inner,
+                    &joiner.participant_id,
+                    Action::Events,
+                    None,
+                    refusal,
+                )
                 .await;
             self.release(&stage, &slot, inner).await;
             return Err(refusal);
@@ -571,7 +645,12 @@ impl LivePlane {
     /// Verifies a token; a rejected one is recorded as a `JOIN_ERROR` where the
     /// connection was aimed: the stage in the URL if there is one, else the stage
     /// the token names.
-    async fn verify(&self, token: &str, presented_to: Option<&str>, action: Action) -> Result<VerifiedToken, Refusal> {
+    async fn verify(
+        &self,
+        token: &str,
+        presented_to: Option<&str>,
+        action: Action,
+    ) -> Result<VerifiedToken, Refusal> {
         match self
             .control
             .verify_participant_token(token, presented_to, now_millis() / 1000)
@@ -593,9 +672,10 @@ impl LivePlane {
                 if let (Some(stage), Some(participant)) = (stage, participant)
                     && let Some((slot, mut inner)) = self.lock_existing_stage(&stage).await
                 {
-                    let fx = inner
-                        .machine
-                        .refused(&participant, action, None, &refusal, now_millis());
+                    let fx =
+                        inner
+                            .machine
+                            .refused(&participant, action, None, &refusal, now_millis());
                     let _ = self.execute(&slot, &mut inner, fx).await;
                     self.release(&stage, &slot, inner).await;
                 }
@@ -630,8 +710,14 @@ impl LivePlane {
     /// for a keyframe.
     async fn start_replication_now(&self, start: ReplicationStart) -> Result<(), DomainError> {
         let pid = start.participant_id.as_str();
-        let not_publishing = || DomainError::Conflict(format!("participant {pid} is not publishing in {}", start.source));
-        let Some(((src_slot, mut src), (dst_slot, mut dst))) = self.lock_pair(&start.source, &start.destination).await
+        let not_publishing = || {
+            DomainError::Conflict(format!(
+                "participant {pid} is not publishing in {}",
+                start.source
+            ))
+        };
+        let Some(((src_slot, mut src), (dst_slot, mut dst))) =
+            self.lock_pair(&start.source, &start.destination).await
         else {
             return Err(not_publishing());
         };
@@ -692,7 +778,11 @@ impl LivePlane {
     }
 
     /// Both stages' slots, locked in ARN order; `None` when nobody is on the source.
-    async fn lock_pair(&self, source: &Arn, destination: &Arn) -> Option<(LockedStage, LockedStage)> {
+    async fn lock_pair(
+        &self,
+        source: &Arn,
+        destination: &Arn,
+    ) -> Option<(LockedStage, LockedStage)> {
         if source < destination {
             let src = self.lock_existing_stage(source).await?;
             let dst = self.lock_stage(destination).await;
@@ -709,11 +799,19 @@ impl LivePlane {
         }
     }
 
-    async fn stop_replication_now(&self, source: &Arn, destination: &Arn, participant_id: &str) -> Result<bool, DomainError> {
+    async fn stop_replication_now(
+        &self,
+        source: &Arn,
+        destination: &Arn,
+        participant_id: &str,
+    ) -> Result<bool, DomainError> {
         let Some((slot, mut inner)) = self.lock_existing_stage(source).await else {
             return Ok(false);
         };
-        let Some(fx) = inner.machine.stop_replication(participant_id, destination, now_millis()) else {
+        let Some(fx) = inner
+            .machine
+            .stop_replication(participant_id, destination, now_millis())
+        else {
             self.release(source, &slot, inner).await;
             return Ok(false);
         };
@@ -726,7 +824,9 @@ impl LivePlane {
     /// Calls the stage machine's `handle_timeout` at `at` (a reconnect window ends).
     /// A spare wake-up finds nothing to do.
     fn wake_at(&self, stage: Arn, at: UnixMillis) {
-        let Some(plane) = self.me.upgrade() else { return };
+        let Some(plane) = self.me.upgrade() else {
+            return;
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -789,7 +889,12 @@ impl LivePlane {
     /// Unlocks a slot, dropping it when its stage has gone idle.
     /// Unlocks a slot, dropping it when its stage has gone idle, then delivers what
     /// its machine had to tell other stages.
-    async fn release(&self, stage: &Arn, slot: &Arc<StageSlot>, mut inner: OwnedMutexGuard<StageInner>) {
+    async fn release(
+        &self,
+        stage: &Arn,
+        slot: &Arc<StageSlot>,
+        mut inner: OwnedMutexGuard<StageInner>,
+    ) {
         let pending = std::mem::take(&mut inner.pending);
         if inner.machine.is_idle() {
             retire(&mut lock(&self.stages), stage, slot, &mut inner);
@@ -814,14 +919,18 @@ impl LivePlane {
             let now = now_millis();
             let fx = match &message {
                 CrossStage::EndReplica {
-                    source, participant_id, ..
+                    source,
+                    participant_id,
+                    ..
                 } => inner.machine.end_replica(participant_id, source, now),
                 CrossStage::ReplicaEnded {
                     destination,
                     participant_id,
                     reason,
                     ..
-                } => inner.machine.replication_ended(participant_id, destination, reason, now),
+                } => inner
+                    .machine
+                    .replication_ended(participant_id, destination, reason, now),
             };
             let _ = self.execute(&slot, &mut inner, fx).await;
             queue.extend(std::mem::take(&mut inner.pending));
@@ -832,19 +941,29 @@ impl LivePlane {
     }
 
     fn live_stage_by_id(&self, stage_id: &str) -> Option<Arn> {
-        lock(&self.stages).keys().find(|arn| arn.id == stage_id).cloned()
+        lock(&self.stages)
+            .keys()
+            .find(|arn| arn.id == stage_id)
+            .cloned()
     }
 
     /// Gives a new media connection its WHIP resource id and routes its peer; returns
     /// a close the media plane reported before this.
-    fn register(&self, stage: &Arn, conn: ConnectionId, peer: PeerId) -> (String, Option<CloseCause>) {
+    fn register(
+        &self,
+        stage: &Arn,
+        conn: ConnectionId,
+        peer: PeerId,
+    ) -> (String, Option<CloseCause>) {
         let resource_id: String = rand::rng()
             .sample_iter(&Alphanumeric)
             .take(24)
             .map(char::from)
             .collect();
         let mut routes = lock(&self.routes);
-        routes.resources.insert(resource_id.clone(), (stage.clone(), conn));
+        routes
+            .resources
+            .insert(resource_id.clone(), (stage.clone(), conn));
         routes.resource_of.insert(conn, resource_id.clone());
         routes.peers.insert(peer, stage.clone());
         let early = routes.early_closes.remove(&peer).map(|(cause, _)| cause);
@@ -853,7 +972,12 @@ impl LivePlane {
 
     /// Carries out a machine's effects: media first (cut at once), then events
     /// sockets, routes, the store, and the new STAGE_STATE.
-    async fn execute(&self, slot: &StageSlot, inner: &mut StageInner, fx: Effects) -> Result<(), StoreError> {
+    async fn execute(
+        &self,
+        slot: &StageSlot,
+        inner: &mut StageInner,
+        fx: Effects,
+    ) -> Result<(), StoreError> {
         for peer in &fx.close_peers {
             self.media.close_peer(*peer);
         }
@@ -888,7 +1012,10 @@ impl LivePlane {
         let stored = if fx.writes.is_empty() {
             Ok(())
         } else {
-            self.control.store().write_live(inner.machine.stage(), &fx.writes).await
+            self.control
+                .store()
+                .write_live(inner.machine.stage(), &fx.writes)
+                .await
         };
         if let Err(e) = &stored {
             tracing::error!(stage = %inner.machine.stage(), error = %e, writes = ?fx.writes, "could not record what happened on a stage");
@@ -906,7 +1033,12 @@ impl LivePlane {
     }
 }
 
-fn retire(stages: &mut HashMap<Arn, Arc<StageSlot>>, stage: &Arn, slot: &Arc<StageSlot>, inner: &mut StageInner) {
+fn retire(
+    stages: &mut HashMap<Arn, Arc<StageSlot>>,
+    stage: &Arn,
+    slot: &Arc<StageSlot>,
+    inner: &mut StageInner,
+) {
     if stages.get(stage).is_some_and(|s| Arc::ptr_eq(s, slot)) {
         stages.remove(stage);
     }
@@ -976,7 +1108,11 @@ impl LiveStages for LivePlane {
             .me
             .upgrade()
             .ok_or_else(|| DomainError::Internal("the live plane has stopped".into()))?;
-        let (stage, participant_id, reason) = (stage.clone(), participant_id.to_owned(), reason.map(str::to_owned));
+        let (stage, participant_id, reason) = (
+            stage.clone(),
+            participant_id.to_owned(),
+            reason.map(str::to_owned),
+        );
         let outcome = tokio::spawn(async move {
             let Some((slot, mut inner)) = plane.lock_existing_stage(&stage).await else {
                 return Ok(false);
@@ -998,11 +1134,15 @@ impl LiveStages for LivePlane {
     }
 
     async fn stage_deletion_started(&self, stage: &Arn) {
-        let Some(plane) = self.me.upgrade() else { return };
+        let Some(plane) = self.me.upgrade() else {
+            return;
+        };
         let stage = stage.clone();
         let _ = tokio::spawn(async move {
             let (slot, mut inner) = plane.lock_stage(&stage).await;
-            let fx = inner.machine.close_stage(EventsClose::StageDeleted, true, now_millis());
+            let fx = inner
+                .machine
+                .close_stage(EventsClose::StageDeleted, true, now_millis());
             let _ = plane.execute(&slot, &mut inner, fx).await;
             // Replications into and out of the stage stop in the other stages too
             // before DeleteStage answers.
@@ -1023,19 +1163,34 @@ impl LiveStages for LivePlane {
             .map_err(|e| DomainError::Internal(format!("starting the replication failed: {e}")))?
     }
 
-    async fn stop_replication(&self, source: &Arn, destination: &Arn, participant_id: &str) -> Result<bool, DomainError> {
+    async fn stop_replication(
+        &self,
+        source: &Arn,
+        destination: &Arn,
+        participant_id: &str,
+    ) -> Result<bool, DomainError> {
         let plane = self
             .me
             .upgrade()
             .ok_or_else(|| DomainError::Internal("the live plane has stopped".into()))?;
-        let (source, destination, participant_id) = (source.clone(), destination.clone(), participant_id.to_owned());
-        tokio::spawn(async move { plane.stop_replication_now(&source, &destination, &participant_id).await })
-            .await
-            .map_err(|e| DomainError::Internal(format!("stopping the replication failed: {e}")))?
+        let (source, destination, participant_id) = (
+            source.clone(),
+            destination.clone(),
+            participant_id.to_owned(),
+        );
+        tokio::spawn(async move {
+            plane
+                .stop_replication_now(&source, &destination, &participant_id)
+                .await
+        })
+        .await
+        .map_err(|e| DomainError::Internal(format!("stopping the replication failed: {e}")))?
     }
 
     async fn stage_deletion_finished(&self, stage: &Arn) {
-        let Some(plane) = self.me.upgrade() else { return };
+        let Some(plane) = self.me.upgrade() else {
+            return;
+        };
         let stage = stage.clone();
         let _ = tokio::spawn(async move {
             if let Some((slot, mut inner)) = plane.lock_existing_stage(&stage).await {

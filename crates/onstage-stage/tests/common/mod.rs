@@ -103,16 +103,26 @@ impl MemoryStore {
 
     /// The last participant record written for a participant.
     pub fn participant(&self, participant_id: &str) -> Option<Participant> {
-        self.live_writes().into_iter().rev().find_map(|(_, w)| match w {
-            LiveWrite::UpsertParticipant { participant, .. } if participant.participant_id == participant_id => {
-                Some(*participant)
-            }
-            _ => None,
-        })
+        self.live_writes()
+            .into_iter()
+            .rev()
+            .find_map(|(_, w)| match w {
+                LiveWrite::UpsertParticipant { participant, .. }
+                    if participant.participant_id == participant_id =>
+                {
+                    Some(*participant)
+                }
+                _ => None,
+            })
     }
 
     pub fn running_session(&self, stage: &Arn) -> Option<String> {
-        self.memory.lock().unwrap().running.get(&stage.to_string()).cloned()
+        self.memory
+            .lock()
+            .unwrap()
+            .running
+            .get(&stage.to_string())
+            .cloned()
     }
 
     pub fn sessions_started(&self) -> usize {
@@ -132,7 +142,9 @@ impl MemoryStore {
         self.live_writes()
             .into_iter()
             .filter_map(|(s, w)| match w {
-                LiveWrite::AppendEvent { event, .. } if s == *stage && event.participant_id == participant_id => {
+                LiveWrite::AppendEvent { event, .. }
+                    if s == *stage && event.participant_id == participant_id =>
+                {
                     Some(event)
                 }
                 _ => None,
@@ -141,7 +153,10 @@ impl MemoryStore {
     }
 
     pub fn event_names_in(&self, stage: &Arn, participant_id: &str) -> Vec<String> {
-        self.events_in(stage, participant_id).into_iter().map(|e| e.name).collect()
+        self.events_in(stage, participant_id)
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
     }
 
     /// The participant's record in one stage, as the writes so far leave it.
@@ -152,7 +167,9 @@ impl MemoryStore {
                 continue;
             }
             match w {
-                LiveWrite::UpsertParticipant { participant, .. } if participant.participant_id == participant_id => {
+                LiveWrite::UpsertParticipant { participant, .. }
+                    if participant.participant_id == participant_id =>
+                {
                     let published = record.as_ref().is_some_and(|r| r.published);
                     let first = record.as_ref().map(|r| r.first_join_time);
                     let mut p = *participant;
@@ -194,7 +211,11 @@ fn empty<T>() -> Page<T> {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn insert_resource(&self, record: &ResourceRecord, _quota: Option<u32>) -> Result<InsertOutcome, StoreError> {
+    async fn insert_resource(
+        &self,
+        record: &ResourceRecord,
+        _quota: Option<u32>,
+    ) -> Result<InsertOutcome, StoreError> {
         let mut m = self.memory.lock().unwrap();
         m.resources.insert(record.arn.to_string(), record.clone());
         Ok(InsertOutcome::Inserted)
@@ -265,7 +286,11 @@ impl Store for MemoryStore {
         Ok(empty())
     }
 
-    async fn get_session(&self, _stage: &Arn, _session_id: &str) -> Result<Option<StageSession>, StoreError> {
+    async fn get_session(
+        &self,
+        _stage: &Arn,
+        _session_id: &str,
+    ) -> Result<Option<StageSession>, StoreError> {
         Ok(None)
     }
 
@@ -334,7 +359,11 @@ impl Store for MemoryStore {
             .collect();
         let more = rows.len() > limit as usize;
         let items: Vec<(i64, ParticipantReplica)> = rows.into_iter().take(limit as usize).collect();
-        let next = if more { items.last().map(|(seq, _)| *seq) } else { None };
+        let next = if more {
+            items.last().map(|(seq, _)| *seq)
+        } else {
+            None
+        };
         Ok(Page {
             items: items.into_iter().map(|(_, r)| r).collect(),
             next,
@@ -350,7 +379,9 @@ impl Store for MemoryStore {
             match w {
                 LiveWrite::StartSession { session_id, .. } => {
                     assert!(
-                        m.running.insert(stage.to_string(), session_id.clone()).is_none(),
+                        m.running
+                            .insert(stage.to_string(), session_id.clone())
+                            .is_none(),
                         "a session was already running"
                     );
                 }
@@ -362,7 +393,8 @@ impl Store for MemoryStore {
                     );
                 }
                 LiveWrite::RevokeParticipant { participant_id, .. } => {
-                    m.revoked.insert((stage.to_string(), participant_id.clone()));
+                    m.revoked
+                        .insert((stage.to_string(), participant_id.clone()));
                 }
                 LiveWrite::StartReplication {
                     participant_id,
@@ -413,7 +445,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn is_participant_revoked(&self, stage: &Arn, participant_id: &str) -> Result<bool, StoreError> {
+    async fn is_participant_revoked(
+        &self,
+        stage: &Arn,
+        participant_id: &str,
+    ) -> Result<bool, StoreError> {
         Ok(self
             .memory
             .lock()
@@ -422,7 +458,10 @@ impl Store for MemoryStore {
             .contains(&(stage.to_string(), participant_id.to_owned())))
     }
 
-    async fn close_interrupted_sessions(&self, _at: UnixMillis) -> Result<InterruptedSessions, StoreError> {
+    async fn close_interrupted_sessions(
+        &self,
+        _at: UnixMillis,
+    ) -> Result<InterruptedSessions, StoreError> {
         let mut m = self.memory.lock().unwrap();
         let sessions = m.running.len() as u64;
         m.running.clear();
@@ -463,7 +502,13 @@ impl FakeMedia {
     pub fn closed_peers(&self) -> Vec<PeerId> {
         self.calls()
             .into_iter()
-            .filter_map(|c| if let MediaCall::ClosePeer(p) = c { Some(p) } else { None })
+            .filter_map(|c| {
+                if let MediaCall::ClosePeer(p) = c {
+                    Some(p)
+                } else {
+                    None
+                }
+            })
             .collect()
     }
 
@@ -506,15 +551,29 @@ impl MediaPlane for FakeMedia {
         SourceId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1)
     }
 
-    async fn publish(&self, source: SourceId, _offer_sdp: String) -> Result<(PeerId, String), MediaRefusal> {
+    async fn publish(
+        &self,
+        source: SourceId,
+        _offer_sdp: String,
+    ) -> Result<(PeerId, String), MediaRefusal> {
         let peer = self.answer()?;
-        self.calls.lock().unwrap().push(MediaCall::Publish(source, peer));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(MediaCall::Publish(source, peer));
         Ok((peer, format!("answer-{peer}")))
     }
 
-    async fn subscribe(&self, source: SourceId, _offer_sdp: String) -> Result<(PeerId, String), MediaRefusal> {
+    async fn subscribe(
+        &self,
+        source: SourceId,
+        _offer_sdp: String,
+    ) -> Result<(PeerId, String), MediaRefusal> {
         let peer = self.answer()?;
-        self.calls.lock().unwrap().push(MediaCall::Subscribe(source, peer));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(MediaCall::Subscribe(source, peer));
         Ok((peer, format!("answer-{peer}")))
     }
 
@@ -523,7 +582,10 @@ impl MediaPlane for FakeMedia {
     }
 
     fn close_source(&self, source: SourceId) {
-        self.calls.lock().unwrap().push(MediaCall::CloseSource(source));
+        self.calls
+            .lock()
+            .unwrap()
+            .push(MediaCall::CloseSource(source));
     }
 
     fn request_keyframe(&self, source: SourceId) {
@@ -543,7 +605,9 @@ pub async fn control_plane(store: Arc<MemoryStore>) -> Arc<ControlPlane> {
 /// for ImportPublicKey.
 pub fn customer_key() -> (Vec<u8>, String) {
     use p384::pkcs8::{EncodePublicKey, LineEnding};
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &SystemRandom::new()).unwrap();
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &SystemRandom::new())
+            .unwrap();
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
     let public = p384::PublicKey::from_sec1_bytes(pair.public_key().as_ref()).unwrap();
     let pem = public.to_public_key_pem(LineEnding::LF).unwrap();
@@ -554,7 +618,12 @@ pub fn customer_key() -> (Vec<u8>, String) {
 pub fn sign(pkcs8: &[u8], kid: &str, claims: &serde_json::Value) -> String {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES384);
     header.kid = Some(kid.to_owned());
-    jsonwebtoken::encode(&header, claims, &jsonwebtoken::EncodingKey::from_ec_der(pkcs8)).unwrap()
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_ec_der(pkcs8),
+    )
+    .unwrap()
 }
 
 pub fn now_secs() -> i64 {

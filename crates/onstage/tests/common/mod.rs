@@ -90,8 +90,15 @@ impl Server {
             }
         }
         let child = command.spawn().expect("spawn the onstage binary");
-        let mut server =
-            Server { child, port, media_port, data_dir: data_dir.to_owned(), log_path, _data: None, _logs: logs };
+        let mut server = Server {
+            child,
+            port,
+            media_port,
+            data_dir: data_dir.to_owned(),
+            log_path,
+            _data: None,
+            _logs: logs,
+        };
 
         let started = Instant::now();
         loop {
@@ -102,7 +109,10 @@ impl Server {
                 return Ok(server);
             }
             if started.elapsed() > START_TIMEOUT {
-                panic!("onstage did not answer /healthz within {START_TIMEOUT:?}; output:\n{}", server.log());
+                panic!(
+                    "onstage did not answer /healthz within {START_TIMEOUT:?}; output:\n{}",
+                    server.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -124,22 +134,39 @@ impl Server {
             .behavior_version_latest()
             .region(Region::new(REGION))
             .endpoint_url(self.endpoint())
-            .credentials_provider(Credentials::new(access_key_id, secret_access_key, None, None, "onstage-tests"))
+            .credentials_provider(Credentials::new(
+                access_key_id,
+                secret_access_key,
+                None,
+                None,
+                "onstage-tests",
+            ))
             .retry_config(RetryConfig::disabled())
-            .timeout_config(TimeoutConfig::builder().operation_timeout(Duration::from_secs(20)).build())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(Duration::from_secs(20))
+                    .build(),
+            )
             .build();
         Client::from_conf(config)
     }
 
     /// `GET path` on the server, unsigned.
     pub async fn get(&self, path: &str) -> (u16, http::HeaderMap, Vec<u8>) {
-        http_get(self.port, path).await.unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        http_get(self.port, path)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
     /// `GET /.well-known/jwks.json`, parsed.
     pub async fn jwks(&self) -> serde_json::Value {
         let (status, _, body) = self.get("/.well-known/jwks.json").await;
-        assert_eq!(status, 200, "GET /.well-known/jwks.json: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            status,
+            200,
+            "GET /.well-known/jwks.json: {}",
+            String::from_utf8_lossy(&body)
+        );
         serde_json::from_slice(&body).expect("the JWKS is JSON")
     }
 
@@ -159,7 +186,10 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("onstage did not stop within 10 s of SIGTERM; output:\n{}", self.log());
+        panic!(
+            "onstage did not stop within 10 s of SIGTERM; output:\n{}",
+            self.log()
+        );
     }
 }
 
@@ -184,18 +214,29 @@ fn free_udp_port() -> u16 {
 
 /// A plain HTTP/1.1 GET to 127.0.0.1:`port`.
 pub async fn http_get(port: u16, path: &str) -> Result<(u16, http::HeaderMap, Vec<u8>), String> {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.map_err(|e| e.to_string())?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| e.to_string())?;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(connection);
     let request = http::Request::get(path)
         .header(http::header::HOST, format!("127.0.0.1:{port}"))
         .body(Empty::<Bytes>::new())
         .map_err(|e| e.to_string())?;
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
     Ok((status, headers, body.to_vec()))
 }
 
@@ -214,11 +255,20 @@ fn public_key_pem(alg: &'static aws_lc_rs::signature::EcdsaSigningAlgorithm) -> 
     use aws_lc_rs::encoding::AsDer;
     use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair};
     let pair = EcdsaKeyPair::generate(alg).expect("generate an EC key pair");
-    let der = pair.public_key().as_der().expect("SubjectPublicKeyInfo DER");
+    let der = pair
+        .public_key()
+        .as_der()
+        .expect("SubjectPublicKeyInfo DER");
     let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let lines: Vec<&str> =
-        b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).expect("base64 is ASCII")).collect();
-    format!("-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n", lines.join("\n"))
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+        .collect();
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        lines.join("\n")
+    )
 }
 
 /// The id at the end of an ARN (`…:stage/<id>`).
@@ -260,7 +310,10 @@ impl Failure {
             (Some(status), code),
             "expected HTTP {status} {code}, got {self:#?}"
         );
-        assert!(!self.message.is_empty(), "the error message is empty: {self:#?}");
+        assert!(
+            !self.message.is_empty(),
+            "the error message is empty: {self:#?}"
+        );
         self
     }
 
@@ -275,7 +328,10 @@ impl Failure {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -285,12 +341,21 @@ impl Failure {
 macro_rules! expect_failure {
     ($call:expr) => {{
         match $call {
-            Ok(output) => panic!("expected `{}` to fail, it answered {:?}", stringify!($call), output),
+            Ok(output) => panic!(
+                "expected `{}` to fail, it answered {:?}",
+                stringify!($call),
+                output
+            ),
             Err(err) => {
                 let status = err.raw_response().map(|r| r.status().as_u16());
                 let headers: Vec<(String, String)> = err
                     .raw_response()
-                    .map(|r| r.headers().iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned())).collect())
+                    .map(|r| {
+                        r.headers()
+                            .iter()
+                            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let debug = format!("{err:?}");
                 let service = err.into_service_error();
