@@ -1,4 +1,4 @@
-//! The participant endpoints of SPEC §4: how participants reach a stage.
+//! The participant endpoints of BEHAVIOUR §4: how participants reach a stage.
 //!
 //! - `POST /whip` — WHIP publish (RFC 9725): `Authorization: Bearer <token>`,
 //!   `Content-Type: application/sdp`, the offer as body; `201 Created` with the
@@ -14,7 +14,7 @@
 //! Participant tokens authenticate these requests, so they are not SigV4-signed and
 //! never pass the API's signature check; they carry the same response headers (and
 //! CORS preflight answers) as the API. A refusal is plain text with the status of
-//! SPEC §3. What a connection may do is the live plane's decision; this module only
+//! BEHAVIOUR §3. What a connection may do is the live plane's decision; this module only
 //! speaks HTTP and WebSocket.
 
 use std::sync::Arc;

@@ -144,7 +144,7 @@ struct EncoderDoc {
     video: Video,
 }
 
-/// StartParticipantReplication once its preconditions 1–2 hold (SPEC §6).
+/// StartParticipantReplication once its preconditions 1–2 hold (BEHAVIOUR §6).
 #[derive(Clone, Debug)]
 pub struct ReplicationStart {
     pub source: Arn,
@@ -190,7 +190,7 @@ pub trait LiveStages: Send + Sync {
     ) -> Result<bool, DomainError>;
 }
 
-/// A participant token that passed every check of SPEC §3 for its stage.
+/// A participant token that passed every check of BEHAVIOUR §3 for its stage.
 #[derive(Clone, Debug)]
 pub struct VerifiedToken {
     pub stage: Stage,
@@ -348,7 +348,7 @@ impl ControlPlane {
         })
     }
 
-    /// Disconnects everyone in the stage first (SPEC §5), then deletes it with its
+    /// Disconnects everyone in the stage first (BEHAVIOUR §5), then deletes it with its
     /// sessions, participants and events.
     pub async fn delete_stage(&self, account: &Account, arn: &str) -> Result<(), DomainError> {
         let arn = parse_arn(account, "arn", arn, ResourceKind::Stage)?;
@@ -523,7 +523,7 @@ impl ControlPlane {
         self.stage_from(record)
     }
 
-    /// Checks a participant token presented to the media plane (SPEC §3): its
+    /// Checks a participant token presented to the media plane (BEHAVIOUR §3): its
     /// signature under the server key or under the imported public key its `kid`
     /// names (in the stage's account; a deleted key verifies nothing), its expiry, its
     /// claims, and that its stage exists — and, when the URL names a stage
@@ -954,7 +954,7 @@ impl ControlPlane {
     }
 
     /// Ends the participant's connections at once and revokes its id on the stage
-    /// (SPEC §5). A participant that is not connected is ResourceNotFound.
+    /// (BEHAVIOUR §5). A participant that is not connected is ResourceNotFound.
     pub async fn disconnect_participant(
         &self,
         account: &Account,
@@ -982,7 +982,7 @@ impl ControlPlane {
 
     // ----- participant replication ---------------------------------------------
 
-    /// Checks the preconditions of SPEC §6 in order — 1 and 2 here, 3 to 5 on the
+    /// Checks the preconditions of BEHAVIOUR §6 in order — 1 and 2 here, 3 to 5 on the
     /// live stages — and returns once the replica is in place in the destination.
     /// Without a live plane nobody publishes, so a valid request ends at 3.
     pub async fn start_participant_replication(
@@ -1037,7 +1037,7 @@ impl ControlPlane {
         .await
     }
 
-    /// Stops an ACTIVE replication (SPEC §6); ResourceNotFound when there is none
+    /// Stops an ACTIVE replication (BEHAVIOUR §6); ResourceNotFound when there is none
     /// for the three ids.
     pub async fn stop_participant_replication(
         &self,

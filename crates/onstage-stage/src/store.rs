@@ -72,7 +72,7 @@ pub enum LiveWrite {
         at: UnixMillis,
     },
     /// A replication of a participant out of this stage (its source) starts: an
-    /// ACTIVE `participant_replicas` row (SPEC §6).
+    /// ACTIVE `participant_replicas` row (BEHAVIOUR §6).
     StartReplication {
         participant_id: String,
         source_session_id: String,

@@ -4,7 +4,7 @@
 //! ES384 under a P-384 key generated once and kept in the store, and publishes the
 //! public half as a JWKS so a backend can verify tokens itself.
 //!
-//! Verification (SPEC §3) is split in two: [`inspect`] reads what a token *claims*
+//! Verification (BEHAVIOUR §3) is split in two: [`inspect`] reads what a token *claims*
 //! without trusting it (which key, which stage, which participant), so the caller
 //! can look the key and the stage up; [`verify`] then checks the signature and every
 //! claim rule against them. Both are pure; the lookups live in the control plane.
@@ -162,7 +162,7 @@ impl TokenSigner {
 }
 
 /// Why a participant token was not accepted. Every variant means the token does not
-/// authenticate its holder for the stage: HTTP 401 (SPEC §3).
+/// authenticate its holder for the stage: HTTP 401 (BEHAVIOUR §3).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenRejection {
     #[error("the participant token is malformed: {0}")]
@@ -268,7 +268,7 @@ pub struct TokenCheck<'a> {
     pub now: i64,
 }
 
-/// Verifies the signature and the claim rules of SPEC §3. Tokens onstage issued
+/// Verifies the signature and the claim rules of BEHAVIOUR §3. Tokens onstage issued
 /// carry `version` 0.0; self-signed ones `version` 1.0, every claim but `user_id`
 /// and `attributes`, a lifetime of at most 14 days and exactly this stage's id, ARN
 /// and endpoints.

@@ -1,4 +1,4 @@
-//! Participant replication (SPEC §6) through the control plane and the live plane,
+//! Participant replication (BEHAVIOUR §6) through the control plane and the live plane,
 //! with the in-memory store and the fake media plane: preconditions and their
 //! errors, the replica in the destination, every way a replication stops, and the
 //! reconnect window.

@@ -1,4 +1,4 @@
-//! Participant tokens presented to the media plane (SPEC §3), with real tokens:
+//! Participant tokens presented to the media plane (BEHAVIOUR §3), with real tokens:
 //! issued by the control plane, and self-signed with a P-384 key imported through
 //! it.
 

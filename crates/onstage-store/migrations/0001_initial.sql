@@ -46,7 +46,7 @@ CREATE TABLE stage_sessions (
 CREATE INDEX stage_sessions_by_stage ON stage_sessions (stage_arn, seq);
 CREATE UNIQUE INDEX stage_sessions_running ON stage_sessions (stage_arn) WHERE end_time IS NULL;
 
--- One row per participant id per session (SPEC §5). Deleted with the session.
+-- One row per participant id per session (BEHAVIOUR §5). Deleted with the session.
 CREATE TABLE participants (
     seq               INTEGER PRIMARY KEY AUTOINCREMENT,
     stage_arn         TEXT    NOT NULL,
@@ -70,7 +70,7 @@ CREATE TABLE participants (
 );
 CREATE INDEX participants_by_session ON participants (stage_arn, session_id, seq);
 
--- Events of participants in a session (SPEC §5). Not tied to a participant row, so
+-- Events of participants in a session (BEHAVIOUR §5). Not tied to a participant row, so
 -- that an event can be recorded for a join that never produced one.
 CREATE TABLE participant_events (
     seq                    INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -90,7 +90,7 @@ CREATE TABLE participant_events (
 CREATE INDEX participant_events_by_participant
     ON participant_events (stage_arn, session_id, participant_id, seq);
 
--- Replications of a participant out of a source stage (SPEC §6). They go with the
+-- Replications of a participant out of a source stage (BEHAVIOUR §6). They go with the
 -- source stage; the destination is deliberately not a foreign key, because a
 -- replication stays listed under its source after the destination is deleted.
 CREATE TABLE participant_replicas (

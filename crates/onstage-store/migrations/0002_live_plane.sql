@@ -1,7 +1,7 @@
 -- What the live plane needs beyond the initial schema. Never edit after a release.
 
 -- Participant ids that DisconnectParticipant removed from a stage: they may not
--- connect to it again (SPEC §5, "revokes the participant permanently"). The reason
+-- connect to it again (BEHAVIOUR §5, "revokes the participant permanently"). The reason
 -- given to DisconnectParticipant is kept here. Deleted with the stage.
 CREATE TABLE revoked_participants (
     stage_arn      TEXT    NOT NULL REFERENCES resources (arn) ON DELETE CASCADE,

@@ -1146,7 +1146,7 @@ async fn deleting_a_stage_takes_its_history_with_it() {
             .items
             .is_empty()
     );
-    // Replications into the deleted stage stay listed under their source (SPEC §5).
+    // Replications into the deleted stage stay listed under their source (BEHAVIOUR §5).
     assert_eq!(
         store
             .list_replicas(&source, "p1", None, 10)

@@ -1,4 +1,4 @@
-//! The control plane as aws-sdk-ivsrealtime sees it: every operation of SPEC §1–§3
+//! The control plane as aws-sdk-ivsrealtime sees it: every operation of BEHAVIOUR §1–§3
 //! through the real SDK against a real `onstage serve` process, including the error
 //! codes and messages the SDK surfaces, SDK pagination, token verification through
 //! the published JWKS, and persistence across a restart.
@@ -76,7 +76,7 @@ async fn verify_token(server: &Server, token: &str) -> Value {
 }
 
 /// Checks the claims of a server-issued token against the stage and the API's
-/// description of the token (SPEC §3).
+/// description of the token (BEHAVIOUR §3).
 fn check_claims(claims: &Value, stage: &Stage, token: &ParticipantToken) {
     let endpoints = stage.endpoints().expect("stage endpoints");
     assert_eq!(

@@ -1,4 +1,4 @@
-//! Participant replication (SPEC §6) through aws-sdk-ivsrealtime: the start / list /
+//! Participant replication (BEHAVIOUR §6) through aws-sdk-ivsrealtime: the start / list /
 //! stop path and its errors, against a real `onstage serve`.
 //!
 //! A publisher here is signalling only: a WHIP POST of an audio-only SDP offer whose

@@ -1,4 +1,4 @@
-"""Real WebRTC peers (aiortc) that talk to onstage the way SPEC §4 describes:
+"""Real WebRTC peers (aiortc) that talk to onstage the way BEHAVIOUR §4 describes:
 WHIP publish, subscribe, and the stage-events WebSocket.
 
 Everything here is plain asyncio; tests drive it with `asyncio.run`. Peers record

@@ -1,4 +1,4 @@
-"""The stage-events WebSocket (SPEC §4): token as subprotocol, STAGE_STATE on connect
+"""The stage-events WebSocket (BEHAVIOUR §4): token as subprotocol, STAGE_STATE on connect
 and on every change, PING → PONG."""
 
 from __future__ import annotations

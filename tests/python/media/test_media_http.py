@@ -1,4 +1,4 @@
-"""The participant endpoints as a web app on another origin uses them (SPEC §4):
+"""The participant endpoints as a web app on another origin uses them (BEHAVIOUR §4):
 CORS preflights for publish, subscribe and DELETE, `Location` exposed to scripts,
 and the request shape WHIP requires."""
 

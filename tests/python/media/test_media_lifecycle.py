@@ -261,7 +261,7 @@ def test_a_peer_that_vanishes_is_detected_and_recorded_as_left(stage, token_for,
                 await ev.wait_state(lambda s: pid not in participants_by_id(s), 17, start=mark,
                                     what="STAGE_STATE without the vanished publisher")
                 gone_after = time.monotonic() - t0
-                # SPEC §4: detected within 15 s, the store and the socket included
+                # BEHAVIOUR §4: detected within 15 s, the store and the socket included
                 print(f"vanished publisher dropped after {gone_after:.2f}s")
                 assert gone_after <= 15.0, f"the vanished publisher was dropped only after {gone_after:.1f}s"
                 part = await asyncio.to_thread(ivs.get_participant, stageArn=arn, sessionId=sid, participantId=pid)

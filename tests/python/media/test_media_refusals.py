@@ -1,4 +1,4 @@
-"""Connections onstage must refuse (SPEC §3–§4): HTTP status, a plain-text reason,
+"""Connections onstage must refuse (BEHAVIOUR §3–§4): HTTP status, a plain-text reason,
 and the error event with its errorCode in ListParticipantEvents.
 
 A witness participant holds the events socket throughout, so the stage has an active

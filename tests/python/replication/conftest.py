@@ -1,4 +1,4 @@
-"""Fixtures of the participant-replication suite (SPEC §6) with real aiortc peers.
+"""Fixtures of the participant-replication suite (BEHAVIOUR §6) with real aiortc peers.
 
 Builds on tests/python/conftest.py (the session `server`, `server_factory`, the `ivs`
 boto3 client, `aws_cli`) and on the real-peer helpers of

@@ -1,6 +1,6 @@
 """Helpers of the participant-replication suite: boto3 calls run off the event loop
 (so aiortc keeps sending and decoding while the API answers), the records and events
-SPEC §6 describes, and what a destination viewer sees.
+BEHAVIOUR §6 describes, and what a destination viewer sees.
 
 A *viewer* is what a client of the destination stage does: it holds the destination's
 events socket, waits until STAGE_STATE shows the replica publishing, and subscribes
@@ -36,7 +36,7 @@ TONE_TOLERANCE_HZ = 15
 SAME_CONTENT_TOLERANCE = 12
 
 # The seven header members of Start/StopParticipantReplication's output (botocore
-# parses them from the response headers), with the values of SPEC §1.
+# parses them from the response headers), with the values of BEHAVIOUR §1.
 HEADER_MEMBERS = {
     "accessControlAllowOrigin": "*",
     "cacheControl": "no-store, no-cache",
@@ -68,7 +68,7 @@ def assert_header_members(resp: dict, op: str) -> None:
 
 
 async def refused(fn, code: str, *mentions: str, any_of=(), **kw) -> str:
-    """Calls `fn(**kw)`, which must fail with `code` (HTTP status per SPEC §1, the
+    """Calls `fn(**kw)`, which must fail with `code` (HTTP status per BEHAVIOUR §1, the
     message naming every one of `mentions` and at least one of `any_of`, the seven
     headers). Returns the message."""
     op = getattr(fn, "__name__", str(fn))
@@ -304,7 +304,7 @@ async def expect_stopped(ivs, *, src: dict, dst: dict, pid: str, src_session: st
                          t0: float, viewer: Viewer | None, mark: int = 0, within: float = 2.0,
                          source_deleted: bool = False, destination_deleted: bool = False,
                          source_still_replicating: bool = False, viewer_leaves: bool = True) -> None:
-    """Everything SPEC §6 says a stopped replication looks like, after a stop that
+    """Everything BEHAVIOUR §6 says a stopped replication looks like, after a stop that
     happened at t0 (monotonic): STOPPED in ListParticipantReplicas (or no record when
     the source stage is gone), REPLICATION_STOPPED on the source participant, the
     replica DISCONNECTED with PUBLISH_STOPPED and LEFT in the destination and gone from

@@ -1,4 +1,4 @@
-"""Participant replication with real peers (SPEC §6): an aiortc publisher in stage A
+"""Participant replication with real peers (BEHAVIOUR §6): an aiortc publisher in stage A
 appears, live, as a publisher of other stages; subscribers there decode what A's
 subscribers decode. Also what the API records about it (participants, events,
 ListParticipantReplicas), fan-out to 5 destinations, the 6th's quota, pagination."""
@@ -40,7 +40,7 @@ def test_replica_in_b_decodes_what_a_decodes_and_is_recorded(ivs, make_stage, to
     """A publisher (red, 440 Hz) in A; a subscriber in A and one in B (which learns of
     the replica from B's STAGE_STATE) decode the same colour and tone, and follow
     the publisher when it repaints itself (yellow): the replica is live. The replica
-    is a real participant of B with the fields, events and attributes of SPEC §6."""
+    is a real participant of B with the fields, events and attributes of BEHAVIOUR §6."""
     a, b = make_stage("source"), make_stage("destination")
     tp = token_for(a, "host", ("PUBLISH",), attributes={"role": "host", "lang": "en"})
     tva = token_for(a, "viewer-a", ("SUBSCRIBE",))

@@ -1,4 +1,4 @@
-"""StartParticipantReplication's preconditions, in the order of SPEC §6, each with
+"""StartParticipantReplication's preconditions, in the order of BEHAVIOUR §6, each with
 its exact error, against stages with real (audio-only aiortc) publishers:
 
 1. input valid, source ≠ destination → ValidationException

@@ -1,5 +1,5 @@
 """A restart ends live media: every replication the server finds ACTIVE at start-up
-becomes STOPPED (SPEC §6), whatever its reconnect window, both after an orderly stop
+becomes STOPPED (BEHAVIOUR §6), whatever its reconnect window, both after an orderly stop
 (SIGTERM) and after a crash (SIGKILL). The records survive; a new Start works."""
 
 from __future__ import annotations

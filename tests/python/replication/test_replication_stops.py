@@ -1,4 +1,4 @@
-"""Every way a replication stops (SPEC §6), each checked the same way
+"""Every way a replication stops (BEHAVIOUR §6), each checked the same way
 (replication_peers.expect_stopped): STOPPED in ListParticipantReplicas,
 REPLICATION_STOPPED on the source participant, the replica DISCONNECTED with
 PUBLISH_STOPPED and LEFT in the destination and gone from its STAGE_STATE, the
@@ -213,7 +213,7 @@ def test_disconnecting_the_replica_stops_only_that_replication(ivs, make_stage, 
             assert (rep_c["state"], rep_c.get("replicationState")) == ("CONNECTED", "ACTIVE"), rep_c
             assert "LEFT" not in names(await events_of(ivs, cc["arn"], s.dst_sessions[1], s.pid))
 
-            # SPEC §6: a new Start may replicate it again, also where a replica was disconnected.
+            # BEHAVIOUR §6: a new Start may replicate it again, also where a replica was disconnected.
             mark = len(vb.events.messages)
             await api(ivs.start_participant_replication, sourceStageArn=s.a["arn"], destinationStageArn=b["arn"],
                       participantId=s.pid)

@@ -1,4 +1,4 @@
-"""The reconnect window (SPEC §6), both ways.
+"""The reconnect window (BEHAVIOUR §6), both ways.
 
 Within the window: the publisher drops without a goodbye and publishes again with its
 token; the replication stays ACTIVE, the replica keeps its place in B, the source
@@ -101,7 +101,7 @@ def test_publisher_returning_within_the_window_resumes_on_the_same_subscription(
             held = await asyncio.to_thread(active_session, ivs, a["arn"])
             assert held == src_session, (
                 f"1.5 s into the window the source stage's session is {held!r}, not {src_session!r} "
-                "(SPEC §6: the window holds the source session open)")
+                "(BEHAVIOUR §6: the window holds the source session open)")
             for st in [m["payload"] for _, m in v.events.messages[mark:] if m.get("type") == "STAGE_STATE"]:
                 assert pid in participants_by_id(st), f"the replica left B's STAGE_STATE during the window: {st}"
 

@@ -1,4 +1,4 @@
-//! The rules of one stage as a state machine, without I/O (SPEC §4–§6).
+//! The rules of one stage as a state machine, without I/O (BEHAVIOUR §4–§6).
 //!
 //! A participant is on the stage while it holds at least one connection: a publish,
 //! subscribes (one per publisher) and an events socket — or, for a replica, while
@@ -13,7 +13,7 @@
 //! (and which media source it uses), then, once the media plane has answered, the
 //! `*_accepted` method records it. The driver holds the stage's lock across both.
 //!
-//! **Replication** (SPEC §6) touches two stages, so each machine keeps its own side:
+//! **Replication** (BEHAVIOUR §6) touches two stages, so each machine keeps its own side:
 //!
 //! - the *source* stage keeps, per replicated participant, its active replications
 //!   (destination, destination session, reconnect window) and the media source they
@@ -305,7 +305,7 @@ pub struct StageMachine {
     closed: bool,
 }
 
-/// Checks SPEC §6's preconditions 3–5 of StartParticipantReplication, in order, on
+/// Checks BEHAVIOUR §6's preconditions 3–5 of StartParticipantReplication, in order, on
 /// the two stages' machines (1 and 2 are the control plane's). The destination may
 /// be idle.
 pub fn check_replication(

@@ -1,4 +1,4 @@
-//! The live plane: who is on a stage right now, and the record of it (SPEC §3–§5).
+//! The live plane: who is on a stage right now, and the record of it (BEHAVIOUR §3–§5).
 //!
 //! Participants reach a stage through three kinds of connection — a WHIP publish, a
 //! subscribe to one publisher, the stage-events socket — each authenticated by a
@@ -21,7 +21,7 @@
 //!   state and the store receives a stage's writes in order; stages never wait for
 //!   each other.
 //!
-//! Participant replication (SPEC §6) is a rule of both stages involved: the
+//! Participant replication (BEHAVIOUR §6) is a rule of both stages involved: the
 //! source stage keeps the participant's replications and their reconnect windows,
 //! the destination has the replica as a participant without connections whose
 //! publishing slot is the source's media source (see [`machine`]). How the
@@ -45,7 +45,7 @@ pub use replication::{FeedOrigin, LocalReplicaFeeds, ReplicaFeeds};
 
 /// At most this many publishers per stage (IVS's quota), replicas included.
 pub const MAX_PUBLISHERS_PER_STAGE: usize = 12;
-/// At most this many active replications of one participant (SPEC §6).
+/// At most this many active replications of one participant (BEHAVIOUR §6).
 pub const MAX_REPLICATIONS_PER_PARTICIPANT: usize = 5;
 /// Subscribing participants per stage when the operator sets no limit (IVS's quota).
 pub const DEFAULT_MAX_SUBSCRIBERS_PER_STAGE: usize = 10_000;
@@ -95,7 +95,7 @@ pub enum RefusalKind {
 }
 
 /// A refused connection: the HTTP status to answer, the plain-text reason, and the
-/// `errorCode` to record (SPEC §3).
+/// `errorCode` to record (BEHAVIOUR §3).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Refusal {

@@ -196,7 +196,7 @@ struct Routes {
     early_closes: HashMap<PeerId, (CloseCause, Instant)>,
 }
 
-/// The live plane: participants' connections to stages (SPEC §3–§5).
+/// The live plane: participants' connections to stages (BEHAVIOUR §3–§5).
 pub struct LivePlane {
     me: Weak<LivePlane>,
     control: Arc<ControlPlane>,
@@ -215,7 +215,7 @@ fn lock<T>(m: &SyncMutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl LivePlane {
-    /// Closes what a previous process left running (SPEC §7: live connections end
+    /// Closes what a previous process left running (BEHAVIOUR §7: live connections end
     /// with the process, and are recorded as ended), then connects itself to the
     /// control plane for DisconnectParticipant and DeleteStage.
     pub async fn open(

@@ -1,4 +1,4 @@
-//! How a destination stage gets a replicated participant's media (SPEC §6, §7).
+//! How a destination stage gets a replicated participant's media (BEHAVIOUR §6, §7).
 //!
 //! A replica in stage B is a participant whose publishing slot is a media
 //! [`SourceId`]: B's subscribers subscribe to that source exactly as to a local
