@@ -175,10 +175,10 @@ impl JanusServer {
                     server.log_tail(40)
                 );
             }
-            if let Ok(info) = call(http, Method::GET, "/janus/info", None).await {
-                if info.get("janus").and_then(Value::as_str) == Some("server_info") {
-                    return Ok(server);
-                }
+            if let Ok(info) = call(http, Method::GET, "/janus/info", None).await
+                && info.get("janus").and_then(Value::as_str) == Some("server_info")
+            {
+                return Ok(server);
             }
             if Instant::now() > deadline {
                 bail!(
@@ -1266,21 +1266,22 @@ fn run_peer(
             }
         };
         let now = Instant::now();
-        if let (Some(mid), Some(due)) = (send, next_frame) {
-            if now >= due && now < stop_sending {
-                let pt = rtc.writer(mid).and_then(|w| {
-                    w.payload_params()
-                        .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
-                        .map(|p| p.pt())
-                });
-                if let (Some(pt), Some(writer)) = (pt, rtc.writer(mid)) {
-                    let rtp_time = MediaTime::new(counts.frames_sent * 3000, Frequency::NINETY_KHZ);
-                    writer.write(pt, now, rtp_time, frame.clone())?;
-                    counts.frames_sent += 1;
-                }
-                next_frame = Some(due + Duration::from_millis(33));
-                continue;
+        if let (Some(mid), Some(due)) = (send, next_frame)
+            && now >= due
+            && now < stop_sending
+        {
+            let pt = rtc.writer(mid).and_then(|w| {
+                w.payload_params()
+                    .find(|p| p.spec().codec == str0m::format::Codec::Vp8)
+                    .map(|p| p.pt())
+            });
+            if let (Some(pt), Some(writer)) = (pt, rtc.writer(mid)) {
+                let rtp_time = MediaTime::new(counts.frames_sent * 3000, Frequency::NINETY_KHZ);
+                writer.write(pt, now, rtp_time, frame.clone())?;
+                counts.frames_sent += 1;
             }
+            next_frame = Some(due + Duration::from_millis(33));
+            continue;
         }
         let mut wake = timeout.min(deadline);
         if let Some(due) = next_frame {

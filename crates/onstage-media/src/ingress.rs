@@ -149,11 +149,10 @@ pub(crate) async fn run(
                     }
                     match router.route(&datagram, from) {
                         Some(shard) => {
-                            if let Some(tx) = shards.get(shard) {
-                                if tx.try_send(ShardData::Datagram { at, from, datagram }).is_err() {
+                            if let Some(tx) = shards.get(shard)
+                                && tx.try_send(ShardData::Datagram { at, from, datagram }).is_err() {
                                     shed += 1;
                                 }
-                            }
                         }
                         None => {
                             unrouted += 1;

@@ -399,12 +399,12 @@ impl MediaPlane for MediaServer {
             None => vec![VideoCodec::H264, VideoCodec::Vp8],
         };
         let (rtc, answer) = self.answer(&offer_sdp, &video, Direction::Subscribe)?;
-        if let (Some(codec), true) = (publisher_video, summary.video_lines > 0) {
-            if negotiated_video(&answer) != Some(codec) {
-                return Err(MediaRefusal::InvalidOffer(format!(
-                    "the publisher sends {codec:?} video, which the offer does not accept"
-                )));
-            }
+        if let (Some(codec), true) = (publisher_video, summary.video_lines > 0)
+            && negotiated_video(&answer) != Some(codec)
+        {
+            return Err(MediaRefusal::InvalidOffer(format!(
+                "the publisher sends {codec:?} video, which the offer does not accept"
+            )));
         }
         let ufrag = local_ufrag(&answer)?;
         let (id, accepted) = {

@@ -373,10 +373,10 @@ impl Shard {
 
     /// Passes media to another shard, or sheds it if that shard is behind.
     fn send_data_to_shard(&mut self, shard: usize, data: ShardData) {
-        if let Some(tx) = self.links.data.get(shard) {
-            if tx.try_send(data).is_err() {
-                self.counters.packets_shed += 1;
-            }
+        if let Some(tx) = self.links.data.get(shard)
+            && tx.try_send(data).is_err()
+        {
+            self.counters.packets_shed += 1;
         }
     }
 
@@ -561,10 +561,10 @@ impl Shard {
             ShardInput::Attach { source, shard } => {
                 // Only a source still open here: an attach that crossed the
                 // source's closing is moot, the other shard closes its side too.
-                if let Some(s) = self.sources.get_mut(&source) {
-                    if !s.attached.contains(&shard) {
-                        s.attached.push(shard);
-                    }
+                if let Some(s) = self.sources.get_mut(&source)
+                    && !s.attached.contains(&shard)
+                {
+                    s.attached.push(shard);
                 }
             }
             ShardInput::Detach { source, shard } => {
@@ -791,10 +791,10 @@ impl Shard {
         });
         match peer.role {
             Role::Publisher { source, .. } => {
-                if let Some(s) = self.sources.get_mut(&source) {
-                    if s.feeder == Some(id) {
-                        s.feeder = None;
-                    }
+                if let Some(s) = self.sources.get_mut(&source)
+                    && s.feeder == Some(id)
+                {
+                    s.feeder = None;
                 }
             }
             Role::Subscriber { source, .. } => {

@@ -179,14 +179,14 @@ fn check(shape_idx: usize, v: &Value, path: &str, errors: &mut Vec<String>) -> R
         ShapeKind::String => {
             let s = v.as_str().ok_or_else(|| type_error(path, "a string", v))?;
             check_size(shape, s.chars().count(), path, "length", errors);
-            if let Some(re) = &patterns()[shape_idx] {
-                if !re.is_match(s) {
-                    errors.push(format!(
+            if let Some(re) = &patterns()[shape_idx]
+                && !re.is_match(s)
+            {
+                errors.push(format!(
                         "Value '{}' at '{path}' failed to satisfy constraint: Member must satisfy regular expression pattern: {}",
                         clip(s),
                         shape.pattern.unwrap_or_default()
                     ));
-                }
             }
             if !shape.enum_values.is_empty() && !shape.enum_values.contains(&s) {
                 errors.push(format!(
@@ -229,36 +229,36 @@ fn clip(s: &str) -> String {
 
 fn check_size(shape: &Shape, n: usize, path: &str, what: &str, errors: &mut Vec<String>) {
     let n = n as i64;
-    if let Some(min) = shape.min {
-        if n < min {
-            errors.push(format!(
+    if let Some(min) = shape.min
+        && n < min
+    {
+        errors.push(format!(
                 "Value at '{path}' failed to satisfy constraint: Member must have {what} greater than or equal to {min}"
             ));
-        }
     }
-    if let Some(max) = shape.max {
-        if n > max {
-            errors.push(format!(
+    if let Some(max) = shape.max
+        && n > max
+    {
+        errors.push(format!(
                 "Value at '{path}' failed to satisfy constraint: Member must have {what} less than or equal to {max}"
             ));
-        }
     }
 }
 
 fn check_range(shape: &Shape, n: f64, shown: &str, path: &str, errors: &mut Vec<String>) {
-    if let Some(min) = shape.min {
-        if n < min as f64 {
-            errors.push(format!(
+    if let Some(min) = shape.min
+        && n < min as f64
+    {
+        errors.push(format!(
                 "Value '{shown}' at '{path}' failed to satisfy constraint: Member must have value greater than or equal to {min}"
             ));
-        }
     }
-    if let Some(max) = shape.max {
-        if n > max as f64 {
-            errors.push(format!(
+    if let Some(max) = shape.max
+        && n > max as f64
+    {
+        errors.push(format!(
                 "Value '{shown}' at '{path}' failed to satisfy constraint: Member must have value less than or equal to {max}"
             ));
-        }
     }
 }
 

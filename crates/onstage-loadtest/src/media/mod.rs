@@ -272,7 +272,7 @@ impl Plan {
         if plan.stages == 0 || plan.publishers == 0 {
             bail!("--stages and --publishers must be at least 1");
         }
-        if !(a.ramp > 0.0) {
+        if a.ramp.is_nan() || a.ramp <= 0.0 {
             bail!("--ramp must be positive");
         }
         if !(plan.pacing_factor >= 0.0 && plan.pacing_factor.is_finite()) {
@@ -871,13 +871,13 @@ async fn drive(
 
     // Publishers, all connected before anyone subscribes.
     let mut index = 0u32;
-    for si in 0..stages.len() {
+    for (si, stage) in stages.iter_mut().enumerate() {
         for p in 0..plan.publishers {
             let user = format!("publisher-{si}-{p}");
-            let peer = publish(ctx, &stages[si].room, index, &user)
+            let peer = publish(ctx, &stage.room, index, &user)
                 .await
                 .with_context(|| format!("could not start {user}"))?;
-            stages[si].publisher_ids.push(peer.publisher_id.clone());
+            stage.publisher_ids.push(peer.publisher_id.clone());
             publishers.push(peer);
             index += 1;
         }

@@ -380,11 +380,11 @@ impl Worker {
                     .min(next_sweep)
                     .min(next_flush);
                 let idle = wake.saturating_duration_since(Instant::now()).min(MAX_IDLE);
-                if !idle.is_zero() {
-                    if let Err(e) = self.socket.wait_readable(idle) {
-                        self.failures.record("socket_poll", &e.to_string());
-                        std::thread::sleep(idle);
-                    }
+                if !idle.is_zero()
+                    && let Err(e) = self.socket.wait_readable(idle)
+                {
+                    self.failures.record("socket_poll", &e.to_string());
+                    std::thread::sleep(idle);
                 }
             }
         }
@@ -572,15 +572,17 @@ impl Worker {
                 );
                 continue; // another peer moved into `index`
             }
-            if let (Role::Subscriber(s), Some(at)) = (&mut peer.role, peer.connected_at) {
-                if !s.got_media && !s.no_media_reported && now.duration_since(at) > MEDIA_TIMEOUT {
-                    s.no_media_reported = true;
-                    if !self.shared.quiet.load(Ordering::Relaxed) {
-                        self.failures.record(
-                            "no_media",
-                            &format!("peer {}: no RTP 10 s after connecting", peer.local),
-                        );
-                    }
+            if let (Role::Subscriber(s), Some(at)) = (&mut peer.role, peer.connected_at)
+                && !s.got_media
+                && !s.no_media_reported
+                && now.duration_since(at) > MEDIA_TIMEOUT
+            {
+                s.no_media_reported = true;
+                if !self.shared.quiet.load(Ordering::Relaxed) {
+                    self.failures.record(
+                        "no_media",
+                        &format!("peer {}: no RTP 10 s after connecting", peer.local),
+                    );
                 }
             }
             if peer.next_timeout <= now {

@@ -24,6 +24,8 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// A failure of the given kind, as an error.
+    #[allow(clippy::new_ret_no_self)] // the point is an `anyhow::Error` carrying a `Failure`
     pub fn new(kind: impl Into<String>, detail: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Failure {
             kind: kind.into(),
