@@ -8,6 +8,10 @@
 //! a summary at the end (requests, req/s, p50/p95/p99 latency, errors by status),
 //! optionally as JSON, and deletes the stage it created.
 //!
+//! `onstage-loadtest media` loads the media plane with real WebRTC peers (str0m),
+//! against onstage or Janus's VideoRoom; `onstage-loadtest raw` measures the
+//! machine's plain UDP fan-out ceiling, without WebRTC.
+//!
 //! The client is meant to stay out of the way of what it measures: by default it
 //! runs on one runtime thread (`--threads`), so on a two-core machine the server
 //! gets the other core; pin both with `taskset` for steady numbers.

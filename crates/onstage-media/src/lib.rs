@@ -4,10 +4,10 @@
 //! peer; around them run thin I/O loops: [`ingress`] reads the socket and routes
 //! each datagram to the [`shard`] that owns its peer, and each shard (one thread
 //! per core) feeds its peers datagrams and time, sends what they produce, and
-//! forwards each publisher's frames to the subscribers of its source — on its own
-//! shard and, once per frame, to the other shards that have some. A peer is only
-//! ever touched by its shard, so the forwarding path takes no lock. Control (new
-//! peers, closing) reaches the shards through channels.
+//! forwards each publisher's RTP packets to the subscribers of its source — on its
+//! own shard and, once per packet, to the other shards that have some. A peer is
+//! only ever touched by its shard, so the forwarding path takes no lock. Control
+//! (new peers, closing) reaches the shards through channels.
 //!
 //! The domain talks to this crate only through [`onstage_stage::media::MediaPlane`]:
 //! SDP in, SDP out, ids, and [`MediaSignal`]s back.
@@ -68,7 +68,7 @@ struct Inner {
     dtls_cert: str0m::config::DtlsCert,
     /// The open sources, with the video codec their publisher negotiated (None
     /// before it did, or for audio only). Subscribers are offered only that codec,
-    /// since frames are forwarded, not transcoded. A subscriber is placed while
+    /// since RTP packets are forwarded, not transcoded. A subscriber is placed while
     /// this lock is held, and a source's closing is sent to the shards while it
     /// is held, so no shard sees a subscriber of a source after that source's
     /// closing. Touched on publish, subscribe and close only, never per packet.
@@ -298,7 +298,7 @@ impl MediaServer {
     }
 
     /// The shard for a new subscriber: the one with the fewest peers, the
-    /// source's home on a tie (a frame written there needs no hop).
+    /// source's home on a tie (a packet written there needs no hop).
     fn place_subscriber(&self, source: SourceId) -> usize {
         let home = shard::home_of(source, self.inner.shards.len());
         let load = |i: usize| self.inner.loads[i].peers.load(Ordering::Relaxed);

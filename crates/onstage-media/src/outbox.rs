@@ -1,14 +1,14 @@
 //! Outgoing datagrams of one shard, sent in batches.
 //!
-//! Forwarding one frame to N subscribers produces N × (packets per frame)
-//! datagrams within microseconds. Sending each with its own `sendto` pays the
-//! kernel's send path every time. On Linux the outbox queues them while the shard
-//! works through an input, sends each subscriber's run of equal-sized packets (a
-//! frame) as one message with UDP segmentation offload (`UDP_SEGMENT`: the kernel
-//! walks its send path once and cuts the datagrams at the end), and hands the
-//! kernel up to [`BATCH`] messages per `sendmmsg(2)`. A kernel without offload
-//! gets one datagram per message. Elsewhere the outbox falls back to one
-//! `send_to` per datagram.
+//! Forwarding the RTP packets of one video frame to N subscribers produces
+//! N × (packets per frame) datagrams within microseconds. Sending each with its
+//! own `sendto` pays the kernel's send path every time. On Linux the outbox
+//! queues them while the shard works through an input, sends each subscriber's
+//! run of equal-sized packets (a frame's) as one message with UDP segmentation
+//! offload (`UDP_SEGMENT`: the kernel walks its send path once and cuts the
+//! datagrams at the end), and hands the kernel up to [`BATCH`] messages per
+//! `sendmmsg(2)`. A kernel without offload gets one datagram per message.
+//! Elsewhere the outbox falls back to one `send_to` per datagram.
 //!
 //! Datagrams to one destination leave in the order they were queued. A full socket
 //! buffer drops what does not fit, as the network would, instead of blocking the

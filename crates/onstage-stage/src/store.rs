@@ -1,5 +1,5 @@
 //! The persistence boundary. The domain states what it needs; `onstage-store`
-//! implements it on SQLite (and, for a cluster, PostgreSQL).
+//! implements it on SQLite.
 //!
 //! Configuration resources (stages, public keys, storage and encoder configurations)
 //! share one shape — an ARN, tags, a creation order and a small document — so they

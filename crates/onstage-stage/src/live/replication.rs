@@ -2,7 +2,7 @@
 //!
 //! A replica in stage B is a participant whose publishing slot is a media
 //! [`SourceId`]: B's subscribers subscribe to that source exactly as to a local
-//! publisher's, and the media plane forwards the publisher's frames to every
+//! publisher's, and the media plane forwards the publisher's RTP packets to every
 //! subscriber of the source, whatever stage it belongs to. The one step that depends
 //! on *where* the publisher is — turning "participant P publishing in stage A, into
 //! source S there" into "a source B's subscribers can read here" — is
