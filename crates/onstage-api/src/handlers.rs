@@ -46,6 +46,7 @@ pub async fn dispatch(state: &ApiState, account: &Account, name: &str, doc: Valu
         "ListParticipants" => list_participants(state, account, doc).await,
         "ListParticipantEvents" => list_participant_events(state, account, doc).await,
         "DisconnectParticipant" => disconnect_participant(state, account, doc).await,
+        "RevokeConnectionToken" => revoke_connection_token(state, account, doc).await,
         "StartParticipantReplication" => start_participant_replication(state, account, doc).await,
         "StopParticipantReplication" => stop_participant_replication(state, account, doc).await,
         "ListParticipantReplicas" => list_participant_replicas(state, account, doc).await,
@@ -541,6 +542,20 @@ async fn disconnect_participant(state: &ApiState, account: &Account, doc: Value)
     state
         .control
         .disconnect_participant(account, &i.stage_arn, &i.participant_id, i.reason)
+        .await?;
+    Ok(json!({}))
+}
+
+async fn revoke_connection_token(state: &ApiState, account: &Account, doc: Value) -> Reply {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct In {
+        token_id: String,
+    }
+    let i: In = input(doc)?;
+    state
+        .control
+        .revoke_connection_token(account, &i.token_id)
         .await?;
     Ok(json!({}))
 }

@@ -1,15 +1,20 @@
 //! The participant endpoints of BEHAVIOUR §4: how participants reach a stage.
 //!
-//! - `POST /whip` — WHIP publish (RFC 9725): `Authorization: Bearer <token>`,
-//!   `Content-Type: application/sdp`, the offer as body; `201 Created` with the
-//!   answer and a `Location` to `DELETE` when leaving.
+//! - `POST /whip/publish/{participantId}` (the form IVS's client libraries use; the
+//!   id must be the token's `jti`) and `POST /whip` — WHIP publish (RFC 9725):
+//!   `Authorization: Bearer <token>`, `Content-Type: application/sdp`, the offer as
+//!   body; `201 Created` with the answer and a `Location` to `DELETE` when leaving.
 //! - `POST /whip/subscribe/{participantId}` — the same with a recvonly offer, for
 //!   that publisher's audio and video.
 //! - `DELETE /whip/resource/{id}` — the `Location` of either (absolute, under the
 //!   stage's `endpoints.whip`, so a web app on another origin can use it as given):
 //!   ends that connection.
-//! - `GET /events/{topic}` — the stage-events WebSocket, the token as its
-//!   subprotocol: `STAGE_STATE` on connect and on every change, `PONG` for `PING`.
+//! - `GET /events?topic={stageId}/publishers&error_over_ws=1` (the client
+//!   libraries' form) and `GET /events/{topic}` — the stage-events WebSocket, the
+//!   token as its subprotocol: `STAGE_STATE` (numbered per socket) on connect and on
+//!   every change; `PONG` for `PING`; `SET_STATE` (mute) and `EXCHANGE_TOKEN` from
+//!   the client; `aws:ivs:DISCONNECT` before the server closes it, and with
+//!   `error_over_ws=1` a refused token is answered `aws:ivs:JOIN_ERROR` on the socket.
 //!
 //! Participant tokens authenticate these requests, so they are not SigV4-signed and
 //! never pass the API's signature check; they carry the same response headers (and
@@ -23,7 +28,8 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -31,6 +37,7 @@ use onstage_stage::LivePlane;
 use onstage_stage::live::{
     Accepted, EventsClose, EventsSubscription, EventsUpdate, Refusal, StageState,
 };
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::headers;
@@ -44,20 +51,48 @@ pub const MAX_OFFER_BYTES: usize = 64 * 1024;
 const EVENTS_PING_INTERVAL: Duration = Duration::from_secs(15);
 /// An events socket that sends nothing (not even a pong) for this long is dropped.
 const EVENTS_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
-/// Largest message a client may send on the events socket (it only ever sends PING).
-const MAX_EVENTS_MESSAGE_BYTES: usize = 4096;
+/// Largest message a client may send on the events socket: PING, SET_STATE, and
+/// EXCHANGE_TOKEN with a token (attributes up to 1 KB).
+const MAX_EVENTS_MESSAGE_BYTES: usize = 8192;
+/// Request headers IVS's client libraries send, allowed in CORS preflights of the
+/// participant endpoints (BEHAVIOUR §4.4).
+const STAGES_REQUEST_HEADERS: &str = "X-Stages-Platform,X-Stages-Request-ID,X-Stages-SDK,X-Stages-Session-ID,X-Stages-Trace-ID,X-Stages-WHIP-Version,X-Stages-Options,X-Stages-Initial-Layer-Pref";
+/// Response headers a participant endpoint's caller may read beyond the API's.
+const STAGES_EXPOSED_HEADERS: &str = "Link";
 
 /// The participant endpoints, to merge into the API router:
 /// `onstage_api::router(state).merge(onstage_api::participant_router(live))`.
 pub fn participant_router(live: Arc<LivePlane>) -> Router {
     Router::new()
         .route("/whip", post(publish))
+        .route("/whip/publish/{participant_id}", post(publish_as))
         .route("/whip/subscribe/{participant_id}", post(subscribe))
         .route("/whip/resource/{resource_id}", delete(end_connection))
+        .route("/events", get(events_by_query))
         .route("/events/{topic}", get(events))
         .layer(DefaultBodyLimit::max(MAX_OFFER_BYTES))
         .with_state(live)
         .layer(axum::middleware::from_fn(headers::response_headers))
+        .layer(axum::middleware::from_fn(stages_cors))
+}
+
+/// Widens the API's CORS answer for web apps using IVS's client libraries: their
+/// `X-Stages-*` request headers pass the preflight, and `Link` can be read.
+async fn stages_cors(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    for (name, extra) in [
+        ("access-control-allow-headers", STAGES_REQUEST_HEADERS),
+        ("access-control-expose-headers", STAGES_EXPOSED_HEADERS),
+    ] {
+        let Some(current) = h.get(name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        if let Ok(value) = HeaderValue::from_str(&format!("{current},{extra}")) {
+            h.insert(name, value);
+        }
+    }
+    response
 }
 
 async fn publish(
@@ -74,6 +109,25 @@ async fn publish(
     };
     let outcome = live
         .publish(token, offer, user_agent(&request_headers))
+        .await;
+    answer("publish", outcome)
+}
+
+async fn publish_as(
+    State(live): State<Arc<LivePlane>>,
+    Path(participant_id): Path<String>,
+    request_headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (token, offer) = match whip_request(&request_headers, &body) {
+        Ok(parts) => parts,
+        Err((status, message)) if status == StatusCode::UNAUTHORIZED => {
+            return unauthorized(message);
+        }
+        Err((status, message)) => return plain(status, message),
+    };
+    let outcome = live
+        .publish_as(token, participant_id, offer, user_agent(&request_headers))
         .await;
     answer("publish", outcome)
 }
@@ -117,6 +171,46 @@ async fn events(
     request_headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    open_events(live, topic, false, request_headers, upgrade).await
+}
+
+/// The query of `GET {events_url}?error_over_ws=1&topic={stageId}/publishers&traceid=…`.
+#[derive(Deserialize)]
+struct EventsQuery {
+    topic: Option<String>,
+    error_over_ws: Option<String>,
+}
+
+async fn events_by_query(
+    State(live): State<Arc<LivePlane>>,
+    Query(query): Query<EventsQuery>,
+    request_headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Some(topic) = query.topic.filter(|t| !t.is_empty()) else {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "topic: the stage id is required (?topic={stageId}/publishers)",
+        );
+    };
+    let stage_id = topic
+        .strip_suffix("/publishers")
+        .unwrap_or(&topic)
+        .to_owned();
+    let over_ws = query.error_over_ws.as_deref() == Some("1");
+    open_events(live, stage_id, over_ws, request_headers, upgrade).await
+}
+
+/// Opens an events socket for `stage_id`. With `errors_over_ws` a refused token is
+/// still upgraded, told `aws:ivs:JOIN_ERROR` and closed, as IVS's client libraries
+/// expect; otherwise it is refused in HTTP.
+async fn open_events(
+    live: Arc<LivePlane>,
+    stage_id: String,
+    errors_over_ws: bool,
+    request_headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     // Browsers can only pass the token as a subprotocol; other clients may use the
     // Authorization header. Of several subprotocols, the token is the one shaped
     // like a JWT.
@@ -125,33 +219,108 @@ async fn events(
         .filter_map(|p| p.to_str().ok())
         .find(|p| p.split('.').count() == 3)
         .map(str::to_owned);
-    let Some(token) = from_protocol
-        .clone()
-        .or_else(|| bearer_token(&request_headers))
-    else {
-        return unauthorized("a participant token is required as the WebSocket subprotocol");
-    };
-    let subscription = match live
-        .open_events(token, topic, user_agent(&request_headers))
-        .await
-    {
-        Ok(s) => s,
-        Err(refusal) => return refused("events", refusal),
-    };
-    count("events", "accepted");
     let mut upgrade = upgrade.max_message_size(MAX_EVENTS_MESSAGE_BYTES);
-    if let Some(protocol) = from_protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+    if let Some(protocol) = from_protocol
+        .as_deref()
+        .and_then(|p| HeaderValue::from_str(p).ok())
+    {
         upgrade.set_selected_protocol(protocol);
     }
-    upgrade.on_upgrade(move |socket| run_events_socket(socket, subscription))
+    let outcome = match from_protocol.or_else(|| bearer_token(&request_headers)) {
+        None => Err(None),
+        Some(token) => live
+            .open_events(token, stage_id, user_agent(&request_headers))
+            .await
+            .map_err(Some),
+    };
+    match outcome {
+        Ok(subscription) => {
+            count("events", "accepted");
+            upgrade.on_upgrade(move |socket| run_events_socket(socket, subscription))
+        }
+        Err(refusal) if errors_over_ws => {
+            let status = refusal.as_ref().map_or(401, Refusal::http_status);
+            count("events", &status.to_string());
+            let message = join_error_message(refusal.as_ref());
+            upgrade.on_upgrade(move |mut socket| async move {
+                let _ = socket.send(Message::Text(message.into())).await;
+                let frame = CloseFrame {
+                    code: 4000 + status,
+                    reason: "join refused".into(),
+                };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+            })
+        }
+        Err(None) => unauthorized("a participant token is required as the WebSocket subprotocol"),
+        Err(Some(refusal)) => refused("events", refusal),
+    }
+}
+
+/// `{"type":"aws:ivs:JOIN_ERROR","code":<HTTP status of the refusal>,"errorCode":…,"message":…,"fatal":true}`
+fn join_error_message(refusal: Option<&Refusal>) -> String {
+    let (code, error_code, message) = match refusal {
+        Some(r) => (r.http_status(), r.error_code().as_str(), r.message.as_str()),
+        None => (
+            401,
+            "INVALID_INPUT",
+            "a participant token is required as the WebSocket subprotocol",
+        ),
+    };
+    json!({
+        "type": "aws:ivs:JOIN_ERROR",
+        "code": code,
+        "errorCode": error_code,
+        "message": message,
+        "fatal": true,
+    })
+    .to_string()
+}
+
+/// What a client sends on the events socket.
+enum ClientMessage {
+    Ping,
+    SetState {
+        audio_muted: bool,
+        video_stopped: bool,
+    },
+    ExchangeToken(String),
+    /// Something else: ignored (clients may send types this server does not know).
+    Other,
+}
+
+/// Reads a client message; a known type with a bad member is an error naming it.
+fn client_message(text: &str) -> Result<ClientMessage, String> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|_| "the message is not a JSON object".to_owned())?;
+    let boolean = |name: &str| match value.get(name) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(format!("SET_STATE: {name} must be true or false")),
+    };
+    match value.get("type").and_then(Value::as_str) {
+        Some("PING") => Ok(ClientMessage::Ping),
+        Some("SET_STATE") => Ok(ClientMessage::SetState {
+            audio_muted: boolean("audioMuted")?,
+            video_stopped: boolean("videoStopped")?,
+        }),
+        Some("EXCHANGE_TOKEN") => match value.get("token").and_then(Value::as_str) {
+            Some(token) if !token.is_empty() => Ok(ClientMessage::ExchangeToken(token.to_owned())),
+            _ => Err("EXCHANGE_TOKEN: token must be a participant token".to_owned()),
+        },
+        _ => Ok(ClientMessage::Other),
+    }
 }
 
 /// Speaks to one events socket until either side ends it. Dropping the
 /// subscription at the end closes the connection on the stage.
 async fn run_events_socket(mut socket: WebSocket, mut subscription: EventsSubscription) {
+    let mut sequence: u64 = 0;
     let current = subscription.states().borrow_and_update().clone();
+    sequence += 1;
     if socket
-        .send(Message::Text(stage_state_message(&current).into()))
+        .send(Message::Text(
+            stage_state_numbered(&current, sequence).into(),
+        ))
         .await
         .is_err()
     {
@@ -164,12 +333,21 @@ async fn run_events_socket(mut socket: WebSocket, mut subscription: EventsSubscr
         tokio::select! {
             update = subscription.next_update() => match update {
                 EventsUpdate::State(state) => {
-                    if socket.send(Message::Text(stage_state_message(&state).into())).await.is_err() {
+                    sequence += 1;
+                    if socket.send(Message::Text(stage_state_numbered(&state, sequence).into())).await.is_err() {
                         break;
                     }
                 }
                 EventsUpdate::Closed(why) => {
-                    let _ = socket.send(Message::Close(Some(close_frame(&why)))).await;
+                    let (frame, name) = close_frame(&why);
+                    let goodbye = json!({
+                        "type": "aws:ivs:DISCONNECT",
+                        "code": frame.code,
+                        "reason": name,
+                        "message": frame.reason.as_str(),
+                    });
+                    let _ = socket.send(Message::Text(goodbye.to_string().into())).await;
+                    let _ = socket.send(Message::Close(Some(frame))).await;
                     break;
                 }
             },
@@ -177,7 +355,22 @@ async fn run_events_socket(mut socket: WebSocket, mut subscription: EventsSubscr
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
                 Some(Ok(Message::Text(text))) => {
                     last_heard = Instant::now();
-                    if is_ping(text.as_str()) && socket.send(Message::Text(r#"{"type":"PONG"}"#.into())).await.is_err() {
+                    let reply = match client_message(text.as_str()) {
+                        Ok(ClientMessage::Ping) => Some(r#"{"type":"PONG"}"#.to_owned()),
+                        Ok(ClientMessage::SetState { audio_muted, video_stopped }) => {
+                            subscription.set_client_state(audio_muted, video_stopped).await;
+                            None
+                        }
+                        Ok(ClientMessage::ExchangeToken(token)) => {
+                            Some(match subscription.exchange_token(token).await {
+                                Ok(()) => json!({"type": "TOKEN_EXCHANGED"}).to_string(),
+                                Err(e) => json!({"type": "aws:ivs:EXCHANGE_TOKEN_ERROR", "message": e.to_string()}).to_string(),
+                            })
+                        }
+                        Ok(ClientMessage::Other) => None,
+                        Err(message) => Some(json!({"type": "ERROR", "message": message}).to_string()),
+                    };
+                    if let Some(reply) = reply && socket.send(Message::Text(reply.into())).await.is_err() {
                         break;
                     }
                 }
@@ -197,54 +390,105 @@ async fn run_events_socket(mut socket: WebSocket, mut subscription: EventsSubscr
     }
 }
 
-/// `{"type":"STAGE_STATE","payload":{"stageId":…,"participants":[{"id","userId","attributes","isPublishing"}]}}`
+/// `{"type":"STAGE_STATE","payload":{"sequenceNumber":n,"stageId":…,"participants":[{"id","userId","attributes","isPublishing","audioMuted","videoStopped"}]}}`.
+/// Everything after the sequence number is rendered once per state and shared by
+/// every socket; each socket only writes its own prefix before it.
+pub fn stage_state_numbered(state: &StageState, sequence: u64) -> String {
+    const PREFIX: &str = r#"{"type":"STAGE_STATE","payload":{"sequenceNumber":"#;
+    let rest = state.rendered.get_or_render(|| stage_state_rest(state));
+    let mut message = String::with_capacity(PREFIX.len() + 21 + rest.len());
+    message.push_str(PREFIX);
+    message.push_str(&sequence.to_string());
+    message.push(',');
+    message.push_str(&rest);
+    message
+}
+
+/// A STAGE_STATE without a sequence number (for tools and tests).
 pub fn stage_state_message(state: &StageState) -> String {
-    let participants: Vec<Value> = state
-        .participants
-        .iter()
-        .map(|p| {
-            json!({
-                "id": p.id,
-                "userId": p.user_id,
-                "attributes": p.attributes,
-                "isPublishing": p.is_publishing,
+    let rest = state.rendered.get_or_render(|| stage_state_rest(state));
+    format!(r#"{{"type":"STAGE_STATE","payload":{{{rest}"#)
+}
+
+/// `"stageId":…,"participants":[…]}}`: the payload's members after the sequence
+/// number, closing the payload and the message.
+fn stage_state_rest(state: &StageState) -> String {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Participant<'a> {
+        id: &'a str,
+        user_id: Option<&'a str>,
+        attributes: &'a onstage_stage::model::Attributes,
+        is_publishing: bool,
+        audio_muted: bool,
+        video_stopped: bool,
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Payload<'a> {
+        stage_id: &'a str,
+        participants: Vec<Participant<'a>>,
+    }
+    let payload = Payload {
+        stage_id: &state.stage_id,
+        participants: state
+            .participants
+            .iter()
+            .map(|p| Participant {
+                id: &p.id,
+                user_id: p.user_id.as_deref(),
+                attributes: &p.attributes,
+                is_publishing: p.is_publishing,
+                audio_muted: p.audio_muted,
+                video_stopped: p.video_stopped,
             })
-        })
-        .collect();
-    json!({
-        "type": "STAGE_STATE",
-        "payload": { "stageId": state.stage_id, "participants": participants },
-    })
-    .to_string()
+            .collect(),
+    };
+    let object = serde_json::to_string(&payload).unwrap_or_else(|_| "{}".to_owned());
+    // `{"stageId":…}` → `"stageId":…}}`
+    let mut rest = object.get(1..).unwrap_or("}").to_owned();
+    rest.push('}');
+    rest
 }
 
-fn is_ping(text: &str) -> bool {
-    serde_json::from_str::<Value>(text)
-        .is_ok_and(|v| v.get("type").and_then(Value::as_str) == Some("PING"))
-}
-
-/// Close codes of the events socket: 4001 replaced by a newer socket, 4003
-/// disconnected by DisconnectParticipant (reason as given), 4004 stage deleted,
-/// 4008 idle, 1001 server shutting down.
-fn close_frame(why: &EventsClose) -> CloseFrame {
-    let (code, reason) = match why {
-        EventsClose::Replaced => (4001, "replaced by a newer connection".to_owned()),
+/// Close codes of the events socket and the reason named in `aws:ivs:DISCONNECT`:
+/// 4001 replaced by a newer socket, 4003 DisconnectParticipant (its reason as the
+/// close reason), 4004 stage deleted, 4005 token revoked, 4008 idle, 1001 server
+/// shutting down.
+fn close_frame(why: &EventsClose) -> (CloseFrame, &'static str) {
+    let (code, name, reason) = match why {
+        EventsClose::Replaced => (
+            4001,
+            "REPLACED",
+            "replaced by a newer connection".to_owned(),
+        ),
         EventsClose::Disconnected(reason) => (
             4003,
+            "PARTICIPANT_DISCONNECTED",
             reason.clone().unwrap_or_else(|| "disconnected".to_owned()),
         ),
-        EventsClose::StageDeleted => (4004, "the stage was deleted".to_owned()),
-        EventsClose::ServerShutdown => (1001, "the server is shutting down".to_owned()),
+        EventsClose::StageDeleted => (4004, "STAGE_DELETED", "the stage was deleted".to_owned()),
+        EventsClose::TokenRevoked => (
+            4005,
+            "TOKEN_REVOKED",
+            "the participant token was revoked".to_owned(),
+        ),
+        EventsClose::ServerShutdown => (
+            1001,
+            "SERVER_SHUTDOWN",
+            "the server is shutting down".to_owned(),
+        ),
     };
     // A close reason is at most 123 bytes.
     let mut end = reason.len().min(123);
     while !reason.is_char_boundary(end) {
         end -= 1;
     }
-    CloseFrame {
+    let frame = CloseFrame {
         code,
         reason: reason[..end].to_owned().into(),
-    }
+    };
+    (frame, name)
 }
 
 // ----- HTTP plumbing ----------------------------------------------------------

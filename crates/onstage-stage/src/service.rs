@@ -171,6 +171,9 @@ pub trait LiveStages: Send + Sync {
         participant_id: &str,
         reason: Option<&str>,
     ) -> Result<bool, DomainError>;
+    /// RevokeConnectionToken: ends at once every connection made with a token of the
+    /// account whose id is `token_id` (the store already refuses it from now on).
+    async fn revoke_token(&self, account: &Account, token_id: &str) -> Result<(), DomainError>;
     /// Disconnects everyone in a stage that is about to be deleted, and refuses new
     /// connections to it until [`LiveStages::stage_deletion_finished`].
     async fn stage_deletion_started(&self, stage: &Arn);
@@ -978,6 +981,24 @@ impl ControlPlane {
                 "participant {participant_id} is not connected to stage {arn}"
             )))
         }
+    }
+
+    /// RevokeConnectionToken: tokens of the account with this id (`jti`) issued up
+    /// to now can no longer connect to any stage — also after a restart — and every
+    /// connection made with one ends at once. Unknown ids succeed too (the model
+    /// has no ResourceNotFound here).
+    pub async fn revoke_connection_token(
+        &self,
+        account: &Account,
+        token_id: &str,
+    ) -> Result<(), DomainError> {
+        self.store
+            .revoke_token(account, token_id, crate::time_fmt::now_millis())
+            .await?;
+        if let Some(live) = self.live() {
+            live.revoke_token(account, token_id).await?;
+        }
+        Ok(())
     }
 
     // ----- participant replication ---------------------------------------------

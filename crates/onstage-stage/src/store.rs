@@ -225,6 +225,20 @@ pub trait Store: Send + Sync + 'static {
         stage: &Arn,
         participant_id: &str,
     ) -> Result<bool, StoreError>;
+    /// RevokeConnectionToken: tokens of the account with this id (`jti`) issued at
+    /// or before `at` may no longer connect. Revoking again moves the time on.
+    async fn revoke_token(
+        &self,
+        account: &Account,
+        token_id: &str,
+        at: UnixMillis,
+    ) -> Result<(), StoreError>;
+    /// When tokens of the account with this id were last revoked, if ever.
+    async fn token_revoked_at(
+        &self,
+        account: &Account,
+        token_id: &str,
+    ) -> Result<Option<UnixMillis>, StoreError>;
     /// At start-up: whatever a previous process left running is over. Ends running
     /// sessions at `at`, marks their connected participants DISCONNECTED with a
     /// `LEFT` event, and stops active replications.

@@ -4,7 +4,7 @@
 //! and the clean-up of what a previous process left running.
 
 use onstage_stage::StoreError;
-use onstage_stage::ids::Arn;
+use onstage_stage::ids::{Account, Arn};
 use onstage_stage::model::{EventName, Participant, ParticipantEvent, ParticipantState};
 use onstage_stage::store::{InterruptedSessions, LiveWrite};
 use onstage_stage::time_fmt::UnixMillis;
@@ -248,6 +248,43 @@ pub(crate) async fn is_revoked(
         .fetch_one(reader)
         .await
         .map_err(backend)
+}
+
+/// RevokeConnectionToken: a later revocation of the same id moves its time on.
+pub(crate) async fn revoke_token(
+    writer: &SqlitePool,
+    account: &Account,
+    token_id: &str,
+    at: UnixMillis,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO revoked_tokens (account_id, region, token_id, revoked_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (account_id, region, token_id) DO UPDATE SET revoked_at = max(revoked_at, excluded.revoked_at)",
+    )
+    .bind(&account.id)
+    .bind(&account.region)
+    .bind(token_id)
+    .bind(at)
+    .execute(writer)
+    .await
+    .map_err(backend)?;
+    Ok(())
+}
+
+pub(crate) async fn token_revoked_at(
+    reader: &SqlitePool,
+    account: &Account,
+    token_id: &str,
+) -> Result<Option<UnixMillis>, StoreError> {
+    sqlx::query_scalar(
+        "SELECT revoked_at FROM revoked_tokens WHERE account_id = ?1 AND region = ?2 AND token_id = ?3",
+    )
+    .bind(&account.id)
+    .bind(&account.region)
+    .bind(token_id)
+    .fetch_optional(reader)
+    .await
+    .map_err(backend)
 }
 
 /// Nobody is connected when a process starts: every participant still marked

@@ -58,6 +58,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "replication",
         include_str!("../migrations/0003_replication.sql"),
     ),
+    (
+        4,
+        "token revocations",
+        include_str!("../migrations/0004_token_revocations.sql"),
+    ),
 ];
 
 /// The [`Store`] on SQLite. Cheap to clone: clones share the pools.
@@ -305,6 +310,23 @@ impl Store for SqliteStore {
         at: UnixMillis,
     ) -> Result<InterruptedSessions, StoreError> {
         live_writes::close_interrupted(&self.writer, at).await
+    }
+
+    async fn revoke_token(
+        &self,
+        account: &Account,
+        token_id: &str,
+        at: UnixMillis,
+    ) -> Result<(), StoreError> {
+        live_writes::revoke_token(&self.writer, account, token_id, at).await
+    }
+
+    async fn token_revoked_at(
+        &self,
+        account: &Account,
+        token_id: &str,
+    ) -> Result<Option<UnixMillis>, StoreError> {
+        live_writes::token_revoked_at(&self.reader, account, token_id).await
     }
 }
 

@@ -62,6 +62,8 @@ pub enum EventsClose {
     Replaced,
     /// DisconnectParticipant, with its reason.
     Disconnected(Option<String>),
+    /// RevokeConnectionToken revoked the token the socket was opened with.
+    TokenRevoked,
     /// The stage was deleted.
     StageDeleted,
     /// The server is shutting down.
@@ -216,6 +218,9 @@ struct OnStage {
     events: Option<ConnectionId>,
     /// Set for a replica of another stage's participant (it holds no connection).
     replica: Option<ReplicaOf>,
+    /// What its client last said about its media (`SET_STATE`).
+    audio_muted: bool,
+    video_stopped: bool,
 }
 
 impl OnStage {
@@ -477,8 +482,11 @@ impl StageMachine {
                     user_id: p.user_id.clone(),
                     attributes: p.attributes.clone(),
                     is_publishing: p.source().is_some(),
+                    audio_muted: p.audio_muted,
+                    video_stopped: p.video_stopped,
                 })
                 .collect(),
+            rendered: Default::default(),
         }
     }
 
@@ -812,6 +820,76 @@ impl StageMachine {
         Some(fx)
     }
 
+    /// RevokeConnectionToken: the participant's connections end at once and it
+    /// leaves, recorded as DisconnectParticipant records it, and its replications
+    /// out of this stage stop — but its id is not revoked on the stage (a token with
+    /// the same id issued later may connect). Replicas hold no token: `None` for
+    /// them, as for a participant that is not here.
+    pub fn token_revoked(&mut self, participant_id: &str, now: UnixMillis) -> Option<Effects> {
+        let pid = participant_id;
+        if self.is_replica(pid)
+            || (!self.participants.contains_key(pid) && !self.replicated.contains_key(pid))
+        {
+            return None;
+        }
+        let mut fx = Effects::default();
+        self.stop_all_replications(pid, stop_reason::SOURCE_DISCONNECTED, now, &mut fx);
+        if self.participants.contains_key(pid) {
+            self.end_all_connections(pid, EventsClose::TokenRevoked, now, &mut fx);
+        }
+        Some(fx)
+    }
+
+    /// `SET_STATE` from the participant's client: whether its audio is muted and its
+    /// video stopped. Only STAGE_STATE changes; nothing is written. `false` when
+    /// nothing changed (or the participant is not here).
+    pub fn client_state(
+        &mut self,
+        participant_id: &str,
+        audio_muted: bool,
+        video_stopped: bool,
+    ) -> bool {
+        match self.participants.get_mut(participant_id) {
+            Some(p) if p.audio_muted != audio_muted || p.video_stopped != video_stopped => {
+                p.audio_muted = audio_muted;
+                p.video_stopped = video_stopped;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Token exchange: the participant now holds `joiner`'s token (same participant
+    /// id and stage; the driver has checked what may not change). Its attributes are
+    /// the new token's at once (`TOKEN_EXCHANGED` and the record), and a capability it
+    /// lost ends what needed it: its publish without PUBLISH, its subscribes without
+    /// SUBSCRIBE. `None` when the participant is not here.
+    pub fn token_exchanged(&mut self, joiner: &Joiner, now: UnixMillis) -> Option<Effects> {
+        let pid = joiner.participant_id.as_str();
+        let session_id = self.session.clone()?;
+        let p = self.participants.get_mut(pid)?;
+        p.attributes.clone_from(&joiner.attributes);
+        let mut fx = Effects::default();
+        fx.writes
+            .push(self.append(&session_id, pid, EventName::TokenExchanged, None, now));
+        if !joiner.capabilities.allow_publish {
+            self.stop_publishing(pid, now, &mut fx);
+        }
+        if !joiner.capabilities.allow_subscribe {
+            let publishers: Vec<String> = self
+                .participants
+                .get(pid)
+                .map(|p| p.subscriptions.keys().cloned().collect())
+                .unwrap_or_default();
+            for publisher in publishers {
+                self.stop_subscription(pid, &publisher, true, now, &mut fx);
+            }
+        }
+        self.write_participant(pid, &session_id, ParticipantState::Connected, &mut fx);
+        self.leave_if_unconnected(pid, now, &mut fx);
+        Some(fx)
+    }
+
     /// The stage is being deleted (or the server stops): every replication into or
     /// out of it stops, everyone leaves, the session ends, and with
     /// `refuse_from_now` every later connection is refused.
@@ -879,6 +957,8 @@ impl StageMachine {
                     source_stage: replica.source_stage,
                     source_session: replica.source_session,
                 }),
+                audio_muted: false,
+                video_stopped: false,
             },
         );
         self.write_participant(&pid, &session_id, ParticipantState::Connected, &mut fx);
@@ -1072,6 +1152,8 @@ impl StageMachine {
                         subscriptions: BTreeMap::new(),
                         events: None,
                         replica: None,
+                        audio_muted: false,
+                        video_stopped: false,
                     },
                 );
                 self.write_participant(pid, &session_id, ParticipantState::Connected, fx);

@@ -77,6 +77,10 @@ pub enum RefusalKind {
     Token(TokenRejection),
     /// DisconnectParticipant removed this participant id from the stage.
     Revoked,
+    /// RevokeConnectionToken revoked the token.
+    TokenRevoked,
+    /// A publish URL names another participant id than the token's.
+    WrongParticipantId,
     /// The token does not grant what the connection needs.
     MissingCapability,
     /// 13th publisher, or the subscriber limit.
@@ -141,9 +145,11 @@ impl Refusal {
     pub fn http_status(&self) -> u16 {
         match self.kind {
             RefusalKind::Token(_) => TokenRejection::HTTP_STATUS,
-            RefusalKind::Revoked | RefusalKind::MissingCapability | RefusalKind::QuotaExceeded => {
-                403
-            }
+            RefusalKind::Revoked
+            | RefusalKind::TokenRevoked
+            | RefusalKind::WrongParticipantId
+            | RefusalKind::MissingCapability
+            | RefusalKind::QuotaExceeded => 403,
             RefusalKind::PublisherNotFound => 404,
             RefusalKind::ReplicaIdInUse => 409,
             RefusalKind::InvalidOffer
@@ -157,9 +163,10 @@ impl Refusal {
     pub fn error_code(&self) -> EventErrorCode {
         match &self.kind {
             RefusalKind::Token(rejection) => rejection.error_code(),
-            RefusalKind::Revoked | RefusalKind::MissingCapability => {
+            RefusalKind::Revoked | RefusalKind::TokenRevoked | RefusalKind::MissingCapability => {
                 EventErrorCode::InsufficientCapabilities
             }
+            RefusalKind::WrongParticipantId => EventErrorCode::InvalidInput,
             RefusalKind::QuotaExceeded => EventErrorCode::QuotaExceeded,
             RefusalKind::PublisherNotFound => EventErrorCode::PublisherNotFound,
             RefusalKind::InvalidOffer | RefusalKind::ReplicaIdInUse => EventErrorCode::InvalidInput,
@@ -174,7 +181,13 @@ impl Refusal {
     /// subscribe it was for.
     pub fn event_name(&self, action: Action) -> EventName {
         match (&self.kind, action) {
-            (RefusalKind::Token(_) | RefusalKind::Revoked | RefusalKind::ReplicaIdInUse, _)
+            (
+                RefusalKind::Token(_)
+                | RefusalKind::Revoked
+                | RefusalKind::TokenRevoked
+                | RefusalKind::ReplicaIdInUse,
+                _,
+            )
             | (_, Action::Events) => EventName::JoinError,
             (_, Action::Publish) => EventName::PublishError,
             (_, Action::Subscribe) => EventName::SubscribeError,
@@ -182,12 +195,31 @@ impl Refusal {
     }
 }
 
-/// What the stage-events socket sends as `STAGE_STATE`: who is on the stage and who
-/// publishes, in the order they joined.
+/// Why an `EXCHANGE_TOKEN` was not accepted; the socket stays open with the token
+/// it held.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExchangeRefusal {
+    /// The new token does not authenticate its holder for the stage (or is revoked).
+    #[error("{0}")]
+    Refused(Refusal),
+    /// Only tokens signed with one of the account's public keys may be exchanged.
+    #[error("token exchange needs a token signed with an imported public key")]
+    NotSelfSigned,
+    /// A claim that must stay the same changed.
+    #[error("the new token's {0} differs from the current token's")]
+    Changed(&'static str),
+}
+
+/// What the stage-events socket sends as `STAGE_STATE`: who is on the stage, who
+/// publishes and what each said about its own media (`SET_STATE`), in the order they
+/// joined. One value per change, shared by every socket of the stage.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StageState {
     pub stage_id: String,
     pub participants: Vec<StageStateParticipant>,
+    /// The wire form of this state, made once by whoever serves it (the first
+    /// socket to send it) and shared by every other socket.
+    pub rendered: Rendered,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,4 +228,43 @@ pub struct StageStateParticipant {
     pub user_id: Option<String>,
     pub attributes: Attributes,
     pub is_publishing: bool,
+    /// As the participant's client last said (`SET_STATE`); `false` until it does.
+    pub audio_muted: bool,
+    pub video_stopped: bool,
+}
+
+/// A value's wire form, made at most once. It is a cache: two states are equal
+/// whatever their caches hold, and a clone starts empty.
+#[derive(Default)]
+pub struct Rendered(std::sync::OnceLock<std::sync::Arc<str>>);
+
+impl Rendered {
+    /// The wire form, made by `render` the first time it is asked for.
+    pub fn get_or_render(&self, render: impl FnOnce() -> String) -> std::sync::Arc<str> {
+        self.0.get_or_init(|| render().into()).clone()
+    }
+}
+
+impl Clone for Rendered {
+    fn clone(&self) -> Self {
+        Rendered::default()
+    }
+}
+
+impl PartialEq for Rendered {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Rendered {}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Rendered(..)"
+        } else {
+            "Rendered(empty)"
+        })
+    }
 }

@@ -30,13 +30,14 @@ use rand::distr::Alphanumeric;
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot, watch};
 
 use crate::error::{DomainError, StoreError};
-use crate::ids::Arn;
+use crate::ids::{Account, Arn};
 use crate::media::{CloseCause, MediaPlane, MediaSignal, PeerId};
 use crate::service::{
     ControlPlane, LiveStages, ReplicationStart, TokenVerificationError, VerifiedToken,
 };
 use crate::store::LiveWrite;
 use crate::time_fmt::{UnixMillis, now_millis};
+use crate::token::{ParticipantClaims, TokenIssuer};
 
 use super::client;
 use super::machine::{
@@ -45,8 +46,8 @@ use super::machine::{
 };
 use super::replication::{FeedOrigin, LocalReplicaFeeds, ReplicaFeeds};
 use super::{
-    Action, DEFAULT_MAX_SUBSCRIBERS_PER_STAGE, Joiner, MAX_PUBLISHERS_PER_STAGE, Refusal,
-    StageState,
+    Action, DEFAULT_MAX_SUBSCRIBERS_PER_STAGE, ExchangeRefusal, Joiner, MAX_PUBLISHERS_PER_STAGE,
+    Refusal, RefusalKind, StageState,
 };
 
 /// How long the close of a peer the live plane has not registered yet is remembered
@@ -88,6 +89,9 @@ pub struct Accepted {
 /// request to close the socket. Dropping it closes the connection on the stage.
 pub struct EventsSubscription {
     participant_id: String,
+    /// The claims of the token the socket holds now (the one it was opened with, or
+    /// the last one exchanged for it).
+    claims: ParticipantClaims,
     states: watch::Receiver<Arc<StageState>>,
     closed: oneshot::Receiver<EventsClose>,
     /// Why the server closed the socket, once it has (the receiver is spent then).
@@ -98,6 +102,39 @@ pub struct EventsSubscription {
 impl EventsSubscription {
     pub fn participant_id(&self) -> &str {
         &self.participant_id
+    }
+
+    /// `SET_STATE` from the client: its audio muted, its video stopped. Announced
+    /// to the stage in the next STAGE_STATE (not recorded in the store).
+    pub async fn set_client_state(&self, audio_muted: bool, video_stopped: bool) {
+        let Some(plane) = self._registration.plane.upgrade() else {
+            return;
+        };
+        let (stage, pid) = (
+            self._registration.stage.clone(),
+            self.participant_id.clone(),
+        );
+        let _ = tokio::spawn(async move {
+            plane
+                .client_state(&stage, &pid, audio_muted, video_stopped)
+                .await;
+        })
+        .await;
+    }
+
+    /// `EXCHANGE_TOKEN`: the participant now holds `token`, which must be signed
+    /// with one of the stage's account's public keys and name the same participant,
+    /// stage and endpoints. Its attributes and capabilities apply at once.
+    pub async fn exchange_token(&mut self, token: String) -> Result<(), ExchangeRefusal> {
+        let plane = self._registration.plane.upgrade().ok_or_else(|| {
+            ExchangeRefusal::Refused(Refusal::internal("the live plane has stopped"))
+        })?;
+        let (stage, current) = (self._registration.stage.clone(), self.claims.clone());
+        let claims = tokio::spawn(async move { plane.exchange(&stage, &current, &token).await })
+            .await
+            .map_err(|_| ExchangeRefusal::Refused(Refusal::internal("internal error")))??;
+        self.claims = claims;
+        Ok(())
     }
 
     /// The stage's state: `borrow_and_update` for the current one, `changed` to wait
@@ -350,6 +387,31 @@ impl LivePlane {
         .await
     }
 
+    /// WHIP publish at `{whip}/publish/{participantId}`: as [`LivePlane::publish`],
+    /// and the path's participant id must be the token's (`jti`).
+    pub async fn publish_as(
+        &self,
+        token: String,
+        participant_id: String,
+        offer_sdp: String,
+        user_agent: Option<String>,
+    ) -> Result<Accepted, Refusal> {
+        let plane = self.arc()?;
+        run_detached(async move {
+            plane
+                .connect_media_as(
+                    token,
+                    Action::Publish,
+                    None,
+                    Some(participant_id),
+                    offer_sdp,
+                    user_agent,
+                )
+                .await
+        })
+        .await
+    }
+
     /// `DELETE` on a WHIP resource: ends that publish or subscribe. `false` when
     /// there is no such resource (any more).
     pub async fn end_connection(&self, resource_id: &str) -> bool {
@@ -435,20 +497,57 @@ impl LivePlane {
         offer_sdp: String,
         user_agent: Option<String>,
     ) -> Result<Accepted, Refusal> {
+        self.connect_media_as(token, action, publisher, None, offer_sdp, user_agent)
+            .await
+    }
+
+    /// `path_participant`: the participant id a publish URL names, which must be
+    /// the token's.
+    async fn connect_media_as(
+        self: Arc<Self>,
+        token: String,
+        action: Action,
+        publisher: Option<String>,
+        path_participant: Option<String>,
+        offer_sdp: String,
+        user_agent: Option<String>,
+    ) -> Result<Accepted, Refusal> {
         let verified = self.verify(&token, None, action).await?;
         let joiner = joiner(&verified, user_agent.as_deref());
         let stage = verified.stage.arn;
         let (slot, mut inner) = self.lock_stage(&stage).await;
-        let result = self
-            .connect_media_locked(
-                &slot,
-                &mut inner,
-                &joiner,
-                action,
-                publisher.as_deref(),
-                offer_sdp,
-            )
-            .await;
+        let result = match path_participant {
+            Some(id) if id != joiner.participant_id => {
+                let refusal = Refusal::new(
+                    RefusalKind::WrongParticipantId,
+                    format!(
+                        "the URL names participant {id}, the token participant {}",
+                        joiner.participant_id
+                    ),
+                );
+                Err(self
+                    .refuse_locked(
+                        &slot,
+                        &mut inner,
+                        &joiner.participant_id,
+                        action,
+                        None,
+                        refusal,
+                    )
+                    .await)
+            }
+            _ => {
+                self.connect_media_locked(
+                    &slot,
+                    &mut inner,
+                    (&joiner, verified.claims.iat),
+                    action,
+                    publisher.as_deref(),
+                    offer_sdp,
+                )
+                .await
+            }
+        };
         self.release(&stage, &slot, inner).await;
         result.map(|accepted| Accepted {
             whip_endpoint: verified.stage.endpoints.whip,
@@ -460,12 +559,15 @@ impl LivePlane {
         &self,
         slot: &StageSlot,
         inner: &mut StageInner,
-        joiner: &Joiner,
+        // The verified token's participant, and its `iat`.
+        (joiner, issued_at): (&Joiner, i64),
         action: Action,
         publisher: Option<&str>,
         offer_sdp: String,
     ) -> Result<Accepted, Refusal> {
-        let admission = self.admit(inner, joiner, action, publisher).await;
+        let admission = self
+            .admit(inner, joiner, issued_at, action, publisher)
+            .await;
         let admission = match admission {
             Ok(a) => a,
             Err(refusal) => {
@@ -576,7 +678,15 @@ impl LivePlane {
         let joiner = joiner(&verified, user_agent.as_deref());
         let stage = verified.stage.arn;
         let (slot, mut inner) = self.lock_stage(&stage).await;
-        let admitted = self.admit(&mut inner, &joiner, Action::Events, None).await;
+        let admitted = self
+            .admit(
+                &mut inner,
+                &joiner,
+                verified.claims.iat,
+                Action::Events,
+                None,
+            )
+            .await;
         if let Err(refusal) = admitted {
             let refusal = self
                 .refuse_locked(
@@ -600,6 +710,7 @@ impl LivePlane {
         self.release(&stage, &slot, inner).await;
         Ok(EventsSubscription {
             participant_id: joiner.participant_id,
+            claims: verified.claims,
             states,
             closed,
             close_reason: None,
@@ -621,15 +732,19 @@ impl LivePlane {
         self.release(stage, &slot, inner).await;
     }
 
-    /// The revocation check needs the store; it runs under the stage's lock so a
-    /// DisconnectParticipant cannot slip between it and the join.
+    /// The revocation checks need the store; they run under the stage's lock so a
+    /// DisconnectParticipant or RevokeConnectionToken cannot slip between them and
+    /// the join. `issued_at` is the token's `iat`.
     async fn admit(
         &self,
         inner: &mut StageInner,
         joiner: &Joiner,
+        issued_at: i64,
         action: Action,
         publisher: Option<&str>,
     ) -> Result<Admission, Refusal> {
+        self.check_token_revoked(inner.machine.stage(), &joiner.participant_id, issued_at)
+            .await?;
         let revoked = self
             .control
             .store()
@@ -640,6 +755,98 @@ impl LivePlane {
                 Refusal::internal("internal error")
             })?;
         inner.machine.admit(joiner, action, publisher, revoked)
+    }
+
+    /// Refuses a token RevokeConnectionToken revoked: one of the stage's account with
+    /// the same id, issued at or before the revocation (in whole seconds, as `iat`).
+    async fn check_token_revoked(
+        &self,
+        stage: &Arn,
+        token_id: &str,
+        issued_at: i64,
+    ) -> Result<(), Refusal> {
+        let account = Account {
+            id: stage.account.clone(),
+            region: stage.region.clone(),
+        };
+        let revoked_at = self
+            .control
+            .store()
+            .token_revoked_at(&account, token_id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not check token revocations");
+                Refusal::internal("internal error")
+            })?;
+        match revoked_at {
+            Some(at) if issued_at <= at / 1000 => Err(Refusal::new(
+                RefusalKind::TokenRevoked,
+                format!("token {token_id} was revoked (RevokeConnectionToken)"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// `SET_STATE` of a participant's client; a change goes out in STAGE_STATE.
+    async fn client_state(&self, stage: &Arn, pid: &str, audio_muted: bool, video_stopped: bool) {
+        let Some((slot, mut inner)) = self.lock_existing_stage(stage).await else {
+            return;
+        };
+        if inner.machine.client_state(pid, audio_muted, video_stopped) {
+            let _ = self.execute(&slot, &mut inner, Effects::default()).await;
+        }
+        self.release(stage, &slot, inner).await;
+    }
+
+    /// Token exchange on an events socket of `stage` holding `current`: checks the
+    /// new token and what may not change, then applies it. Returns the new claims.
+    async fn exchange(
+        &self,
+        stage: &Arn,
+        current: &ParticipantClaims,
+        token: &str,
+    ) -> Result<ParticipantClaims, ExchangeRefusal> {
+        let verified = self
+            .verify(token, Some(&stage.id), Action::Events)
+            .await
+            .map_err(ExchangeRefusal::Refused)?;
+        if !matches!(verified.issuer, TokenIssuer::PublicKey(_)) {
+            return Err(ExchangeRefusal::NotSelfSigned);
+        }
+        let new = &verified.claims;
+        let unchanged = [
+            ("jti", &current.jti, &new.jti),
+            ("topic", &current.topic, &new.topic),
+            ("resource", &current.resource, &new.resource),
+            ("whip_url", &current.whip_url, &new.whip_url),
+            ("events_url", &current.events_url, &new.events_url),
+        ];
+        if let Some((claim, _, _)) = unchanged.iter().find(|(_, a, b)| a != b) {
+            return Err(ExchangeRefusal::Changed(claim));
+        }
+        if current.user_id != new.user_id {
+            return Err(ExchangeRefusal::Changed("user_id"));
+        }
+        let joiner = joiner(&verified, None);
+        let Some((slot, mut inner)) = self.lock_existing_stage(stage).await else {
+            return Err(ExchangeRefusal::Refused(Refusal::internal(
+                "the participant is no longer on the stage",
+            )));
+        };
+        let outcome = match self.check_token_revoked(stage, &new.jti, new.iat).await {
+            Err(refusal) => Err(ExchangeRefusal::Refused(refusal)),
+            Ok(()) => match inner.machine.token_exchanged(&joiner, now_millis()) {
+                Some(fx) => {
+                    let _ = self.execute(&slot, &mut inner, fx).await;
+                    Ok(verified.claims)
+                }
+                None => Err(ExchangeRefusal::Refused(Refusal::internal(
+                    "the participant is no longer on the stage",
+                ))),
+            },
+        };
+        self.release(stage, &slot, inner).await;
+        outcome
     }
 
     /// Verifies a token; a rejected one is recorded as a `JOIN_ERROR` where the
@@ -1131,6 +1338,36 @@ impl LiveStages for LivePlane {
         })
         .await;
         outcome.map_err(|e| DomainError::Internal(format!("disconnecting failed: {e}")))?
+    }
+
+    async fn revoke_token(&self, account: &Account, token_id: &str) -> Result<(), DomainError> {
+        let plane = self
+            .me
+            .upgrade()
+            .ok_or_else(|| DomainError::Internal("the live plane has stopped".into()))?;
+        let stages: Vec<Arn> = lock(&self.stages)
+            .keys()
+            .filter(|arn| arn.is_in(account))
+            .cloned()
+            .collect();
+        let token_id = token_id.to_owned();
+        let outcome = tokio::spawn(async move {
+            let mut stored = Ok(());
+            for stage in stages {
+                let Some((slot, mut inner)) = plane.lock_existing_stage(&stage).await else {
+                    continue;
+                };
+                if let Some(fx) = inner.machine.token_revoked(&token_id, now_millis()) {
+                    tracing::info!(%stage, token = %token_id, "closing a revoked token's connections");
+                    let result = plane.execute(&slot, &mut inner, fx).await;
+                    stored = stored.and(result);
+                }
+                plane.release(&stage, &slot, inner).await;
+            }
+            stored.map_err(DomainError::from)
+        })
+        .await;
+        outcome.map_err(|e| DomainError::Internal(format!("revoking failed: {e}")))?
     }
 
     async fn stage_deletion_started(&self, stage: &Arn) {

@@ -50,6 +50,7 @@ struct Memory {
     secrets: BTreeMap<String, Vec<u8>>,
     live: Vec<(Arn, LiveWrite)>,
     revoked: HashSet<(String, String)>,
+    revoked_tokens: BTreeMap<(String, String, String), UnixMillis>,
     running: BTreeMap<String, String>,
     /// Replication rows: (source stage, participant, source session, destination,
     /// destination session, state, reason).
@@ -456,6 +457,37 @@ impl Store for MemoryStore {
             .unwrap()
             .revoked
             .contains(&(stage.to_string(), participant_id.to_owned())))
+    }
+
+    async fn revoke_token(
+        &self,
+        account: &Account,
+        token_id: &str,
+        at: UnixMillis,
+    ) -> Result<(), StoreError> {
+        let mut m = self.memory.lock().unwrap();
+        let key = (
+            account.id.clone(),
+            account.region.clone(),
+            token_id.to_owned(),
+        );
+        let entry = m.revoked_tokens.entry(key).or_insert(at);
+        *entry = (*entry).max(at);
+        Ok(())
+    }
+
+    async fn token_revoked_at(
+        &self,
+        account: &Account,
+        token_id: &str,
+    ) -> Result<Option<UnixMillis>, StoreError> {
+        let m = self.memory.lock().unwrap();
+        let key = (
+            account.id.clone(),
+            account.region.clone(),
+            token_id.to_owned(),
+        );
+        Ok(m.revoked_tokens.get(&key).copied())
     }
 
     async fn close_interrupted_sessions(
