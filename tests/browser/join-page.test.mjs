@@ -45,15 +45,17 @@ let browser;
 let context;
 let sfu;
 const participants = new Map(); // id -> { id, userId, attributes, isPublishing, source }
-const sockets = new Set();
+const sockets = new Map(); // socket -> the last sequence number it was sent
 const sessions = new Map(); // session key -> { publishes: bool, participantId }
-let refusePublish = null; // when set, POST /whip answers this { status, body }
+let refusePublish = null; // when set, POST /whip/publish/{id} answers this { status, body }
 let nextKey = 0;
 
 function broadcast() {
   const list = [...participants.values()].map(({ id, userId, attributes, isPublishing }) => ({ id, userId, attributes, isPublishing }));
-  const message = JSON.stringify({ type: 'STAGE_STATE', payload: { stageId: STAGE, participants: list } });
-  for (const ws of sockets) ws.send(message);
+  for (const [ws, sequence] of sockets) {
+    sockets.set(ws, sequence + 1);
+    ws.send(JSON.stringify({ type: 'STAGE_STATE', payload: { sequenceNumber: sequence + 1, stageId: STAGE, participants: list } }));
+  }
 }
 
 /** The scripted media plane: a page whose peer connections answer offers and forward tracks. */
@@ -102,7 +104,7 @@ async function answerHttp(route) {
     return reply(200, readFileSync(path.join(ASSETS, file[0])), { 'content-type': file[1] });
   }
   const participantId = jtiOf(request.headers().authorization);
-  if (request.method() === 'POST' && url.pathname === '/whip') {
+  if (request.method() === 'POST' && url.pathname === `/whip/publish/${participantId}`) {
     if (refusePublish) return reply(refusePublish.status, refusePublish.body, { 'content-type': 'text/plain; charset=utf-8' });
     const key = `session${++nextKey}`;
     const answer = await sfu.evaluate(([k, sdp]) => window.answer(k, sdp), [key, request.postData()]);
@@ -140,9 +142,9 @@ async function join(participantId, userId, capabilities) {
   const problems = watch(page, userId);
   const joined = { page, problems, socket: null };
   await page.route(`${ORIGIN}/**`, answerHttp);
-  await page.routeWebSocket(`ws://127.0.0.1:7799/events/${STAGE}`, (ws) => {
+  await page.routeWebSocket(new RegExp(`^ws://127\\.0\\.0\\.1:7799/events\\?.*topic=${STAGE}(/|%2F)publishers`), (ws) => {
     joined.socket = ws;
-    sockets.add(ws);
+    sockets.set(ws, 0);
     participants.set(participantId, { id: participantId, userId, attributes: {}, isPublishing: false });
     broadcast();
     ws.onMessage((m) => JSON.parse(m).type === 'PING' && ws.send('{"type":"PONG"}'));

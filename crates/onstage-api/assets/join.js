@@ -1,6 +1,9 @@
 // onstage join page: publishes the camera and microphone over WHIP, learns who is
 // on the stage from the events WebSocket, subscribes to every other publisher and
-// shows them live. Plain browser JavaScript, no build step.
+// shows them live. It speaks the forms IVS's client libraries use: publish at
+// `{whip_url}/publish/{jti}`, events at `{events_url}?topic={stage}/publishers`,
+// STAGE_STATEs taken only when their sequence number rises. Plain browser
+// JavaScript, no build step.
 //
 // State for tests and curious humans is kept on `window.onstage` (see `state`).
 'use strict';
@@ -17,6 +20,7 @@
     4001: 'This token joined the stage again from another tab or window',
     4003: 'You were removed from the stage',
     4004: 'The stage was deleted',
+    4005: 'This token was revoked',
   };
 
   const $ = (id) => document.getElementById(id);
@@ -33,6 +37,7 @@
     framesEncoded: 0,
     eventsConnected: false,
     participants: [], // last STAGE_STATE participants
+    serverMessages: [], // aws:ivs:JOIN_ERROR / aws:ivs:DISCONNECT received
     remotes: {}, // participantId -> { userId, connectionState, framesDecoded, audioPacketsReceived }
     errors: [],
   };
@@ -90,7 +95,12 @@
   async function postOffer(url, sdp) {
     const response = await fetch(url, {
       method: 'POST',
-      headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/sdp' },
+      headers: {
+        Authorization: `Bearer ${token}`,
+        'Content-Type': 'application/sdp',
+        'X-Stages-Platform': 'web',
+        'X-Stages-SDK': 'onstage-join-page',
+      },
       body: sdp,
     });
     const body = await response.text();
@@ -186,7 +196,7 @@
       }
     });
     try {
-      current.location = await negotiate(pc, claims.whip_url);
+      current.location = await negotiate(pc, `${claims.whip_url}/publish/${encodeURIComponent(claims.jti)}`);
     } catch (e) {
       pc.close();
       if (publisher === current) publisher = null;
@@ -365,7 +375,8 @@
   function connectEvents() {
     let ws;
     try {
-      ws = new WebSocket(`${claims.events_url}/${encodeURIComponent(claims.topic)}`, token);
+      const query = `error_over_ws=1&topic=${encodeURIComponent(claims.topic)}/publishers&traceid=${Date.now().toString(36)}`;
+      ws = new WebSocket(`${claims.events_url}?${query}`, token);
     } catch (e) {
       showError(`Could not open the stage events connection: ${e.message}`);
       return;
@@ -373,6 +384,7 @@
     socket = ws;
     let opened = false;
     let pinger = null;
+    let lastSequence = 0; // per socket: a STAGE_STATE not numbered above it is stale
     ws.addEventListener('open', () => {
       opened = true;
       socketFailures = 0;
@@ -386,7 +398,14 @@
       } catch {
         return;
       }
+      if (message.type === 'aws:ivs:JOIN_ERROR' || message.type === 'aws:ivs:DISCONNECT') {
+        state.serverMessages.push(message);
+        return;
+      }
       if (message.type === 'STAGE_STATE' && message.payload) {
+        const sequence = Number(message.payload.sequenceNumber);
+        if (!(sequence > lastSequence)) return;
+        lastSequence = sequence;
         state.participants = Array.isArray(message.payload.participants) ? message.payload.participants : [];
         renderParticipants();
         reconcile();

@@ -27,8 +27,9 @@ def test_stage_state_follows_a_publisher_joining_and_leaving(stage, token_for, a
             assert first["type"] == "STAGE_STATE", first
             st = first["payload"]
             assert st["stageId"] == stage_id, st
+            assert st["sequenceNumber"] == 1, st
             assert st["participants"] == [
-                {"id": obs, "userId": "observer", "attributes": {"seat": "front"}, "isPublishing": False}
+                {"id": obs, "userId": "observer", "attributes": {"seat": "front"}, "isPublishing": False, "audioMuted": False, "videoStopped": False}
             ], st
 
             n = len(ev.messages)
@@ -39,8 +40,10 @@ def test_stage_state_follows_a_publisher_joining_and_leaving(stage, token_for, a
                                      10, start=n, what="STAGE_STATE with the speaker publishing")
             assert st["stageId"] == stage_id
             assert participants_by_id(st) == {
-                obs: {"id": obs, "userId": "observer", "attributes": {"seat": "front"}, "isPublishing": False},
-                pub: {"id": pub, "userId": "speaker", "attributes": {"role": "host"}, "isPublishing": True},
+                obs: {"id": obs, "userId": "observer", "attributes": {"seat": "front"}, "isPublishing": False,
+                      "audioMuted": False, "videoStopped": False},
+                pub: {"id": pub, "userId": "speaker", "attributes": {"role": "host"}, "isPublishing": True,
+                      "audioMuted": False, "videoStopped": False},
             }, st
 
             # PING → PONG, with the socket otherwise quiet

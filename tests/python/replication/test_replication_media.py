@@ -120,7 +120,8 @@ def test_replica_in_b_decodes_what_a_decodes_and_is_recorded(ivs, make_stage, to
 
             # B's STAGE_STATE lists the replica like any publisher; B's viewer subscribes to it.
             entry = await vb.wait_publishing(pid, 5.0, start=mark)
-            want_entry = {"id": pid, "userId": "host", "attributes": merged, "isPublishing": True}
+            want_entry = {"id": pid, "userId": "host", "attributes": merged, "isPublishing": True,
+                          "audioMuted": False, "videoStopped": False}
             assert {k: entry.get(k) for k in want_entry} == want_entry, f"the replica in B's STAGE_STATE: {entry}"
             sb = await vb.watch(c, pid, start=mark, frames=30)
             await sb.wait_audio(50, timeout=8)
