@@ -228,7 +228,6 @@ NOT_IMPLEMENTED = [
     ("ListCompositions", {}),
     ("GetComposition", {"arn": "arn:aws:ivs:us-east-1:000000000000:composition/abcdefabcdef"}),
     ("StopComposition", {"arn": "arn:aws:ivs:us-east-1:000000000000:composition/abcdefabcdef"}),
-    ("RevokeConnectionToken", {"tokenId": "abcdefabcdef"}),
 ]
 
 
@@ -244,5 +243,11 @@ def test_not_implemented_boto3(ivs):
         ivs.create_ingest_configuration(ingestProtocol="RTMP")
     with client_error("NotImplementedException", status=501):
         ivs.list_compositions()
-    with client_error("NotImplementedException", status=501):
-        ivs.revoke_connection_token(tokenId="abc")
+
+
+# --- RevokeConnectionToken (BEHAVIOUR §5.7; its effect on live connections: media/test_ivs_client_forms.py)
+def test_revoke_connection_token_validates_token_id_and_succeeds_for_any_id(ivs):
+    assert ivs.revoke_connection_token(tokenId="never-issued_1")["ResponseMetadata"]["HTTPStatusCode"] == 200
+    for bad in ("has space", "x" * 65):
+        with client_error("ValidationException", "tokenId", status=400):
+            ivs.revoke_connection_token(tokenId=bad)

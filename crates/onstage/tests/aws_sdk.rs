@@ -1774,16 +1774,6 @@ async fn operations_not_built_yet_answer_501() {
             "ListIngestConfigurations",
             expect_failure!(client.list_ingest_configurations().send().await),
         ),
-        (
-            "RevokeConnectionToken",
-            expect_failure!(
-                client
-                    .revoke_connection_token()
-                    .token_id("abc")
-                    .send()
-                    .await
-            ),
-        ),
     ];
     for (operation, failure) in failures {
         assert_eq!(
