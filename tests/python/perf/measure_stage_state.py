@@ -6,14 +6,14 @@ open (issue 12, item 5). Not a test: run it by hand and record the JSON
     .venv/bin/python tests/python/perf/measure_stage_state.py --sockets 40 400 --rounds 20
 
 For each N: starts a fresh `onstage serve` (ONSTAGE_BIN, default target/debug/onstage;
-`--server-cpus 0` pins it), opens N events sockets on one stage (N participants,
+`--server-cpus 0` pins it; 40 and 400 run one after the other, so the machine's other
+load is about the same for both), opens N events sockets on one stage (N participants,
 each with its own token) and waits until every socket has seen all N. Then, per
 round, one more participant opens its socket (a join) and closes it (a leave); the
-round ends when every one of the N sockets has received both STAGE_STATEs. The
+round ends when every one of the N sockets has received both STAGE_STATEs (the client
+only counts `"isPublishing"` in each message, so it keeps up). The
 server's CPU (utime+stime from /proc/<pid>/stat) is read before and after all rounds
-and divided by the rounds. The sockets only count messages (the client does not parse
-them), so the client keeps up.
-"""
+and divided by the rounds. """
 
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ class Counter:
     def __init__(self):
         self.count = 0
         self.bytes = 0
+        self.size = 0  # participants in the last STAGE_STATE
         self.changed = asyncio.Event()
 
 
@@ -55,19 +56,21 @@ async def read(ws, counter: Counter):
         async for raw in ws:
             counter.count += 1
             counter.bytes += len(raw)
+            counter.size = raw.count('"isPublishing"')
             counter.changed.set()
     except Exception:
         pass
 
 
-async def wait_all(counters: list[Counter], at_least: int, timeout: float = 120.0):
+async def wait_all(counters: list[Counter], size: int, timeout: float = 120.0):
+    """Until every socket's last STAGE_STATE lists `size` participants."""
     deadline = time.monotonic() + timeout
     for c in counters:
-        while c.count < at_least:
+        while c.size != size:
             c.changed.clear()
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"a socket saw {c.count} messages, wanted {at_least}")
+                raise TimeoutError(f"a socket's last state has {c.size} participants, wanted {size}")
             try:
                 await asyncio.wait_for(c.changed.wait(), left)
             except asyncio.TimeoutError:
@@ -93,7 +96,9 @@ async def measure(n: int, rounds: int, server_cpus: str | None) -> dict:
 
         tokens = await asyncio.to_thread(lambda: [token(f"u{i}") for i in range(n)])
         extra = await asyncio.to_thread(token, "joiner")
-        url = f"{events}?topic={stage_id}/publishers"
+        # The path form, which every version serves, so that builds before and after
+        # a change can be compared.
+        url = f"{events}/{stage_id}"
         sockets, counters, readers = [], [], []
         for i, t in enumerate(tokens):
             ws = await ws_connect(url, subprotocols=[Subprotocol(t)], ping_interval=None, max_size=None,
@@ -102,22 +107,16 @@ async def measure(n: int, rounds: int, server_cpus: str | None) -> dict:
             sockets.append(ws)
             counters.append(c)
             readers.append(asyncio.ensure_future(read(ws, c)))
-        # every socket has seen the stage with all n (socket i got n - i messages)
-        for i, c in enumerate(counters):
-            await wait_all([c], n - i)
+        await wait_all(counters, n)
         await asyncio.sleep(1.0)
-        base = [c.count for c in counters]
         bytes0 = sum(c.bytes for c in counters)
         cpu0 = cpu_seconds(srv.proc.pid)
         t0 = time.monotonic()
         for r in range(rounds):
             ws = await ws_connect(url, subprotocols=[Subprotocol(extra)], ping_interval=None, max_size=None)
-            await wait_all(counters, 0)
-            for c, b in zip(counters, base):
-                await wait_all([c], b + 2 * r + 1)
+            await wait_all(counters, n + 1)
             await ws.close()
-            for c, b in zip(counters, base):
-                await wait_all([c], b + 2 * r + 2)
+            await wait_all(counters, n)
         wall = time.monotonic() - t0
         cpu = cpu_seconds(srv.proc.pid) - cpu0
         pushed = sum(c.bytes for c in counters) - bytes0
