@@ -3,6 +3,7 @@
 //! and closed within a second, another participant's socket stays, and the token is
 //! refused from then on — also after a restart.
 
+#[allow(unused_macros)] // `expect_failure`, for other tests
 mod common;
 
 use std::time::{Duration, Instant};

@@ -1967,6 +1967,65 @@ mod tests {
     }
 
     #[test]
+    fn a_revoked_token_cuts_everything_but_revokes_no_id() {
+        let mut m = machine();
+        publish(&mut m, "a", 1, 10, T0);
+        m.events_opened(&joiner("a"), ConnectionId(2), T0);
+        publish(&mut m, "b", 3, 30, T0);
+        subscribe(&mut m, "b", "a", 5, 50, T0);
+
+        assert!(m.token_revoked("nobody", T0).is_none());
+        let fx = m.token_revoked("a", T0 + 1).unwrap();
+        assert_eq!(fx.close_sources, [SourceId(1)]);
+        assert_eq!(
+            fx.close_events,
+            [(ConnectionId(2), EventsClose::TokenRevoked)]
+        );
+        assert_eq!(
+            events_of(&fx, "a"),
+            [("PUBLISH_STOPPED", None), ("LEFT", None)]
+        );
+        assert_eq!(events_of(&fx, "b"), [("SUBSCRIBE_STOPPED", Some("a"))]);
+        assert!(
+            !fx.writes
+                .iter()
+                .any(|w| matches!(w, LiveWrite::RevokeParticipant { .. }))
+        );
+        assert!(!m.is_connected("a") && m.is_connected("b"));
+    }
+
+    #[test]
+    fn client_state_shows_in_the_snapshot_and_only_changes_count() {
+        let mut m = machine();
+        m.events_opened(&joiner("a"), ConnectionId(1), T0);
+        assert!(!m.client_state("nobody", true, true));
+        assert!(m.client_state("a", true, false));
+        assert!(!m.client_state("a", true, false), "no change, no new state");
+        let p = &m.snapshot().participants[0];
+        assert!(p.audio_muted && !p.video_stopped);
+    }
+
+    #[test]
+    fn an_exchanged_token_without_publish_ends_the_publish_and_changes_attributes() {
+        let mut m = machine();
+        publish(&mut m, "a", 1, 10, T0);
+        m.events_opened(&joiner("a"), ConnectionId(2), T0);
+        let mut newer = joiner("a");
+        newer.capabilities.allow_publish = false;
+        newer.attributes = [("k".to_owned(), "new".to_owned())].into();
+        let fx = m.token_exchanged(&newer, T0 + 1).unwrap();
+        assert_eq!(
+            events_of(&fx, "a"),
+            [("TOKEN_EXCHANGED", None), ("PUBLISH_STOPPED", None)]
+        );
+        assert_eq!(fx.close_sources, [SourceId(1)]);
+        assert!(m.is_connected("a"), "the events socket stays");
+        assert_eq!(last_record(&fx, "a").attributes["k"], "new");
+        let p = &m.snapshot().participants[0];
+        assert!(!p.is_publishing && p.attributes["k"] == "new");
+    }
+
+    #[test]
     fn disconnect_cuts_everything_and_revokes() {
         let mut m = machine();
         publish(&mut m, "a", 1, 10, T0);
