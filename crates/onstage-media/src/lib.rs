@@ -1,13 +1,15 @@
 //! The media plane: a selective forwarding unit (SFU) built on str0m.
 //!
 //! Every peer shares one UDP socket. str0m's `Rtc` is a sans-IO state machine per
-//! peer; around them run thin I/O loops: [`ingress`] reads the socket and routes
-//! each datagram to the [`shard`] that owns its peer, and each shard (one thread
-//! per core) feeds its peers datagrams and time, sends what they produce, and
-//! forwards each publisher's RTP packets to the subscribers of its source — on its
-//! own shard and, once per packet, to the other shards that have some. A peer is
-//! only ever touched by its shard, so the forwarding path takes no lock. Control
-//! (new peers, closing) reaches the shards through channels.
+//! peer, and so is the [`forwarder`] that owns a shard's peers: it takes `(now,
+//! input)` and returns what to send, forwarding each publisher's RTP packets to the
+//! subscribers of its source — on its own shard and, once per packet, to the other
+//! shards that have some. Around them run thin I/O loops: [`ingress`] reads the
+//! socket and routes each datagram to the [`shard`] that owns its peer, and each
+//! shard (one thread per core) feeds its forwarder datagrams and time and carries
+//! out its outputs. A peer is only ever touched by its shard, so the forwarding
+//! path takes no lock. Control (new peers, closing) reaches the shards through
+//! channels.
 //!
 //! The domain talks to this crate only through [`onstage_stage::media::MediaPlane`]:
 //! SDP in, SDP out, ids, and [`MediaSignal`]s back.

@@ -131,6 +131,8 @@ struct Shard {
     forwarder: Forwarder,
     /// Packets not passed to a shard that was behind.
     packets_shed: u64,
+    /// Peers on this shard as last published in its [`ShardLoad`].
+    peers: usize,
 }
 
 impl Shard {
@@ -147,6 +149,7 @@ impl Shard {
             forwarder,
             links,
             packets_shed: 0,
+            peers: 0,
         }
     }
 
@@ -238,10 +241,15 @@ impl Shard {
                 }
             }
         }
-        // The media plane places subscribers by these counts.
-        self.links.loads[self.links.index]
-            .peers
-            .store(self.forwarder.peer_count(), Ordering::Relaxed);
+        // The media plane places subscribers by these counts. Stored only when it
+        // changed: the shards' counts share a cache line, and this runs per datagram.
+        let peers = self.forwarder.peer_count();
+        if peers != self.peers {
+            self.peers = peers;
+            self.links.loads[self.links.index]
+                .peers
+                .store(peers, Ordering::Relaxed);
+        }
     }
 
     fn stop(&mut self) {

@@ -57,6 +57,7 @@ pub(super) struct Client {
 pub(super) struct Net {
     pub(super) now: Instant,
     config: PeerConfig,
+    client_cert: str0m::config::DtlsCert,
     server: SocketAddr,
     pub(super) forwarders: Vec<Forwarder>,
     pub(super) clients: Vec<Client>,
@@ -82,6 +83,10 @@ impl Net {
             .generate_certificate()
             .expect("a DTLS certificate");
         let server: SocketAddr = SERVER.parse().expect("an address");
+        let client_cert = crypto
+            .dtls_provider
+            .generate_certificate()
+            .expect("a DTLS certificate");
         let forwarders = (0..shards)
             .map(|i| Forwarder::new(i, shards, server, timeouts, now))
             .collect();
@@ -92,6 +97,7 @@ impl Net {
                 crypto,
                 dtls_cert,
             },
+            client_cert,
             server,
             forwarders,
             clients: Vec::new(),
@@ -145,7 +151,13 @@ impl Net {
         let addr: SocketAddr = format!("10.0.1.{}:{}", index + 1, 40_000 + index)
             .parse()
             .expect("an address");
-        let mut rtc = RtcConfig::new().set_rtp_mode(true).build(self.now);
+        // The clients share one certificate: making one per peer costs more than
+        // the rest of a test.
+        let mut rtc = RtcConfig::new()
+            .set_rtp_mode(true)
+            .set_crypto_provider(self.config.crypto.clone())
+            .set_dtls_cert(self.client_cert.clone())
+            .build(self.now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").expect("a candidate"));
         let mut api = rtc.sdp_api();
         let mut audio = None;
