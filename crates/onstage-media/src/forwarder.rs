@@ -337,9 +337,9 @@ impl Forwarder {
     /// A control message.
     pub(crate) fn control(&mut self, now: Instant, control: Control) {
         match control {
-            Control::ClosePeer(id) => self.close_peer(now, id, CloseCause::Requested),
+            Control::ClosePeer(id) => self.close_peer(id, CloseCause::Requested),
             Control::RequestKeyframe(source) => self.request_keyframe(now, source),
-            Control::CloseSource(source) => self.close_source(now, source),
+            Control::CloseSource(source) => self.close_source(source),
             Control::Attach { source, shard } => {
                 // Only a source still open here: an attach that crossed the
                 // source's closing is moot, the other shard closes its side too.
@@ -407,7 +407,7 @@ impl Forwarder {
                 }
                 self.await_keyframe(source);
                 if let Some(old) = replaced {
-                    self.close_peer(now, old, CloseCause::Requested);
+                    self.close_peer(old, CloseCause::Requested);
                 }
                 Role::Publisher(Producer::new(source))
             }
@@ -558,19 +558,19 @@ impl Forwarder {
         }
     }
 
-    fn close_source(&mut self, now: Instant, source: SourceId) {
+    fn close_source(&mut self, source: SourceId) {
         let Some(s) = self.sources.remove(&source) else {
             return;
         };
         if let Some(feeder) = s.feeder {
-            self.close_peer(now, feeder, CloseCause::Requested);
+            self.close_peer(feeder, CloseCause::Requested);
         }
         for sub in s.subscribers {
-            self.close_peer(now, sub, CloseCause::SourceClosed);
+            self.close_peer(sub, CloseCause::SourceClosed);
         }
     }
 
-    fn close_peer(&mut self, _now: Instant, id: PeerId, cause: CloseCause) {
+    fn close_peer(&mut self, id: PeerId, cause: CloseCause) {
         let Some(mut peer) = self.peers.remove(&id) else {
             return;
         };
@@ -723,7 +723,7 @@ impl Forwarder {
             match work {
                 Work::Forward { source, packet } => self.forward(now, source, packet),
                 Work::Keyframe { source } => self.request_keyframe(now, source),
-                Work::Close { peer, cause } => self.close_peer(now, peer, cause),
+                Work::Close { peer, cause } => self.close_peer(peer, cause),
             }
         }
     }
