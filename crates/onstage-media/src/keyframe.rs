@@ -10,12 +10,7 @@
 //! payload header (RFC 7741 §4.2–4.3), the H.264 NAL unit header and its STAP-A /
 //! FU-A wrappers (RFC 6184 §5.6–5.8). Nothing here allocates.
 
-/// The video payload formats onstage forwards.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum VideoFormat {
-    Vp8,
-    H264,
-}
+use crate::VideoCodec;
 
 /// Whether `payload` is the first packet of a keyframe.
 ///
@@ -24,10 +19,10 @@ pub(crate) enum VideoFormat {
 /// and a keyframe's parameter sets usually travel in their own packet ahead of the
 /// IDR slice, so the first packet of a frame holding a parameter set or the start
 /// of an IDR slice is where a decoder can begin.
-pub(crate) fn starts_keyframe(format: VideoFormat, payload: &[u8], starts_frame: bool) -> bool {
+pub(crate) fn starts_keyframe(format: VideoCodec, payload: &[u8], starts_frame: bool) -> bool {
     match format {
-        VideoFormat::Vp8 => vp8_starts_keyframe(payload),
-        VideoFormat::H264 => starts_frame && h264_has_key_nal(payload),
+        VideoCodec::Vp8 => vp8_starts_keyframe(payload),
+        VideoCodec::H264 => starts_frame && h264_has_key_nal(payload),
     }
 }
 
@@ -111,85 +106,81 @@ mod tests {
     fn vp8_keyframe_without_extensions() {
         // S=1, PID=0; payload header with P=0.
         assert!(starts_keyframe(
-            VideoFormat::Vp8,
+            VideoCodec::Vp8,
             &[0x10, 0x50, 0x01, 0x00],
             false
         ));
         // P=1: an interframe.
         assert!(!starts_keyframe(
-            VideoFormat::Vp8,
+            VideoCodec::Vp8,
             &[0x10, 0x51, 0x01, 0x00],
             true
         ));
         // Not the start of partition 0.
-        assert!(!starts_keyframe(VideoFormat::Vp8, &[0x00, 0x50], true));
-        assert!(!starts_keyframe(VideoFormat::Vp8, &[0x11, 0x50], true));
+        assert!(!starts_keyframe(VideoCodec::Vp8, &[0x00, 0x50], true));
+        assert!(!starts_keyframe(VideoCodec::Vp8, &[0x11, 0x50], true));
     }
 
     #[test]
     fn vp8_keyframe_behind_extensions() {
         // X, I with a 15-bit PictureID, L, T: the payload header is at byte 6.
         let key = [0x90, 0xE0, 0x80 | 0x12, 0x34, 0x07, 0x40, 0x10, 0x02];
-        assert!(starts_keyframe(VideoFormat::Vp8, &key, false));
+        assert!(starts_keyframe(VideoCodec::Vp8, &key, false));
         let mut delta = key;
         delta[6] = 0x11;
-        assert!(!starts_keyframe(VideoFormat::Vp8, &delta, false));
+        assert!(!starts_keyframe(VideoCodec::Vp8, &delta, false));
         // 7-bit PictureID only: payload header at byte 3.
         assert!(starts_keyframe(
-            VideoFormat::Vp8,
+            VideoCodec::Vp8,
             &[0x90, 0x80, 0x05, 0x9C],
             false
         ));
         // Truncated descriptors are not keyframes, and do not panic.
         assert!(!starts_keyframe(
-            VideoFormat::Vp8,
+            VideoCodec::Vp8,
             &[0x90, 0xE0, 0x80],
             false
         ));
-        assert!(!starts_keyframe(VideoFormat::Vp8, &[], false));
+        assert!(!starts_keyframe(VideoCodec::Vp8, &[], false));
     }
 
     #[test]
     fn h264_single_nal_units() {
-        assert!(starts_keyframe(VideoFormat::H264, &[0x67, 0x42], true)); // SPS
-        assert!(starts_keyframe(VideoFormat::H264, &[0x65, 0x88], true)); // IDR
-        assert!(!starts_keyframe(VideoFormat::H264, &[0x41, 0x9A], true)); // non-IDR slice
+        assert!(starts_keyframe(VideoCodec::H264, &[0x67, 0x42], true)); // SPS
+        assert!(starts_keyframe(VideoCodec::H264, &[0x65, 0x88], true)); // IDR
+        assert!(!starts_keyframe(VideoCodec::H264, &[0x41, 0x9A], true)); // non-IDR slice
         // An IDR packet that is not its frame's first: the frame began earlier.
-        assert!(!starts_keyframe(VideoFormat::H264, &[0x65, 0x88], false));
+        assert!(!starts_keyframe(VideoCodec::H264, &[0x65, 0x88], false));
     }
 
     #[test]
     fn h264_stap_a_and_fu_a() {
         // STAP-A holding SPS and PPS.
         let stap = [0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x02, 0x68, 0xCE];
-        assert!(starts_keyframe(VideoFormat::H264, &stap, true));
+        assert!(starts_keyframe(VideoCodec::H264, &stap, true));
         // STAP-A of two non-IDR slices, and one whose size runs past the end.
         assert!(!starts_keyframe(
-            VideoFormat::H264,
+            VideoCodec::H264,
             &[0x78, 0x00, 0x01, 0x41, 0x00, 0x01, 0x41],
             true
         ));
         assert!(!starts_keyframe(
-            VideoFormat::H264,
+            VideoCodec::H264,
             &[0x78, 0x00, 0x09, 0x41],
             true
         ));
         // FU-A: start of an IDR, middle of an IDR, start of a non-IDR.
-        assert!(starts_keyframe(
-            VideoFormat::H264,
-            &[0x7C, 0x85, 0xB8],
-            true
-        ));
+        assert!(starts_keyframe(VideoCodec::H264, &[0x7C, 0x85, 0xB8], true));
         assert!(!starts_keyframe(
-            VideoFormat::H264,
+            VideoCodec::H264,
             &[0x7C, 0x05, 0xB8],
             true
         ));
         assert!(!starts_keyframe(
-            VideoFormat::H264,
+            VideoCodec::H264,
             &[0x5C, 0x81, 0x9A],
             true
         ));
-        assert!(!starts_keyframe(VideoFormat::H264, &[0x7C], true));
+        assert!(!starts_keyframe(VideoCodec::H264, &[0x7C], true));
     }
 }

@@ -1,20 +1,27 @@
 //! The media plane: a selective forwarding unit (SFU) built on str0m.
 //!
 //! Every peer shares one UDP socket. str0m's `Rtc` is a sans-IO state machine per
-//! peer; around them run thin I/O loops: [`ingress`] reads the socket and routes
-//! each datagram to the [`shard`] that owns its peer, and each shard (one thread
-//! per core) feeds its peers datagrams and time, sends what they produce, and
-//! forwards each publisher's RTP packets to the subscribers of its source — on its
-//! own shard and, once per packet, to the other shards that have some. A peer is
-//! only ever touched by its shard, so the forwarding path takes no lock. Control
-//! (new peers, closing) reaches the shards through channels.
+//! peer, and so is the [`forwarder`] that owns a shard's peers: it takes `(now,
+//! input)` and returns what to send, forwarding each publisher's RTP packets to the
+//! subscribers of its source — on its own shard and, once per packet, to the other
+//! shards that have some. Around them run thin I/O loops: [`ingress`] reads the
+//! socket and routes each datagram to the [`shard`] that owns its peer, and each
+//! shard (one thread per core) feeds its forwarder datagrams and time and carries
+//! out its outputs. A peer is only ever touched by its shard, so the forwarding
+//! path takes no lock. Control (new peers, closing) reaches the shards through
+//! channels.
 //!
 //! The domain talks to this crate only through [`onstage_stage::media::MediaPlane`]:
 //! SDP in, SDP out, ids, and [`MediaSignal`]s back.
 
+mod consumer;
+mod forwarder;
 mod ingress;
 mod keyframe;
 mod outbox;
+mod pacer;
+mod placement;
+mod producer;
 mod rewrite;
 mod sdp_check;
 mod shard;
@@ -23,7 +30,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use onstage_stage::media::{MediaPlane, MediaRefusal, MediaSignal, PeerId, SourceId};
@@ -35,7 +42,8 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use sdp_check::{OfferSummary, check_offer};
 
-use shard::{NewRole, ShardInput, ShardLoad};
+use forwarder::{Control, NewRole, Timeouts};
+use shard::{ShardInput, ShardLoad};
 
 /// Where the media plane listens and what it tells peers.
 #[derive(Clone, Debug)]
@@ -47,6 +55,25 @@ pub struct MediaConfig {
     pub candidate_ip: Option<IpAddr>,
     /// Forwarding threads; 0 means one per available core.
     pub shards: usize,
+    /// A peer that has not completed ICE and DTLS by then is given up (20 s by default).
+    pub connect_timeout: Duration,
+    /// A connected peer that sends nothing for this long has vanished (12 s by
+    /// default; str0m's own 15 s ICE timeout stays the backstop).
+    pub silence_timeout: Duration,
+}
+
+impl MediaConfig {
+    /// The defaults for everything but the socket.
+    pub fn new(bind: SocketAddr) -> Self {
+        let timeouts = Timeouts::default();
+        MediaConfig {
+            bind,
+            candidate_ip: None,
+            shards: 0,
+            connect_timeout: timeouts.connect,
+            silence_timeout: timeouts.silence,
+        }
+    }
 }
 
 /// Handle to the running media plane. Cheap to clone.
@@ -85,7 +112,7 @@ impl Drop for Inner {
 
 /// Which way a peer's media goes, seen from the peer.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
+pub(crate) enum Direction {
     Publish,
     Subscribe,
 }
@@ -126,10 +153,10 @@ impl MediaServer {
                 .unwrap_or(1),
             n => n,
         };
-        if shard_count > shard::MAX_SHARDS {
+        if shard_count > placement::MAX_SHARDS {
             return Err(StartError::TooManyShards {
                 asked: shard_count,
-                max: shard::MAX_SHARDS,
+                max: placement::MAX_SHARDS,
             });
         }
         let socket = UdpSocket::bind(config.bind).map_err(|e| StartError::Bind(config.bind, e))?;
@@ -190,6 +217,10 @@ impl MediaServer {
                 signals: signals.clone(),
                 socket: sender.clone(),
                 local,
+                timeouts: Timeouts {
+                    connect: config.connect_timeout,
+                    silence: config.silence_timeout,
+                },
             };
             let companion = if shard_count == 1 {
                 receive.take()
@@ -249,58 +280,18 @@ impl MediaServer {
         video: &[VideoCodec],
         direction: Direction,
     ) -> Result<(Rtc, String), MediaRefusal> {
-        let offer = SdpOffer::from_sdp_string(offer_sdp)
-            .map_err(|e| MediaRefusal::InvalidOffer(e.to_string()))?;
-        let mut config = RtcConfig::new()
-            .set_ice_lite(true)
-            .set_crypto_provider(self.inner.crypto.clone())
-            .set_dtls_cert(self.inner.dtls_cert.clone())
-            // Packets in, packets out: the shards forward RTP, not frames.
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_vp8(video.contains(&VideoCodec::Vp8));
-        if direction == Direction::Subscribe {
-            // Transport-wide congestion control numbers every packet sent and keeps
-            // a record of the last thousand for bandwidth estimation (~100 KB per
-            // connection), and has the receiver report on each. Nothing here
-            // estimates a subscriber's bandwidth (there are no layers to pick
-            // from), so a subscriber's connection does not negotiate it. A
-            // publisher's does: its sender needs our feedback to pace itself.
-            let standard = ExtensionMap::standard();
-            let mut exts = ExtensionMap::empty();
-            for (id, ext) in standard
-                .iter()
-                .filter(|(_, e)| **e != Extension::TransportSequenceNumber)
-            {
-                exts.set(id, ext.clone());
-            }
-            config = config.set_extension_map(exts);
-        }
-        if video.contains(&VideoCodec::H264) {
-            // H.264 as IVS takes it: Baseline and Constrained Baseline, packetization-mode 1.
-            config
-                .codec_config()
-                .add_h264(127.into(), Some(121.into()), true, 0x42001f);
-            config
-                .codec_config()
-                .add_h264(108.into(), Some(109.into()), true, 0x42e01f);
-        }
-        let mut rtc = config.build(Instant::now());
-        let candidate = Candidate::host(self.inner.candidate, "udp")
-            .map_err(|e| MediaRefusal::Internal(format!("host candidate: {e}")))?;
-        rtc.add_local_candidate(candidate);
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| MediaRefusal::InvalidOffer(e.to_string()))?;
-        Ok((rtc, answer.to_sdp_string()))
+        let peer = PeerConfig {
+            candidate: self.inner.candidate,
+            crypto: self.inner.crypto.clone(),
+            dtls_cert: self.inner.dtls_cert.clone(),
+        };
+        answer_offer(&peer, offer_sdp, video, direction, Instant::now())
     }
 
     /// The shard for a new subscriber: the one with the fewest peers, the
     /// source's home on a tie (a packet written there needs no hop).
     fn place_subscriber(&self, source: SourceId) -> usize {
-        let home = shard::home_of(source, self.inner.shards.len());
+        let home = placement::home_of(source, self.inner.shards.len());
         let load = |i: usize| self.inner.loads[i].peers.load(Ordering::Relaxed);
         (0..self.inner.shards.len())
             .fold(home, |best, i| if load(i) < load(best) { i } else { best })
@@ -316,7 +307,7 @@ impl MediaServer {
         ufrag: String,
     ) -> Result<(PeerId, oneshot::Receiver<Result<(), MediaRefusal>>), MediaRefusal> {
         let stopped = || MediaRefusal::Internal("the media plane has stopped".into());
-        let id = shard::peer_id(self.inner.next_peer.fetch_add(1, Ordering::Relaxed), shard);
+        let id = placement::peer_id(self.inner.next_peer.fetch_add(1, Ordering::Relaxed), shard);
         let (reply, accepted) = oneshot::channel();
         // The ufrag is known to the receive loop before the answer leaves, so the
         // peer's first check finds its shard.
@@ -375,7 +366,7 @@ impl MediaPlane for MediaServer {
             Direction::Publish,
         )?;
         let ufrag = local_ufrag(&answer)?;
-        let home = shard::home_of(source, self.inner.shards.len());
+        let home = placement::home_of(source, self.inner.shards.len());
         let (id, accepted) = {
             let mut sources = self.lock_sources();
             sources.insert(source, negotiated_video(&answer));
@@ -424,27 +415,93 @@ impl MediaPlane for MediaServer {
     }
 
     fn close_peer(&self, peer: PeerId) {
-        let shard = shard::shard_of_peer(peer, self.inner.shards.len());
-        let _ = self.inner.shards[shard].send(ShardInput::ClosePeer(peer));
+        let shard = placement::shard_of_peer(peer, self.inner.shards.len());
+        let _ = self.inner.shards[shard].send(ShardInput::Control(Control::ClosePeer(peer)));
     }
 
     fn close_source(&self, source: SourceId) {
         let mut sources = self.lock_sources();
         sources.remove(&source);
         for shard in &self.inner.shards {
-            let _ = shard.send(ShardInput::CloseSource(source));
+            let _ = shard.send(ShardInput::Control(Control::CloseSource(source)));
         }
     }
 
     fn request_keyframe(&self, source: SourceId) {
-        let home = shard::home_of(source, self.inner.shards.len());
-        let _ = self.inner.shards[home].send(ShardInput::RequestKeyframe(source));
+        let home = placement::home_of(source, self.inner.shards.len());
+        let _ = self.inner.shards[home].send(ShardInput::Control(Control::RequestKeyframe(source)));
     }
+}
+
+/// What every peer's connection shares.
+pub(crate) struct PeerConfig {
+    /// The host candidate: the shared socket's address as peers reach it.
+    pub(crate) candidate: SocketAddr,
+    pub(crate) crypto: Arc<CryptoProvider>,
+    pub(crate) dtls_cert: str0m::config::DtlsCert,
+}
+
+/// Builds a peer's `Rtc` for `offer`, and the answer.
+/// `video`: the codec families to accept (a subscriber gets only its
+/// publisher's).
+pub(crate) fn answer_offer(
+    peer: &PeerConfig,
+    offer_sdp: &str,
+    video: &[VideoCodec],
+    direction: Direction,
+    now: Instant,
+) -> Result<(Rtc, String), MediaRefusal> {
+    let offer = SdpOffer::from_sdp_string(offer_sdp)
+        .map_err(|e| MediaRefusal::InvalidOffer(e.to_string()))?;
+    let mut config = RtcConfig::new()
+        .set_ice_lite(true)
+        .set_crypto_provider(peer.crypto.clone())
+        .set_dtls_cert(peer.dtls_cert.clone())
+        // Packets in, packets out: the shards forward RTP, not frames.
+        .set_rtp_mode(true)
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_vp8(video.contains(&VideoCodec::Vp8));
+    if direction == Direction::Subscribe {
+        // Transport-wide congestion control numbers every packet sent and keeps
+        // a record of the last thousand for bandwidth estimation (~100 KB per
+        // connection), and has the receiver report on each. Nothing here
+        // estimates a subscriber's bandwidth (there are no layers to pick
+        // from), so a subscriber's connection does not negotiate it. A
+        // publisher's does: its sender needs our feedback to pace itself.
+        let standard = ExtensionMap::standard();
+        let mut exts = ExtensionMap::empty();
+        for (id, ext) in standard
+            .iter()
+            .filter(|(_, e)| **e != Extension::TransportSequenceNumber)
+        {
+            exts.set(id, ext.clone());
+        }
+        config = config.set_extension_map(exts);
+    }
+    if video.contains(&VideoCodec::H264) {
+        // H.264 as IVS takes it: Baseline and Constrained Baseline, packetization-mode 1.
+        config
+            .codec_config()
+            .add_h264(127.into(), Some(121.into()), true, 0x42001f);
+        config
+            .codec_config()
+            .add_h264(108.into(), Some(109.into()), true, 0x42e01f);
+    }
+    let mut rtc = config.build(now);
+    let candidate = Candidate::host(peer.candidate, "udp")
+        .map_err(|e| MediaRefusal::Internal(format!("host candidate: {e}")))?;
+    rtc.add_local_candidate(candidate);
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| MediaRefusal::InvalidOffer(e.to_string()))?;
+    Ok((rtc, answer.to_sdp_string()))
 }
 
 /// The ICE ufrag onstage chose for a peer, from its answer: the receive loop
 /// routes the peer's connectivity checks by it.
-fn local_ufrag(answer_sdp: &str) -> Result<String, MediaRefusal> {
+pub(crate) fn local_ufrag(answer_sdp: &str) -> Result<String, MediaRefusal> {
     answer_sdp
         .lines()
         .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))

@@ -79,6 +79,14 @@ pub struct ServeArgs {
     /// Media forwarding threads; peers are spread over them [default: one per core]
     #[arg(long, env = "ONSTAGE_MEDIA_THREADS", value_name = "N")]
     pub media_threads: Option<usize>,
+    /// Seconds a media peer may take to complete ICE and DTLS before it is given
+    /// up [default: 20]
+    #[arg(long, env = "ONSTAGE_CONNECT_TIMEOUT", value_name = "SECONDS")]
+    pub connect_timeout: Option<f64>,
+    /// Seconds a connected media peer may send nothing before it is taken to have
+    /// vanished and its participant leaves [default: 12]
+    #[arg(long, env = "ONSTAGE_SILENCE_TIMEOUT", value_name = "SECONDS")]
+    pub silence_timeout: Option<f64>,
     /// Log format: text or json [default: text]
     #[arg(long, env = "ONSTAGE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -107,6 +115,8 @@ pub struct FileConfig {
     pub public_ip: Option<std::net::IpAddr>,
     pub max_subscribers: Option<usize>,
     pub media_threads: Option<usize>,
+    pub connect_timeout: Option<f64>,
+    pub silence_timeout: Option<f64>,
     pub log_format: Option<LogFormat>,
     /// Further access keys, each mapped to an account.
     #[serde(default)]
@@ -139,6 +149,8 @@ pub struct Settings {
     pub max_subscribers: usize,
     /// 0: one per available core.
     pub media_threads: usize,
+    pub connect_timeout: std::time::Duration,
+    pub silence_timeout: std::time::Duration,
     pub log_format: LogFormat,
 }
 
@@ -220,6 +232,16 @@ impl Settings {
                 .or(file.max_subscribers)
                 .unwrap_or(DEFAULT_MAX_SUBSCRIBERS),
             media_threads: args.media_threads.or(file.media_threads).unwrap_or(0),
+            connect_timeout: seconds(
+                "connect-timeout",
+                args.connect_timeout.or(file.connect_timeout),
+                20.0,
+            )?,
+            silence_timeout: seconds(
+                "silence-timeout",
+                args.silence_timeout.or(file.silence_timeout),
+                12.0,
+            )?,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
     }
@@ -251,6 +273,15 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
 
+/// A timeout setting in seconds: positive and at most a day.
+fn seconds(name: &str, value: Option<f64>, default: f64) -> anyhow::Result<std::time::Duration> {
+    let value = value.unwrap_or(default);
+    if !(value > 0.0 && value <= 86_400.0) {
+        bail!("{name} must be a number of seconds above 0 and at most 86400, got {value}");
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,6 +294,25 @@ mod tests {
         assert_eq!(s.events_url(), "ws://127.0.0.1:7700/events");
         assert_eq!(s.access_keys.len(), 1);
         assert_eq!(s.access_keys[0].access_key_id, DEV_ACCESS_KEY_ID);
+    }
+
+    #[test]
+    fn media_timeouts_default_and_refuse_nonsense() {
+        let s = Settings::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(s.connect_timeout, std::time::Duration::from_secs(20));
+        assert_eq!(s.silence_timeout, std::time::Duration::from_secs(12));
+        let args = ServeArgs {
+            silence_timeout: Some(0.5),
+            ..ServeArgs::default()
+        };
+        let s = Settings::resolve(args).unwrap();
+        assert_eq!(s.silence_timeout, std::time::Duration::from_millis(500));
+        let args = ServeArgs {
+            connect_timeout: Some(-1.0),
+            ..ServeArgs::default()
+        };
+        let err = Settings::resolve(args).unwrap_err().to_string();
+        assert!(err.contains("connect-timeout"), "{err}");
     }
 
     #[test]

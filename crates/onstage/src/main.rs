@@ -64,6 +64,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             bind: settings.media_bind(),
             candidate_ip: settings.public_ip,
             shards: settings.media_threads,
+            connect_timeout: settings.connect_timeout,
+            silence_timeout: settings.silence_timeout,
         },
         signals,
     )

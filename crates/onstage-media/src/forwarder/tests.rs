@@ -1,0 +1,385 @@
+//! The forwarder with real str0m peers, in virtual time (see `harness.rs`).
+
+use std::time::{Duration, Instant};
+
+use onstage_stage::media::{CloseCause, MediaRefusal, MediaSignal, SourceId};
+use str0m::Rtc;
+use str0m::media::MediaKind;
+
+use super::harness::{Net, Received};
+use super::{Control, Forwarder, NewRole, Output, Timeouts};
+use crate::placement::peer_id;
+
+const MS: Duration = Duration::from_millis(1);
+
+/// Sequence numbers and timestamps run on without a jump back or a gap.
+fn assert_one_stream(video: &[Received]) {
+    for pair in video.windows(2) {
+        assert_eq!(
+            pair[1].seq,
+            pair[0].seq + 1,
+            "sequence numbers jump: {} then {}",
+            pair[0].seq,
+            pair[1].seq
+        );
+        assert!(
+            pair[1].time.wrapping_sub(pair[0].time) < 1 << 31,
+            "timestamps go back: {} then {}",
+            pair[0].time,
+            pair[1].time
+        );
+    }
+}
+
+#[test]
+fn connected_peers_are_signalled() {
+    let mut net = Net::new(1);
+    let publisher = net.publish(SourceId(1));
+    let subscriber = net.subscribe(SourceId(1), 0);
+    net.connect();
+    for c in [publisher, subscriber] {
+        let peer = net.clients[c].peer;
+        assert!(net.signals.contains(&MediaSignal::Connected(peer)));
+    }
+}
+
+#[test]
+fn a_subscribers_video_begins_at_a_keyframe() {
+    let mut net = Net::new(1);
+    let publisher = net.publish(SourceId(1));
+    let subscriber = net.subscribe(SourceId(1), 0);
+    net.connect();
+    for _ in 0..3 {
+        net.video_frame(publisher, false, 3);
+    }
+    assert!(
+        net.video_received(subscriber).is_empty(),
+        "video before a keyframe reached the subscriber"
+    );
+    net.video_frame(publisher, true, 4);
+    let keyframe = net.clients[publisher].frames;
+    net.video_frame(publisher, false, 3);
+    let video = net.video_received(subscriber);
+    assert_eq!(video.len(), 7);
+    assert!(video[0].starts_keyframe());
+    assert_eq!(video[0].frame(), keyframe);
+    assert_one_stream(&video);
+}
+
+#[test]
+fn a_subscriber_waiting_for_a_keyframe_asks_the_publisher_for_one() {
+    let mut net = Net::new(1);
+    let publisher = net.publish(SourceId(1));
+    let _subscriber = net.subscribe(SourceId(1), 0);
+    net.connect();
+    net.clients[publisher].keyframe_requests.clear();
+    net.video_frame(publisher, false, 2);
+    net.run_for(200 * MS);
+    assert!(
+        !net.clients[publisher].keyframe_requests.is_empty(),
+        "the publisher was not asked for a keyframe"
+    );
+}
+
+#[test]
+fn keyframe_requests_are_paced_per_source_and_postponed_not_dropped() {
+    let mut net = Net::new(1);
+    let publisher = net.publish(SourceId(1));
+    let _subscriber = net.subscribe(SourceId(1), 0);
+    net.connect();
+    net.run_for(300 * MS);
+    net.clients[publisher].keyframe_requests.clear();
+    let t0 = net.now;
+    for _ in 0..3 {
+        net.control(0, Control::RequestKeyframe(SourceId(1)));
+        net.run_for(10 * MS);
+    }
+    net.run_for(400 * MS);
+    let asked = &net.clients[publisher].keyframe_requests;
+    assert_eq!(asked.len(), 2, "asked at {:?}", offsets(t0, asked));
+    assert!(asked[0] < t0 + 10 * MS, "the first request was held back");
+    assert!(
+        asked[1] >= asked[0] + 100 * MS,
+        "two requests inside the interval: {:?}",
+        offsets(t0, asked)
+    );
+    assert!(
+        asked[1] <= asked[0] + 110 * MS,
+        "the postponed request came late"
+    );
+}
+
+fn offsets(t0: Instant, at: &[Instant]) -> Vec<Duration> {
+    at.iter().map(|t| t.saturating_duration_since(t0)).collect()
+}
+
+#[test]
+fn a_replaced_publisher_continues_the_subscribers_stream() {
+    let mut net = Net::new(2);
+    let source = SourceId(2);
+    let first = net.publish(source);
+    let here = net.subscribe(source, 0);
+    let there = net.subscribe(source, 1);
+    net.connect();
+    net.video_frame(first, true, 3);
+    net.video_frame(first, false, 2);
+    let second = net.publish(source);
+    net.connect();
+    assert_eq!(
+        net.closed(net.clients[first].peer),
+        Some(CloseCause::Requested)
+    );
+    net.video_frame(second, false, 2);
+    net.video_frame(second, true, 3);
+    net.video_frame(second, false, 2);
+    for sub in [here, there] {
+        let video = net.video_received(sub);
+        assert_eq!(video.len(), 5 + 5, "subscriber {sub}");
+        assert!(video[5].starts_keyframe(), "restarted off a keyframe");
+        assert_one_stream(&video);
+    }
+}
+
+#[test]
+fn packets_reach_subscribers_on_another_shard_once_per_shard() {
+    let mut net = Net::new(2);
+    let source = SourceId(2);
+    let publisher = net.publish(source);
+    let subs: Vec<usize> = (0..3).map(|_| net.subscribe(source, 1)).collect();
+    net.connect();
+    let before = net.packets_between_shards;
+    net.video_frame(publisher, true, 3);
+    net.video_frame(publisher, false, 2);
+    for _ in 0..4 {
+        net.audio_packet(publisher);
+    }
+    assert_eq!(net.packets_between_shards - before, 9);
+    for &s in &subs {
+        assert_eq!(net.video_received(s).len(), 5);
+        assert_eq!(net.clients[s].received.len(), 9);
+    }
+}
+
+#[test]
+fn a_shard_whose_last_subscriber_left_gets_no_more_packets() {
+    let mut net = Net::new(2);
+    let source = SourceId(2);
+    let publisher = net.publish(source);
+    let subscriber = net.subscribe(source, 1);
+    net.connect();
+    net.video_frame(publisher, true, 2);
+    assert!(net.packets_between_shards > 0);
+    let peer = net.clients[subscriber].peer;
+    net.control(1, Control::ClosePeer(peer));
+    let before = net.packets_between_shards;
+    net.video_frame(publisher, false, 2);
+    assert_eq!(net.packets_between_shards, before);
+}
+
+#[test]
+fn a_lost_packet_is_resent_from_the_subscribers_cache() {
+    let mut net = Net::new(1);
+    let publisher = net.publish(SourceId(1));
+    let subscriber = net.subscribe(SourceId(1), 0);
+    net.connect();
+    net.video_frame(publisher, true, 3);
+    net.drop_next_over(subscriber, 500);
+    net.video_frame(publisher, false, 3);
+    for _ in 0..10 {
+        net.video_frame(publisher, false, 2);
+    }
+    net.run_for(500 * MS);
+    assert_eq!(net.clients[subscriber].dropped, 1);
+    let mut seqs: Vec<u64> = net
+        .video_received(subscriber)
+        .iter()
+        .map(|r| r.seq)
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(
+        seqs.len(),
+        26,
+        "every packet arrived, the lost one resent: {seqs:?}"
+    );
+    assert_eq!(seqs[25] - seqs[0], 25);
+}
+
+#[test]
+fn a_peer_that_goes_silent_is_closed_after_the_silence_timeout() {
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(20),
+        silence: Duration::from_secs(2),
+    };
+    let mut net = Net::with_timeouts(1, timeouts);
+    let publisher = net.publish(SourceId(1));
+    let subscriber = net.subscribe(SourceId(1), 0);
+    net.connect();
+    net.clients[subscriber].mute = true;
+    net.run_for(Duration::from_millis(1500));
+    let peer = net.clients[subscriber].peer;
+    assert_eq!(net.closed(peer), None, "closed before the timeout");
+    net.run_for(Duration::from_millis(2000));
+    assert_eq!(net.closed(peer), Some(CloseCause::Timeout));
+    assert_eq!(net.closed(net.clients[publisher].peer), None);
+}
+
+#[test]
+fn a_peer_that_never_connects_is_closed_after_the_connect_timeout() {
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(3),
+        silence: Duration::from_secs(12),
+    };
+    let mut net = Net::with_timeouts(1, timeouts);
+    let publisher = net.publish(SourceId(1));
+    net.clients[publisher].mute = true;
+    let peer = net.clients[publisher].peer;
+    net.run_for(Duration::from_millis(2800));
+    assert_eq!(net.closed(peer), None, "closed before the timeout");
+    net.run_for(Duration::from_millis(1500));
+    assert_eq!(net.closed(peer), Some(CloseCause::Timeout));
+    assert_eq!(net.forwarders[0].peer_count(), 0);
+}
+
+#[test]
+fn subscribers_of_a_source_without_a_feeder_get_the_next_feeders_media() {
+    // A replicated publisher drops; its source stays open for the reconnect
+    // window, and the replica's subscribers (here, one on another shard) wait.
+    let mut net = Net::new(2);
+    let source = SourceId(2);
+    let first = net.publish(source);
+    let early = net.subscribe(source, 0);
+    net.connect();
+    net.video_frame(first, true, 2);
+    let peer = net.clients[first].peer;
+    net.control(0, Control::ClosePeer(peer));
+    assert_eq!(net.closed(peer), Some(CloseCause::Requested));
+    let replica = net.subscribe(source, 1);
+    let second = net.publish(source);
+    net.connect();
+    net.video_frame(second, false, 2);
+    net.video_frame(second, true, 3);
+    assert_eq!(net.closed(net.clients[early].peer), None);
+    assert_eq!(net.video_received(early).len(), 2 + 3);
+    let video = net.video_received(replica);
+    assert_eq!(video.len(), 3);
+    assert!(video[0].starts_keyframe());
+}
+
+#[test]
+fn audio_goes_into_the_audio_line_and_video_into_the_video_line() {
+    let mut net = Net::new(1);
+    let publisher = net.publish(SourceId(1));
+    let subscriber = net.subscribe(SourceId(1), 0);
+    net.connect();
+    net.video_frame(publisher, true, 2);
+    for _ in 0..5 {
+        net.audio_packet(publisher);
+    }
+    net.video_frame(publisher, false, 2);
+    let received = &net.clients[subscriber].received;
+    let audio: Vec<&Received> = received
+        .iter()
+        .filter(|r| r.kind == MediaKind::Audio)
+        .collect();
+    let video: Vec<&Received> = received
+        .iter()
+        .filter(|r| r.kind == MediaKind::Video)
+        .collect();
+    assert_eq!(audio.len(), 5);
+    assert_eq!(video.len(), 4);
+    assert!(audio.iter().all(|r| r.payload.len() == 80));
+    assert!(video.iter().all(|r| r.payload.len() == 600));
+}
+
+#[test]
+fn a_subscriber_without_a_video_line_gets_audio_only() {
+    let mut net = Net::new(1);
+    let publisher = net.publish(SourceId(1));
+    let subscriber = net.subscribe_lines(SourceId(1), 0, &[MediaKind::Audio]);
+    net.connect();
+    net.video_frame(publisher, true, 2);
+    net.audio_packet(publisher);
+    net.audio_packet(publisher);
+    let received = &net.clients[subscriber].received;
+    assert_eq!(received.len(), 2);
+    assert!(received.iter().all(|r| r.payload.len() == 80));
+}
+
+#[test]
+fn closing_a_source_closes_its_publisher_and_every_subscriber() {
+    let mut net = Net::new(2);
+    let source = SourceId(2);
+    let publisher = net.publish(source);
+    let here = net.subscribe(source, 0);
+    let there = net.subscribe(source, 1);
+    net.connect();
+    net.control(0, Control::CloseSource(source));
+    net.control(1, Control::CloseSource(source));
+    assert_eq!(
+        net.closed(net.clients[publisher].peer),
+        Some(CloseCause::Requested)
+    );
+    for sub in [here, there] {
+        assert_eq!(
+            net.closed(net.clients[sub].peer),
+            Some(CloseCause::SourceClosed)
+        );
+    }
+    assert_eq!(net.forgotten.len(), 3);
+    assert!(net.forwarders.iter().all(|f| f.peer_count() == 0));
+}
+
+#[test]
+fn a_closed_subscriber_stops_receiving_and_the_others_go_on() {
+    let mut net = Net::new(1);
+    let publisher = net.publish(SourceId(1));
+    let leaving = net.subscribe(SourceId(1), 0);
+    let staying = net.subscribe(SourceId(1), 0);
+    net.connect();
+    net.video_frame(publisher, true, 2);
+    let peer = net.clients[leaving].peer;
+    net.control(0, Control::ClosePeer(peer));
+    assert_eq!(net.closed(peer), Some(CloseCause::Requested));
+    net.video_frame(publisher, false, 2);
+    assert_eq!(net.video_received(leaving).len(), 2);
+    assert_eq!(net.video_received(staying).len(), 4);
+}
+
+#[test]
+fn a_subscriber_of_a_source_unknown_at_home_is_refused() {
+    let now = Instant::now();
+    let local = "10.0.0.1:7701".parse().expect("an address");
+    let mut f = Forwarder::new(0, 1, local, Timeouts::default(), now);
+    let rtc = Box::new(Rtc::builder().build(now));
+    let result = f.add_peer(
+        now,
+        peer_id(1, 0),
+        rtc,
+        NewRole::Subscriber {
+            source: SourceId(9),
+        },
+        "ufrag".into(),
+    );
+    assert!(matches!(result, Err(MediaRefusal::NoSuchSource)));
+    assert!(matches!(f.poll_output(), Some(Output::Forget { ufrag, .. }) if ufrag == "ufrag"));
+}
+
+#[test]
+fn a_publisher_away_from_its_sources_home_is_refused() {
+    let now = Instant::now();
+    let local = "10.0.0.1:7701".parse().expect("an address");
+    let mut f = Forwarder::new(1, 2, local, Timeouts::default(), now);
+    let rtc = Box::new(Rtc::builder().build(now));
+    let result = f.add_peer(
+        now,
+        peer_id(1, 1),
+        rtc,
+        NewRole::Publisher {
+            source: SourceId(2),
+        },
+        "ufrag".into(),
+    );
+    assert!(matches!(result, Err(MediaRefusal::Internal(_))));
+    assert_eq!(f.peer_count(), 0);
+}
