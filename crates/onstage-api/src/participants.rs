@@ -334,8 +334,7 @@ fn resource_url(whip_endpoint: &str, resource_id: &str) -> String {
 }
 
 fn refused(kind: &'static str, refusal: Refusal) -> Response {
-    let status =
-        StatusCode::from_u16(refusal.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = crate::error::refusal_status(&refusal.kind);
     count(kind, status.as_str());
     if status == StatusCode::UNAUTHORIZED {
         return unauthorized(&refusal.message);

@@ -186,7 +186,12 @@ impl Server {
             .unwrap();
         page.items
             .into_iter()
-            .map(|e| (e.name, e.error_code))
+            .map(|e| {
+                (
+                    e.name.as_str().to_owned(),
+                    e.error_code.map(|c| c.as_str().to_owned()),
+                )
+            })
             .collect()
     }
 

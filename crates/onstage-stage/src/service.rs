@@ -202,7 +202,7 @@ pub struct VerifiedToken {
 /// Why [`ControlPlane::verify_participant_token`] did not accept a token.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenVerificationError {
-    /// The token does not authenticate its holder (HTTP 401). `claimed` is what the
+    /// The token does not authenticate its holder. `claimed` is what the
     /// token said about itself, unverified: where the refusal may be recorded.
     #[error("{rejection}")]
     Rejected {

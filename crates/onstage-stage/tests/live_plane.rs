@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use onstage_stage::live::{EventsClose, LiveConfig, LivePlane, RefusalKind};
 use onstage_stage::media::{CloseCause, MediaRefusal, MediaSignal, PeerId, SourceId};
-use onstage_stage::model::{ParticipantState, Stage};
+use onstage_stage::model::{EventErrorCode, EventName, ParticipantState, Stage};
 use onstage_stage::service::{Capability, NewStage, TokenRequest};
 use onstage_stage::{ControlPlane, DomainError};
 use onstage_testkit::{
@@ -121,7 +121,7 @@ async fn publish_subscribe_and_leave() {
         .store
         .events()
         .into_iter()
-        .find(|e| e.name == "SUBSCRIBE_STARTED")
+        .find(|e| e.name == EventName::SubscribeStarted)
         .unwrap();
     assert_eq!(
         (
@@ -203,7 +203,7 @@ async fn a_second_publish_with_the_same_token_replaces_the_first() {
 }
 
 #[tokio::test]
-async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
+async fn refusals_are_typed_and_recorded() {
     let w = world().await;
     let (host, host_token) = w.both().await;
     let (viewer, viewer_token) = w.token(&[Capability::Subscribe]).await;
@@ -214,10 +214,7 @@ async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
         .publish(viewer_token.clone(), "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(
-        (refusal.kind.clone(), refusal.http_status()),
-        (RefusalKind::MissingCapability, 403)
-    );
+    assert_eq!(refusal.kind, RefusalKind::MissingCapability);
     assert_eq!(w.store.sessions_started(), 0);
 
     w.live
@@ -229,7 +226,7 @@ async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
         .publish(viewer_token.clone(), "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(refusal.http_status(), 403);
+    assert_eq!(refusal.kind, RefusalKind::MissingCapability);
     assert_eq!(
         w.store.events_with_codes(&viewer),
         [(
@@ -243,7 +240,7 @@ async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
         .subscribe(viewer_token.clone(), "nobody".into(), "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(refusal.http_status(), 404);
+    assert_eq!(refusal.kind, RefusalKind::PublisherNotFound);
     assert_eq!(
         w.store.events_with_codes(&viewer)[1],
         ("SUBSCRIBE_ERROR".into(), Some("PUBLISHER_NOT_FOUND".into()))
@@ -261,7 +258,7 @@ async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
         .publish(forged, "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(refusal.http_status(), 401);
+    assert!(matches!(refusal.kind, RefusalKind::Token(_)), "{refusal:?}");
     assert_eq!(
         w.store.events_with_codes(&host).last().unwrap(),
         &("JOIN_ERROR".into(), Some("INVALID_INPUT".into()))
@@ -275,7 +272,7 @@ async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
         .publish(other_token, "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(refusal.http_status(), 400);
+    assert_eq!(refusal.kind, RefusalKind::InvalidVideoCodec);
     assert_eq!(
         w.store.events_with_codes(&other),
         [("PUBLISH_ERROR".into(), Some("INVALID_VIDEO_CODEC".into()))]
@@ -319,7 +316,7 @@ async fn a_wrong_stage_token_on_the_events_socket_is_recorded_at_that_stage() {
         .await
         .err()
         .unwrap();
-    assert_eq!(refusal.http_status(), 401);
+    assert!(matches!(refusal.kind, RefusalKind::Token(_)), "{refusal:?}");
     assert_eq!(
         w.store.events_with_codes(&foreign.participant_id),
         [("JOIN_ERROR".into(), Some("INVALID_INPUT".into()))]
@@ -342,7 +339,7 @@ async fn only_twelve_publishers_even_when_they_race() {
     for attempt in attempts {
         match attempt.await.unwrap() {
             Ok(_) => accepted += 1,
-            Err(r) if r.kind == RefusalKind::QuotaExceeded && r.http_status() == 403 => quota += 1,
+            Err(r) if r.kind == RefusalKind::QuotaExceeded => quota += 1,
             Err(r) => panic!("{r:?}"),
         }
     }
@@ -351,7 +348,7 @@ async fn only_twelve_publishers_even_when_they_race() {
         .store
         .events()
         .into_iter()
-        .filter(|e| e.error_code.as_deref() == Some("QUOTA_EXCEEDED"))
+        .filter(|e| e.error_code == Some(EventErrorCode::QuotaExceeded))
         .count();
     assert_eq!(errors, 8);
 }
@@ -546,17 +543,14 @@ async fn disconnect_participant_cuts_and_revokes() {
         .publish(alice_token.clone(), "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(
-        (refusal.kind.clone(), refusal.http_status()),
-        (RefusalKind::Revoked, 403)
-    );
+    assert_eq!(refusal.kind, RefusalKind::Revoked);
     let refusal = w
         .live
         .open_events(alice_token, w.stage.arn.id.clone(), None)
         .await
         .err()
         .unwrap();
-    assert_eq!(refusal.http_status(), 403);
+    assert_eq!(refusal.kind, RefusalKind::Revoked);
     // And disconnecting again: it is not connected.
     let err = w
         .control
@@ -598,7 +592,7 @@ async fn delete_stage_disconnects_everyone_first() {
         .publish(alice_token, "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(refusal.http_status(), 401);
+    assert!(matches!(refusal.kind, RefusalKind::Token(_)), "{refusal:?}");
 }
 
 #[tokio::test]
@@ -626,7 +620,7 @@ async fn every_time_recorded_is_the_clocks() {
     w.clock.advance(Duration::from_secs(90));
     assert!(w.live.end_connection(&published.resource_id).await);
 
-    let times: Vec<(String, i64)> = w
+    let times: Vec<(EventName, i64)> = w
         .store
         .events()
         .into_iter()
@@ -636,10 +630,10 @@ async fn every_time_recorded_is_the_clocks() {
     assert_eq!(
         times,
         [
-            ("JOINED".to_owned(), 0),
-            ("PUBLISH_STARTED".to_owned(), 0),
-            ("PUBLISH_STOPPED".to_owned(), 90_000),
-            ("LEFT".to_owned(), 90_000)
+            (EventName::Joined, 0),
+            (EventName::PublishStarted, 0),
+            (EventName::PublishStopped, 90_000),
+            (EventName::Left, 90_000)
         ]
     );
     let session = &w.store.sessions(&w.stage.arn).await[0];
@@ -716,13 +710,13 @@ async fn a_join_the_store_cannot_record_is_refused_and_taken_down() {
     w.store.fail_live_writes(false);
     w.live.publish(token, "offer".into(), None).await.unwrap();
     assert_eq!(w.store.events_of(&alice), ["JOINED", "PUBLISH_STARTED"]);
-    let stored: Vec<String> = w
+    let stored: Vec<EventName> = w
         .store
         .stored_events(&w.stage.arn, &alice)
         .await
         .into_iter()
         .map(|e| e.name)
         .collect();
-    assert_eq!(stored, ["JOINED", "PUBLISH_STARTED"]);
+    assert_eq!(stored, [EventName::Joined, EventName::PublishStarted]);
     assert!(w.store.running_session(&w.stage.arn).await.is_some());
 }

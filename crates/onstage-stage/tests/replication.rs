@@ -6,10 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use onstage_stage::live::machine::stop_reason;
 use onstage_stage::live::{LiveConfig, LivePlane};
 use onstage_stage::media::{CloseCause, MediaSignal, SourceId};
-use onstage_stage::model::{Attributes, ParticipantState, Stage};
+use onstage_stage::model::{
+    Attributes, EventName, ParticipantState, ReplicationState, ReplicationType, Stage, StopReason,
+};
 use onstage_stage::service::{NewStage, ReplicationRequest, TokenRequest};
 use onstage_stage::{ControlPlane, DomainError};
 use onstage_testkit::{
@@ -142,7 +143,7 @@ impl World {
                     .next()
                     .unwrap()
                     .to_owned();
-                (id, r.replication_state)
+                (id, r.replication_state.as_str().to_owned())
             })
             .collect()
     }
@@ -183,8 +184,8 @@ async fn the_replica_is_a_publisher_of_the_destination() {
     let replica = w.store.participant_in(&w.b.arn, &host).await.unwrap();
     assert_eq!(replica.state, ParticipantState::Connected);
     assert!(replica.published);
-    assert_eq!(replica.replication_type, "REPLICA");
-    assert_eq!(replica.replication_state.as_deref(), Some("ACTIVE"));
+    assert_eq!(replica.replication_type, ReplicationType::Replica);
+    assert_eq!(replica.replication_state, Some(ReplicationState::Active));
     assert_eq!(replica.source_stage_arn, Some(w.a.arn.to_string()));
     assert_eq!(
         replica.source_session_id.as_deref(),
@@ -218,14 +219,11 @@ async fn the_replica_is_a_publisher_of_the_destination() {
     // In A: a SOURCE with REPLICATION_STARTED naming B and its session.
     let source = w.store.participant_in(&w.a.arn, &host).await.unwrap();
     assert_eq!(
-        (
-            source.replication_type.as_str(),
-            source.replication_state.as_deref()
-        ),
-        ("SOURCE", Some("ACTIVE"))
+        (source.replication_type, source.replication_state),
+        (ReplicationType::Source, Some(ReplicationState::Active))
     );
     let started = w.store.events_in(&w.a.arn, &host).pop().unwrap();
-    assert_eq!(started.name, "REPLICATION_STARTED");
+    assert_eq!(started.name, EventName::ReplicationStarted);
     assert_eq!(started.destination_stage_arn, Some(w.b.arn.to_string()));
     assert_eq!(started.destination_session_id, Some(b_session.clone()));
     assert!(!started.replica);
@@ -252,7 +250,7 @@ async fn the_replica_is_a_publisher_of_the_destination() {
         Some(MediaCall::Subscribe(SourceId(1), _))
     ));
     let subscribed = w.store.events_in(&w.b.arn, &viewer).pop().unwrap();
-    assert_eq!(subscribed.name, "SUBSCRIBE_STARTED");
+    assert_eq!(subscribed.name, EventName::SubscribeStarted);
     assert_eq!(
         subscribed.remote_participant_id.as_deref(),
         Some(host.as_str())
@@ -350,7 +348,10 @@ async fn a_replica_takes_one_of_the_twelve_publisher_slots() {
         .publish(late_token, "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(refusal.http_status(), 403);
+    assert_eq!(
+        refusal.kind,
+        onstage_stage::live::RefusalKind::QuotaExceeded
+    );
     assert_eq!(
         w.store.events_with_codes(&late),
         [("PUBLISH_ERROR".into(), Some("QUOTA_EXCEEDED".into()))]
@@ -385,7 +386,7 @@ async fn stop_participant_replication_removes_the_replica() {
     );
     let replica = w.store.participant_in(&w.b.arn, &host).await.unwrap();
     assert_eq!(replica.state, ParticipantState::Disconnected);
-    assert_eq!(replica.replication_state.as_deref(), Some("STOPPED"));
+    assert_eq!(replica.replication_state, Some(ReplicationState::Stopped));
     assert!(
         w.media.closed_peers().contains(&viewer_peer),
         "the destination subscriber's media ends"
@@ -403,19 +404,16 @@ async fn stop_participant_replication_removes_the_replica() {
 
     let source = w.store.participant_in(&w.a.arn, &host).await.unwrap();
     assert_eq!(
-        (
-            source.replication_type.as_str(),
-            source.replication_state.as_deref()
-        ),
-        ("SOURCE", Some("STOPPED"))
+        (source.replication_type, source.replication_state),
+        (ReplicationType::Source, Some(ReplicationState::Stopped))
     );
     assert_eq!(
         w.store.events_in(&w.a.arn, &host).pop().unwrap().name,
-        "REPLICATION_STOPPED"
+        EventName::ReplicationStopped
     );
     assert_eq!(
-        w.store.stop_reasons().first().map(String::as_str),
-        Some(stop_reason::STOPPED_BY_REQUEST)
+        w.store.stop_reasons().first().copied(),
+        Some(StopReason::StoppedByRequest)
     );
     assert!(matches!(
         w.stop(&w.a, &w.b, &host).await,
@@ -434,7 +432,7 @@ async fn stop_participant_replication_removes_the_replica() {
             .await
             .unwrap()
             .replication_state
-            .as_deref(),
+            .map(ReplicationState::as_str),
         Some("ACTIVE")
     );
 }
@@ -450,8 +448,8 @@ async fn the_source_leaving_without_a_window_stops_everything() {
     assert_eq!(w.media.closed_sources(), [SourceId(1)]);
     assert_eq!(w.listed(&w.a, &host).await, [state(&w.b.arn.id, "STOPPED")]);
     assert_eq!(
-        w.store.stop_reasons().first().map(String::as_str),
-        Some(stop_reason::SOURCE_STOPPED_PUBLISHING)
+        w.store.stop_reasons().first().copied(),
+        Some(StopReason::SourceStoppedPublishing)
     );
     assert_eq!(w.store.running_session(&w.a.arn).await, None);
     assert_eq!(w.store.running_session(&w.b.arn).await, None);
@@ -526,7 +524,7 @@ async fn a_publisher_back_within_its_window_keeps_its_replicas() {
     );
     let source = w.store.participant_in(&w.a.arn, &host).await.unwrap();
     assert_eq!(source.state, ParticipantState::Connected);
-    assert_eq!(source.replication_state.as_deref(), Some("ACTIVE"));
+    assert_eq!(source.replication_state, Some(ReplicationState::Active));
 
     // Gone again, for good: a new window runs from this drop.
     let feeding = w.media.peer(2);
@@ -542,8 +540,8 @@ async fn a_publisher_back_within_its_window_keeps_its_replicas() {
     })
     .await;
     assert_eq!(
-        w.store.stop_reasons().first().map(String::as_str),
-        Some(stop_reason::WINDOW_PASSED)
+        w.store.stop_reasons().first().copied(),
+        Some(StopReason::WindowPassed)
     );
     eventually("B's session ended", async || {
         w.store.running_session(&w.b.arn).await.is_none()
@@ -554,11 +552,8 @@ async fn a_publisher_back_within_its_window_keeps_its_replicas() {
     assert_eq!(w.store.running_session(&w.a.arn).await, None);
     let source = w.store.participant_in(&w.a.arn, &host).await.unwrap();
     assert_eq!(
-        (
-            source.replication_type.as_str(),
-            source.replication_state.as_deref()
-        ),
-        ("SOURCE", Some("STOPPED"))
+        (source.replication_type, source.replication_state),
+        (ReplicationType::Source, Some(ReplicationState::Stopped))
     );
     let a_session_record = &w.store.sessions(&w.a.arn).await[0];
     assert_eq!(
@@ -592,8 +587,8 @@ async fn disconnect_participant_of_the_source_or_of_the_replica() {
         [state(&w.b.arn.id, "STOPPED"), state(&c.arn.id, "ACTIVE")]
     );
     assert_eq!(
-        w.store.stop_reasons().first().map(String::as_str),
-        Some(stop_reason::REPLICA_DISCONNECTED)
+        w.store.stop_reasons().first().copied(),
+        Some(StopReason::ReplicaDisconnected)
     );
     assert_eq!(w.on_stage(&w.b), []);
     assert_eq!(w.on_stage(&c), [(host.clone(), true)]);
@@ -636,8 +631,8 @@ async fn delete_stage_stops_replications_into_and_out_of_it() {
         [state(&w.b.arn.id, "STOPPED"), state(&c.arn.id, "ACTIVE")]
     );
     assert_eq!(
-        w.store.stop_reasons().first().map(String::as_str),
-        Some(stop_reason::DESTINATION_STAGE_DELETED)
+        w.store.stop_reasons().first().copied(),
+        Some(StopReason::DestinationStageDeleted)
     );
     assert_eq!(w.on_stage(&w.a), [(host.clone(), true)]);
 
@@ -682,8 +677,8 @@ async fn shutdown_stops_every_replication() {
     w.live.shutdown().await;
     assert_eq!(w.listed(&w.a, &host).await, [state(&w.b.arn.id, "STOPPED")]);
     assert_eq!(
-        w.store.stop_reasons().first().map(String::as_str),
-        Some(stop_reason::SERVER_SHUTDOWN)
+        w.store.stop_reasons().first().copied(),
+        Some(StopReason::ServerShutdown)
     );
     assert_eq!(w.store.running_session(&w.a.arn).await, None);
     assert_eq!(w.store.running_session(&w.b.arn).await, None);

@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use onstage_stage::StoreError;
 use onstage_stage::ids::{Account, Arn, ResourceKind};
 use onstage_stage::model::{
-    Page, Participant, ParticipantEvent, ParticipantFilter, ParticipantReplica, StageSession, Tags,
+    Page, Participant, ParticipantEvent, ParticipantFilter, ParticipantReplica, StageSession,
+    StopReason, Tags,
 };
 use onstage_stage::store::{
     DeleteOutcome, InsertOutcome, InterruptedSessions, LiveWrite, ResourceRecord, Store, TagOutcome,
@@ -84,7 +85,12 @@ impl TestStore {
         self.events()
             .into_iter()
             .filter(|e| e.participant_id == participant_id)
-            .map(|e| (e.name, e.error_code))
+            .map(|e| {
+                (
+                    e.name.as_str().to_owned(),
+                    e.error_code.map(|c| c.as_str().to_owned()),
+                )
+            })
             .collect()
     }
 
@@ -107,7 +113,7 @@ impl TestStore {
     pub fn event_names_in(&self, stage: &Arn, participant_id: &str) -> Vec<String> {
         self.events_in(stage, participant_id)
             .into_iter()
-            .map(|e| e.name)
+            .map(|e| e.name.as_str().to_owned())
             .collect()
     }
 
@@ -120,7 +126,7 @@ impl TestStore {
     }
 
     /// Why replications stopped, in order.
-    pub fn stop_reasons(&self) -> Vec<String> {
+    pub fn stop_reasons(&self) -> Vec<StopReason> {
         self.live_writes()
             .into_iter()
             .filter_map(|(_, w)| match w {

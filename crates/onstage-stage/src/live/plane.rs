@@ -723,7 +723,7 @@ impl LivePlane {
         publisher: Option<&str>,
         refusal: Refusal,
     ) -> Refusal {
-        tracing::info!(stage = %inner.machine.stage(), participant, ?action, ?publisher, status = refusal.http_status(), reason = %refusal, "connection refused");
+        tracing::info!(stage = %inner.machine.stage(), participant, ?action, ?publisher, kind = ?refusal.kind, reason = %refusal, "connection refused");
         let fx = inner
             .machine
             .refused(participant, action, publisher, &refusal, self.now());
@@ -959,7 +959,7 @@ impl LivePlane {
                     ..
                 } => inner
                     .machine
-                    .replication_ended(participant_id, destination, reason, now),
+                    .replication_ended(participant_id, destination, *reason, now),
             };
             let _ = self.execute(&slot, &mut inner, fx).await;
             queue.extend(std::mem::take(&mut inner.pending));
