@@ -90,7 +90,7 @@ async fn publish_subscribe_and_leave() {
         .await
         .unwrap();
     assert_eq!(published.participant_id, alice);
-    assert!(published.answer_sdp.starts_with("answer-"));
+    assert!(published.answer_sdp.contains("s=answer-"));
     assert_eq!(published.resource_id.len(), 24);
     let session = w
         .store

@@ -16,7 +16,8 @@ pub enum MediaCall {
     Keyframe(SourceId),
 }
 
-/// Answers every offer with `answer-<peer id>`, or refuses it as told. Ids come in
+/// Answers every offer with a minimal SDP whose session name is `answer-<peer id>`,
+/// or refuses it as told. Ids come in
 /// a fixed order: sources count from 1, peers from 101, from one shared counter
 /// (the first publish of a test is source 1, peer 102... see [`FakeMedia::peer`]).
 #[derive(Default)]
@@ -101,7 +102,7 @@ impl MediaPlane for FakeMedia {
     ) -> Result<(PeerId, String), MediaRefusal> {
         let peer = self.answer()?;
         self.log(MediaCall::Publish(source, peer));
-        Ok((peer, format!("answer-{peer}")))
+        Ok((peer, answer_sdp(peer)))
     }
 
     async fn subscribe(
@@ -111,7 +112,7 @@ impl MediaPlane for FakeMedia {
     ) -> Result<(PeerId, String), MediaRefusal> {
         let peer = self.answer()?;
         self.log(MediaCall::Subscribe(source, peer));
-        Ok((peer, format!("answer-{peer}")))
+        Ok((peer, answer_sdp(peer)))
     }
 
     fn close_peer(&self, peer: PeerId) {
@@ -125,4 +126,8 @@ impl MediaPlane for FakeMedia {
     fn request_keyframe(&self, source: SourceId) {
         self.log(MediaCall::Keyframe(source));
     }
+}
+
+fn answer_sdp(peer: PeerId) -> String {
+    format!("v=0\r\ns=answer-{peer}\r\n")
 }
