@@ -1,10 +1,12 @@
 //! The one place where failures become AWS error responses: status code,
 //! `x-amzn-ErrorType` and a body carrying the message twice (`exceptionMessage`, as
-//! the model names it, and `message`, which botocore and aws-sdk-rust print).
+//! the model names it, and `message`, which botocore and aws-sdk-rust print). Also
+//! the status of a refused participant connection (answered in plain text).
 
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 use onstage_stage::DomainError;
+use onstage_stage::live::RefusalKind;
 
 /// The AWS error shapes onstage answers with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,5 +113,52 @@ impl IntoResponse for ApiError {
             HeaderValue::from_static(self.kind.type_name()),
         );
         response
+    }
+}
+
+/// The status of a refused publish, subscribe or events socket (DECISIONS.md,
+/// "Refused connections").
+pub(crate) fn refusal_status(kind: &RefusalKind) -> StatusCode {
+    match kind {
+        RefusalKind::Token(_) => StatusCode::UNAUTHORIZED,
+        RefusalKind::Revoked
+        | RefusalKind::TokenRevoked
+        | RefusalKind::WrongParticipantId
+        | RefusalKind::MissingCapability
+        | RefusalKind::QuotaExceeded => StatusCode::FORBIDDEN,
+        RefusalKind::PublisherNotFound => StatusCode::NOT_FOUND,
+        RefusalKind::ReplicaIdInUse => StatusCode::CONFLICT,
+        RefusalKind::InvalidOffer
+        | RefusalKind::InvalidVideoCodec
+        | RefusalKind::InvalidAudioCodec => StatusCode::BAD_REQUEST,
+        RefusalKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use onstage_stage::token::TokenRejection;
+
+    use super::*;
+
+    #[test]
+    fn refused_connections_answer_with_their_status() {
+        let cases = [
+            (RefusalKind::Token(TokenRejection::BadSignature), 401),
+            (RefusalKind::Revoked, 403),
+            (RefusalKind::TokenRevoked, 403),
+            (RefusalKind::WrongParticipantId, 403),
+            (RefusalKind::MissingCapability, 403),
+            (RefusalKind::QuotaExceeded, 403),
+            (RefusalKind::PublisherNotFound, 404),
+            (RefusalKind::ReplicaIdInUse, 409),
+            (RefusalKind::InvalidOffer, 400),
+            (RefusalKind::InvalidVideoCodec, 400),
+            (RefusalKind::InvalidAudioCodec, 400),
+            (RefusalKind::Internal, 500),
+        ];
+        for (kind, status) in cases {
+            assert_eq!(refusal_status(&kind).as_u16(), status, "{kind:?}");
+        }
     }
 }

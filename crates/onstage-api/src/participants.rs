@@ -239,7 +239,9 @@ async fn open_events(
             upgrade.on_upgrade(move |socket| run_events_socket(socket, subscription))
         }
         Err(refusal) if errors_over_ws => {
-            let status = refusal.as_ref().map_or(401, Refusal::http_status);
+            let status = refusal
+                .as_ref()
+                .map_or(401, |r| crate::error::refusal_status(&r.kind).as_u16());
             count("events", &status.to_string());
             let message = join_error_message(refusal.as_ref());
             upgrade.on_upgrade(move |mut socket| async move {
@@ -259,7 +261,11 @@ async fn open_events(
 /// `{"type":"aws:ivs:JOIN_ERROR","code":<HTTP status of the refusal>,"errorCode":…,"message":…,"fatal":true}`
 fn join_error_message(refusal: Option<&Refusal>) -> String {
     let (code, error_code, message) = match refusal {
-        Some(r) => (r.http_status(), r.error_code().as_str(), r.message.as_str()),
+        Some(r) => (
+            crate::error::refusal_status(&r.kind).as_u16(),
+            r.error_code().as_str(),
+            r.message.as_str(),
+        ),
         None => (
             401,
             "INVALID_INPUT",
@@ -578,8 +584,7 @@ fn resource_url(whip_endpoint: &str, resource_id: &str) -> String {
 }
 
 fn refused(kind: &'static str, refusal: Refusal) -> Response {
-    let status =
-        StatusCode::from_u16(refusal.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = crate::error::refusal_status(&refusal.kind);
     count(kind, status.as_str());
     if status == StatusCode::UNAUTHORIZED {
         return unauthorized(&refusal.message);

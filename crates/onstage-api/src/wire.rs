@@ -259,11 +259,11 @@ fn participant_common(p: &Participant) -> Map<String, Value> {
     m.insert("firstJoinTime".into(), json!(iso8601(p.first_join_time)));
     m.insert("published".into(), json!(p.published));
     m.insert("recordingState".into(), json!(p.recording_state));
-    m.insert("replicationType".into(), json!(p.replication_type));
+    m.insert("replicationType".into(), json!(p.replication_type.as_str()));
     put(
         &mut m,
         "replicationState",
-        p.replication_state.as_ref().map(|v| json!(v)),
+        p.replication_state.map(|v| json!(v.as_str())),
     );
     put(
         &mut m,
@@ -310,7 +310,7 @@ pub fn participant_summary(p: &Participant) -> Value {
 
 pub fn participant_event(e: &ParticipantEvent) -> Value {
     let mut m = Map::new();
-    m.insert("name".into(), json!(e.name));
+    m.insert("name".into(), json!(e.name.as_str()));
     m.insert("participantId".into(), json!(e.participant_id));
     m.insert("eventTime".into(), json!(iso8601(e.event_time)));
     put(
@@ -318,7 +318,7 @@ pub fn participant_event(e: &ParticipantEvent) -> Value {
         "remoteParticipantId",
         e.remote_participant_id.as_ref().map(|v| json!(v)),
     );
-    put(&mut m, "errorCode", e.error_code.as_ref().map(|v| json!(v)));
+    put(&mut m, "errorCode", e.error_code.map(|v| json!(v.as_str())));
     put(
         &mut m,
         "destinationStageArn",
@@ -340,6 +340,6 @@ pub fn participant_replica(r: &ParticipantReplica) -> Value {
         "sourceSessionId": r.source_session_id,
         "destinationStageArn": r.destination_stage_arn,
         "destinationSessionId": r.destination_session_id,
-        "replicationState": r.replication_state,
+        "replicationState": r.replication_state.as_str(),
     })
 }

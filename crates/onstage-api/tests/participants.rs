@@ -1,24 +1,22 @@
 //! The participant endpoints over HTTP and a real WebSocket, with the SQLite store
-//! and a media plane that answers every offer with a canned SDP.
+//! and the test kit's media plane, which answers every offer with a canned SDP.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::body::Body;
 use futures_util::{SinkExt, StreamExt};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use onstage_api::{ApiState, Credentials, participant_router};
-use onstage_stage::ids::Account;
 use onstage_stage::live::LiveConfig;
-use onstage_stage::media::{MediaPlane, MediaRefusal, PeerId, SourceId};
+use onstage_stage::media::MediaRefusal;
 use onstage_stage::model::{ParticipantFilter, ParticipantState, Stage};
 use onstage_stage::service::{Capability, NewStage, TokenRequest};
 use onstage_stage::{ControlPlane, ControlPlaneConfig, LivePlane};
 use onstage_store::SqliteStore;
+use onstage_testkit::{FakeMedia, account, eventually};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -26,55 +24,12 @@ use tower::ServiceExt;
 
 const OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n";
 
-#[derive(Default)]
-struct CannedMedia {
-    next: AtomicU64,
-}
-
-#[async_trait]
-impl MediaPlane for CannedMedia {
-    fn new_source(&self) -> SourceId {
-        SourceId(self.next.fetch_add(1, Ordering::Relaxed))
-    }
-    async fn publish(
-        &self,
-        _source: SourceId,
-        offer: String,
-    ) -> Result<(PeerId, String), MediaRefusal> {
-        if offer.contains("m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 AV1") {
-            return Err(MediaRefusal::InvalidVideoCodec);
-        }
-        Ok((
-            PeerId(self.next.fetch_add(1, Ordering::Relaxed)),
-            "v=0\r\ns=answer\r\n".into(),
-        ))
-    }
-    async fn subscribe(
-        &self,
-        _source: SourceId,
-        _offer: String,
-    ) -> Result<(PeerId, String), MediaRefusal> {
-        Ok((
-            PeerId(self.next.fetch_add(1, Ordering::Relaxed)),
-            "v=0\r\ns=answer\r\n".into(),
-        ))
-    }
-    fn close_peer(&self, _peer: PeerId) {}
-    fn close_source(&self, _source: SourceId) {}
-}
-
 struct Server {
     app: Router,
+    media: Arc<FakeMedia>,
     control: Arc<ControlPlane>,
     stage: Stage,
     addr: std::net::SocketAddr,
-}
-
-fn account() -> Account {
-    Account {
-        id: "000000000000".into(),
-        region: "us-east-1".into(),
-    }
 }
 
 async fn server() -> Server {
@@ -86,13 +41,10 @@ async fn server() -> Server {
         events_url: format!("ws://{addr}/events"),
     };
     let control = Arc::new(ControlPlane::open(Arc::new(store), config).await.unwrap());
-    let live = LivePlane::open(
-        control.clone(),
-        Arc::new(CannedMedia::default()),
-        LiveConfig::default(),
-    )
-    .await
-    .unwrap();
+    let media = Arc::new(FakeMedia::default());
+    let live = LivePlane::open(control.clone(), media.clone(), LiveConfig::default())
+        .await
+        .unwrap();
     let state = ApiState::new(
         control.clone(),
         Credentials::new(),
@@ -111,6 +63,7 @@ async fn server() -> Server {
         .unwrap();
     Server {
         app,
+        media,
         control,
         stage,
         addr,
@@ -186,7 +139,12 @@ impl Server {
             .unwrap();
         page.items
             .into_iter()
-            .map(|e| (e.name, e.error_code))
+            .map(|e| {
+                (
+                    e.name.as_str().to_owned(),
+                    e.error_code.map(|c| c.as_str().to_owned()),
+                )
+            })
             .collect()
     }
 
@@ -400,6 +358,7 @@ async fn refusals_are_plain_text_with_spec_statuses() {
 
     let av1 = format!("{OFFER}m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 AV1/90000\r\n");
     let (other, other_token) = s.token(&[Capability::Publish]).await;
+    s.media.refuse_next(MediaRefusal::InvalidVideoCodec);
     let (status, _, body) = s
         .whip("/whip", Some(&other_token), "application/sdp", &av1)
         .await;
@@ -547,13 +506,7 @@ async fn an_events_socket_closing_leaves_the_stage() {
     next_json(&mut socket).await;
     let session = s.session_id().await.unwrap();
     socket.close(None).await.unwrap();
-    for _ in 0..200 {
-        if s.session_id().await.is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(s.session_id().await, None);
+    eventually("the session ended", async || s.session_id().await.is_none()).await;
     let names: Vec<String> = s
         .events_of(&session, &bob)
         .await

@@ -6,6 +6,7 @@
 //! nothing of SQL (persistence goes through the [`Store`] trait, implemented by
 //! `onstage-store`), and nothing of WebRTC.
 
+pub mod clock;
 pub mod error;
 pub mod ids;
 pub mod live;
@@ -16,6 +17,7 @@ pub mod store;
 pub mod time_fmt;
 pub mod token;
 
+pub use clock::{Clock, SystemClock};
 pub use error::{DomainError, StoreError};
 pub use ids::{Account, Arn, ResourceKind};
 pub use live::LivePlane;

@@ -8,6 +8,38 @@ use serde::{Deserialize, Serialize};
 use crate::ids::Arn;
 use crate::time_fmt::UnixMillis;
 
+/// An enum whose variants have one fixed name each (the model's, or the text the
+/// store keeps): `as_str` gives it, `parse` reads it back.
+macro_rules! named {
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 pub type Tags = BTreeMap<String, String>;
 pub type Attributes = BTreeMap<String, String>;
 
@@ -144,8 +176,8 @@ pub struct Participant {
     pub client: ClientAttributes,
     pub recording_state: String,
     pub protocol: String,
-    pub replication_type: String,
-    pub replication_state: Option<String>,
+    pub replication_type: ReplicationType,
+    pub replication_state: Option<ReplicationState>,
     pub source_stage_arn: Option<String>,
     pub source_session_id: Option<String>,
 }
@@ -163,11 +195,11 @@ pub struct ClientAttributes {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParticipantEvent {
-    pub name: String,
+    pub name: EventName,
     pub participant_id: String,
     pub event_time: UnixMillis,
     pub remote_participant_id: Option<String>,
-    pub error_code: Option<String>,
+    pub error_code: Option<EventErrorCode>,
     pub destination_stage_arn: Option<String>,
     pub destination_session_id: Option<String>,
     pub replica: bool,
@@ -180,7 +212,7 @@ pub struct ParticipantReplica {
     pub source_session_id: String,
     pub destination_stage_arn: String,
     pub destination_session_id: String,
-    pub replication_state: String,
+    pub replication_state: ReplicationState,
 }
 
 /// A page of a list, and the position after its last item when more follow.
@@ -209,78 +241,100 @@ pub enum ParticipantFilter {
     RecordingState(String),
 }
 
-/// `EventName` of the model: what happened to a participant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventName {
-    Joined,
-    Left,
-    PublishStarted,
-    PublishStopped,
-    SubscribeStarted,
-    SubscribeStopped,
-    PublishError,
-    SubscribeError,
-    JoinError,
-    ReplicationStarted,
-    ReplicationStopped,
-    TokenExchanged,
-}
-
-impl EventName {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventName::Joined => "JOINED",
-            EventName::Left => "LEFT",
-            EventName::PublishStarted => "PUBLISH_STARTED",
-            EventName::PublishStopped => "PUBLISH_STOPPED",
-            EventName::SubscribeStarted => "SUBSCRIBE_STARTED",
-            EventName::SubscribeStopped => "SUBSCRIBE_STOPPED",
-            EventName::PublishError => "PUBLISH_ERROR",
-            EventName::SubscribeError => "SUBSCRIBE_ERROR",
-            EventName::JoinError => "JOIN_ERROR",
-            EventName::ReplicationStarted => "REPLICATION_STARTED",
-            EventName::ReplicationStopped => "REPLICATION_STOPPED",
-            EventName::TokenExchanged => "TOKEN_EXCHANGED",
-        }
+named! {
+    /// `EventName` of the model: what happened to a participant.
+    EventName {
+        Joined => "JOINED",
+        Left => "LEFT",
+        PublishStarted => "PUBLISH_STARTED",
+        PublishStopped => "PUBLISH_STOPPED",
+        SubscribeStarted => "SUBSCRIBE_STARTED",
+        SubscribeStopped => "SUBSCRIBE_STOPPED",
+        PublishError => "PUBLISH_ERROR",
+        SubscribeError => "SUBSCRIBE_ERROR",
+        JoinError => "JOIN_ERROR",
+        ReplicationStarted => "REPLICATION_STARTED",
+        ReplicationStopped => "REPLICATION_STOPPED",
+        TokenExchanged => "TOKEN_EXCHANGED",
     }
 }
 
-/// `EventErrorCode` of the model: why a join, publish or subscribe failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EventErrorCode {
-    InsufficientCapabilities,
-    QuotaExceeded,
-    PublisherNotFound,
-    BitrateExceeded,
-    ResolutionExceeded,
-    StreamDurationExceeded,
-    InvalidAudioCodec,
-    InvalidVideoCodec,
-    InvalidProtocol,
-    InvalidStreamKey,
-    ReuseOfStreamKey,
-    BFramePresent,
-    InvalidInput,
-    InternalServerException,
+named! {
+    /// `EventErrorCode` of the model: why a join, publish or subscribe failed.
+    EventErrorCode {
+        InsufficientCapabilities => "INSUFFICIENT_CAPABILITIES",
+        QuotaExceeded => "QUOTA_EXCEEDED",
+        PublisherNotFound => "PUBLISHER_NOT_FOUND",
+        BitrateExceeded => "BITRATE_EXCEEDED",
+        ResolutionExceeded => "RESOLUTION_EXCEEDED",
+        StreamDurationExceeded => "STREAM_DURATION_EXCEEDED",
+        InvalidAudioCodec => "INVALID_AUDIO_CODEC",
+        InvalidVideoCodec => "INVALID_VIDEO_CODEC",
+        InvalidProtocol => "INVALID_PROTOCOL",
+        InvalidStreamKey => "INVALID_STREAM_KEY",
+        ReuseOfStreamKey => "REUSE_OF_STREAM_KEY",
+        BFramePresent => "B_FRAME_PRESENT",
+        InvalidInput => "INVALID_INPUT",
+        InternalServerException => "INTERNAL_SERVER_EXCEPTION",
+    }
 }
 
-impl EventErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventErrorCode::InsufficientCapabilities => "INSUFFICIENT_CAPABILITIES",
-            EventErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
-            EventErrorCode::PublisherNotFound => "PUBLISHER_NOT_FOUND",
-            EventErrorCode::BitrateExceeded => "BITRATE_EXCEEDED",
-            EventErrorCode::ResolutionExceeded => "RESOLUTION_EXCEEDED",
-            EventErrorCode::StreamDurationExceeded => "STREAM_DURATION_EXCEEDED",
-            EventErrorCode::InvalidAudioCodec => "INVALID_AUDIO_CODEC",
-            EventErrorCode::InvalidVideoCodec => "INVALID_VIDEO_CODEC",
-            EventErrorCode::InvalidProtocol => "INVALID_PROTOCOL",
-            EventErrorCode::InvalidStreamKey => "INVALID_STREAM_KEY",
-            EventErrorCode::ReuseOfStreamKey => "REUSE_OF_STREAM_KEY",
-            EventErrorCode::BFramePresent => "B_FRAME_PRESENT",
-            EventErrorCode::InvalidInput => "INVALID_INPUT",
-            EventErrorCode::InternalServerException => "INTERNAL_SERVER_EXCEPTION",
+named! {
+    /// `ReplicationType` of the model: a participant's part in replication.
+    ReplicationType {
+        Source => "SOURCE",
+        Replica => "REPLICA",
+        None => "NONE",
+    }
+}
+
+named! {
+    /// `ReplicationState` of the model.
+    ReplicationState {
+        Active => "ACTIVE",
+        Stopped => "STOPPED",
+    }
+}
+
+named! {
+    /// Why a replication stopped (BEHAVIOUR §6); the store keeps the text with the
+    /// stopped replication.
+    StopReason {
+        StoppedByRequest => "StopParticipantReplication",
+        SourceStoppedPublishing => "the source participant stopped publishing",
+        WindowPassed => "the source participant did not publish again within the reconnect window",
+        SourceDisconnected => "the source participant was disconnected (DisconnectParticipant)",
+        ReplicaDisconnected => "the replica was disconnected from the destination (DisconnectParticipant)",
+        SourceStageDeleted => "the source stage was deleted",
+        DestinationStageDeleted => "the destination stage was deleted",
+        ServerShutdown => "the server shut down",
+        ServerRestarted => "the server restarted",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_read_back() {
+        for name in EventName::ALL {
+            assert_eq!(EventName::parse(name.as_str()), Some(*name));
         }
+        for code in EventErrorCode::ALL {
+            assert_eq!(EventErrorCode::parse(code.as_str()), Some(*code));
+        }
+        for reason in StopReason::ALL {
+            assert_eq!(StopReason::parse(reason.as_str()), Some(*reason));
+        }
+        assert_eq!(
+            ReplicationType::parse("REPLICA"),
+            Some(ReplicationType::Replica)
+        );
+        assert_eq!(
+            ReplicationState::parse("STOPPED"),
+            Some(ReplicationState::Stopped)
+        );
+        assert_eq!(EventName::parse("joined"), None);
     }
 }

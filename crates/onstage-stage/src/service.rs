@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::{DomainError, StoreError};
 use crate::ids::{self, Account, Arn, ResourceKind};
 use crate::model::{
@@ -18,7 +19,7 @@ use crate::model::{
     StageSession, StorageConfiguration, Tags, ThumbnailSettings, Video,
 };
 use crate::store::{DeleteOutcome, InsertOutcome, ResourceRecord, Store, TagOutcome};
-use crate::time_fmt::{UnixMillis, now_millis};
+use crate::time_fmt::UnixMillis;
 use crate::token::{
     self, Capabilities, ParticipantClaims, TokenCheck, TokenIssuer, TokenRejection, TokenSigner,
     UnverifiedToken, parse_p384_public_key,
@@ -204,7 +205,7 @@ pub struct VerifiedToken {
 /// Why [`ControlPlane::verify_participant_token`] did not accept a token.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenVerificationError {
-    /// The token does not authenticate its holder (HTTP 401). `claimed` is what the
+    /// The token does not authenticate its holder. `claimed` is what the
     /// token said about itself, unverified: where the refusal may be recorded.
     #[error("{rejection}")]
     Rejected {
@@ -220,16 +221,29 @@ pub struct ControlPlane {
     store: Arc<dyn Store>,
     signer: TokenSigner,
     config: ControlPlaneConfig,
+    /// What time it is, for creation times and tokens; the live plane reads the same.
+    clock: Arc<dyn Clock>,
     /// Set once the live plane exists; weak, because the live plane holds the control
     /// plane.
     live: OnceLock<Weak<dyn LiveStages>>,
 }
 
 impl ControlPlane {
-    /// Loads (or, on first start, creates and stores) the token-signing key.
+    /// Loads (or, on first start, creates and stores) the token-signing key. Time
+    /// is the machine's wall clock.
     pub async fn open(
         store: Arc<dyn Store>,
         config: ControlPlaneConfig,
+    ) -> Result<Self, DomainError> {
+        Self::open_with_clock(store, config, Arc::new(SystemClock)).await
+    }
+
+    /// [`ControlPlane::open`] on another clock (a test's virtual time). The live
+    /// plane attached to this control plane uses the same clock.
+    pub async fn open_with_clock(
+        store: Arc<dyn Store>,
+        config: ControlPlaneConfig,
+        clock: Arc<dyn Clock>,
     ) -> Result<Self, DomainError> {
         let candidate = TokenSigner::generate_pkcs8()?;
         let pkcs8 = store.secret(SIGNING_KEY_SECRET, &candidate).await?;
@@ -238,6 +252,7 @@ impl ControlPlane {
             store,
             signer,
             config,
+            clock,
             live: OnceLock::new(),
         })
     }
@@ -254,6 +269,10 @@ impl ControlPlane {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     pub fn jwks(&self) -> serde_json::Value {
@@ -293,7 +312,7 @@ impl ControlPlane {
         let record = ResourceRecord {
             arn: arn.clone(),
             tags: req.tags,
-            created_at: now_millis(),
+            created_at: self.clock.now(),
             body: to_doc(&doc)?,
             unique_key: None,
             refers_to,
@@ -485,7 +504,7 @@ impl ControlPlane {
             allow_publish: capabilities.contains(&Capability::Publish),
             allow_subscribe: capabilities.contains(&Capability::Subscribe),
         };
-        let now = now_millis();
+        let now = self.clock.now();
         let iat = now / 1000;
         let exp = iat + duration * 60;
         let participant_id = ids::new_participant_id();
@@ -626,7 +645,7 @@ impl ControlPlane {
         let record = ResourceRecord {
             arn,
             tags,
-            created_at: now_millis(),
+            created_at: self.clock.now(),
             body: to_doc(&doc)?,
             unique_key: Some(fingerprint),
             refers_to: None,
@@ -687,7 +706,7 @@ impl ControlPlane {
                 ids::new_resource_id(),
             ),
             tags,
-            created_at: now_millis(),
+            created_at: self.clock.now(),
             body: to_doc(&doc)?,
             unique_key: None,
             refers_to: None,
@@ -778,7 +797,7 @@ impl ControlPlane {
                 ids::new_resource_id(),
             ),
             tags,
-            created_at: now_millis(),
+            created_at: self.clock.now(),
             body: to_doc(&doc)?,
             unique_key: None,
             refers_to: None,
@@ -993,7 +1012,7 @@ impl ControlPlane {
         token_id: &str,
     ) -> Result<(), DomainError> {
         self.store
-            .revoke_token(account, token_id, crate::time_fmt::now_millis())
+            .revoke_token(account, token_id, self.clock.now())
             .await?;
         if let Some(live) = self.live() {
             live.revoke_token(account, token_id).await?;

@@ -17,7 +17,8 @@ use async_trait::async_trait;
 use crate::error::StoreError;
 use crate::ids::{Account, Arn, ResourceKind};
 use crate::model::{
-    Page, Participant, ParticipantEvent, ParticipantFilter, ParticipantReplica, StageSession, Tags,
+    Page, Participant, ParticipantEvent, ParticipantFilter, ParticipantReplica, ReplicationState,
+    ReplicationType, StageSession, StopReason, Tags,
 };
 use crate::time_fmt::UnixMillis;
 
@@ -84,7 +85,7 @@ pub enum LiveWrite {
     StopReplication {
         participant_id: String,
         destination_stage_arn: String,
-        reason: String,
+        reason: StopReason,
     },
     /// Sets only the replication fields of a participant's record in the session:
     /// for a source participant that is not on the stage right now (inside its
@@ -92,8 +93,8 @@ pub enum LiveWrite {
     SetReplicationState {
         session_id: String,
         participant_id: String,
-        replication_type: String,
-        replication_state: Option<String>,
+        replication_type: ReplicationType,
+        replication_state: Option<ReplicationState>,
     },
 }
 

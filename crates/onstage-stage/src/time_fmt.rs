@@ -1,4 +1,5 @@
-//! Wall-clock time as the domain sees it: whole seconds or milliseconds since the
+//! Wall-clock time as the domain sees it (what time it is comes from a
+//! [`Clock`](crate::clock::Clock)): whole seconds or milliseconds since the
 //! Unix epoch, and the one textual form the API uses (ISO 8601, UTC, with `Z`).
 
 use time::OffsetDateTime;
@@ -6,10 +7,6 @@ use time::macros::format_description;
 
 /// Milliseconds since the Unix epoch, UTC. Stored and compared as plain integers.
 pub type UnixMillis = i64;
-
-pub fn now_millis() -> UnixMillis {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-}
 
 /// `2026-11-27T16:43:19Z`. botocore reads a time without zone as local time, so the
 /// `Z` is never omitted.

@@ -180,9 +180,6 @@ pub enum TokenRejection {
 }
 
 impl TokenRejection {
-    /// The HTTP status of a refused connection.
-    pub const HTTP_STATUS: u16 = 401;
-
     /// The `errorCode` recorded with the `JOIN_ERROR`: the model has no code for a
     /// bad token; the token is the participant's input.
     pub fn error_code(&self) -> EventErrorCode {

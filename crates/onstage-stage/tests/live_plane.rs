@@ -1,21 +1,23 @@
 //! The live plane driven end to end without sockets: real tokens from the control
-//! plane, an in-memory store, and a fake media plane that answers every offer.
-
-mod common;
+//! plane, the SQLite store in memory, a fake media plane that answers every offer,
+//! and virtual time.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{FakeMedia, MediaCall, MemoryStore, account, control_plane};
 use onstage_stage::live::{EventsClose, LiveConfig, LivePlane, RefusalKind};
 use onstage_stage::media::{CloseCause, MediaRefusal, MediaSignal, PeerId, SourceId};
-use onstage_stage::model::{ParticipantState, Stage};
+use onstage_stage::model::{EventErrorCode, EventName, ParticipantState, Stage};
 use onstage_stage::service::{Capability, NewStage, TokenRequest};
 use onstage_stage::{ControlPlane, DomainError};
+use onstage_testkit::{
+    EPOCH, FakeMedia, ManualClock, MediaCall, TestStore, account, control_plane, eventually,
+};
 
 struct World {
-    store: Arc<MemoryStore>,
+    store: Arc<TestStore>,
     media: Arc<FakeMedia>,
+    clock: Arc<ManualClock>,
     control: Arc<ControlPlane>,
     live: Arc<LivePlane>,
     stage: Stage,
@@ -26,9 +28,10 @@ async fn world() -> World {
 }
 
 async fn world_with(config: LiveConfig) -> World {
-    let store = Arc::new(MemoryStore::default());
+    let store = Arc::new(TestStore::new().await);
     let media = Arc::new(FakeMedia::default());
-    let control = control_plane(store.clone()).await;
+    let clock = ManualClock::new();
+    let control = control_plane(store.clone(), clock.clone()).await;
     let live = LivePlane::open(control.clone(), media.clone(), config)
         .await
         .unwrap();
@@ -39,6 +42,7 @@ async fn world_with(config: LiveConfig) -> World {
     World {
         store,
         media,
+        clock,
         control,
         live,
         stage,
@@ -70,17 +74,6 @@ impl World {
     }
 }
 
-/// Waits for a condition that a spawned task makes true.
-async fn eventually(mut condition: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("condition never became true");
-}
-
 #[tokio::test]
 async fn publish_subscribe_and_leave() {
     let w = world().await;
@@ -97,11 +90,12 @@ async fn publish_subscribe_and_leave() {
         .await
         .unwrap();
     assert_eq!(published.participant_id, alice);
-    assert!(published.answer_sdp.starts_with("answer-"));
+    assert!(published.answer_sdp.contains("s=answer-"));
     assert_eq!(published.resource_id.len(), 24);
     let session = w
         .store
         .running_session(&w.stage.arn)
+        .await
         .expect("a session started");
     // The control plane sees it as the stage's active session.
     let stage = w
@@ -110,7 +104,7 @@ async fn publish_subscribe_and_leave() {
         .await
         .unwrap();
     assert_eq!(stage.active_session_id.as_deref(), Some(session.as_str()));
-    let record = w.store.participant(&alice).unwrap();
+    let record = w.store.participant_in(&w.stage.arn, &alice).await.unwrap();
     assert_eq!(record.client.browser_name.as_deref(), Some("Chrome"));
     assert!(record.published);
 
@@ -127,7 +121,7 @@ async fn publish_subscribe_and_leave() {
         .store
         .events()
         .into_iter()
-        .find(|e| e.name == "SUBSCRIBE_STARTED")
+        .find(|e| e.name == EventName::SubscribeStarted)
         .unwrap();
     assert_eq!(
         (
@@ -157,10 +151,14 @@ async fn publish_subscribe_and_leave() {
     );
     assert_eq!(w.media.closed_sources(), [SourceId(1)]);
     assert_eq!(
-        w.store.participant(&alice).unwrap().state,
+        w.store
+            .participant_in(&w.stage.arn, &alice)
+            .await
+            .unwrap()
+            .state,
         ParticipantState::Disconnected
     );
-    assert_eq!(w.store.running_session(&w.stage.arn), None);
+    assert_eq!(w.store.running_session(&w.stage.arn).await, None);
     assert_eq!(w.live.live_stage_count(), 0, "an idle stage holds nothing");
 }
 
@@ -205,7 +203,7 @@ async fn a_second_publish_with_the_same_token_replaces_the_first() {
 }
 
 #[tokio::test]
-async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
+async fn refusals_are_typed_and_recorded() {
     let w = world().await;
     let (host, host_token) = w.both().await;
     let (viewer, viewer_token) = w.token(&[Capability::Subscribe]).await;
@@ -216,10 +214,7 @@ async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
         .publish(viewer_token.clone(), "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(
-        (refusal.kind.clone(), refusal.http_status()),
-        (RefusalKind::MissingCapability, 403)
-    );
+    assert_eq!(refusal.kind, RefusalKind::MissingCapability);
     assert_eq!(w.store.sessions_started(), 0);
 
     w.live
@@ -231,7 +226,7 @@ async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
         .publish(viewer_token.clone(), "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(refusal.http_status(), 403);
+    assert_eq!(refusal.kind, RefusalKind::MissingCapability);
     assert_eq!(
         w.store.events_with_codes(&viewer),
         [(
@@ -245,7 +240,7 @@ async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
         .subscribe(viewer_token.clone(), "nobody".into(), "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(refusal.http_status(), 404);
+    assert_eq!(refusal.kind, RefusalKind::PublisherNotFound);
     assert_eq!(
         w.store.events_with_codes(&viewer)[1],
         ("SUBSCRIBE_ERROR".into(), Some("PUBLISHER_NOT_FOUND".into()))
@@ -263,7 +258,7 @@ async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
         .publish(forged, "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(refusal.http_status(), 401);
+    assert!(matches!(refusal.kind, RefusalKind::Token(_)), "{refusal:?}");
     assert_eq!(
         w.store.events_with_codes(&host).last().unwrap(),
         &("JOIN_ERROR".into(), Some("INVALID_INPUT".into()))
@@ -277,7 +272,7 @@ async fn refusals_answer_with_spec_status_codes_and_are_recorded() {
         .publish(other_token, "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(refusal.http_status(), 400);
+    assert_eq!(refusal.kind, RefusalKind::InvalidVideoCodec);
     assert_eq!(
         w.store.events_with_codes(&other),
         [("PUBLISH_ERROR".into(), Some("INVALID_VIDEO_CODEC".into()))]
@@ -321,7 +316,7 @@ async fn a_wrong_stage_token_on_the_events_socket_is_recorded_at_that_stage() {
         .await
         .err()
         .unwrap();
-    assert_eq!(refusal.http_status(), 401);
+    assert!(matches!(refusal.kind, RefusalKind::Token(_)), "{refusal:?}");
     assert_eq!(
         w.store.events_with_codes(&foreign.participant_id),
         [("JOIN_ERROR".into(), Some("INVALID_INPUT".into()))]
@@ -344,7 +339,7 @@ async fn only_twelve_publishers_even_when_they_race() {
     for attempt in attempts {
         match attempt.await.unwrap() {
             Ok(_) => accepted += 1,
-            Err(r) if r.kind == RefusalKind::QuotaExceeded && r.http_status() == 403 => quota += 1,
+            Err(r) if r.kind == RefusalKind::QuotaExceeded => quota += 1,
             Err(r) => panic!("{r:?}"),
         }
     }
@@ -353,7 +348,7 @@ async fn only_twelve_publishers_even_when_they_race() {
         .store
         .events()
         .into_iter()
-        .filter(|e| e.error_code.as_deref() == Some("QUOTA_EXCEEDED"))
+        .filter(|e| e.error_code == Some(EventErrorCode::QuotaExceeded))
         .count();
     assert_eq!(errors, 8);
 }
@@ -408,8 +403,14 @@ async fn the_events_socket_follows_the_stage() {
 
     // Dropping the subscription is the socket closing: bob leaves, the session ends.
     drop(second);
-    eventually(|| w.store.events_of(&bob) == ["JOINED", "LEFT"]).await;
-    eventually(|| w.store.running_session(&w.stage.arn).is_none()).await;
+    eventually("bob left", async || {
+        w.store.events_of(&bob) == ["JOINED", "LEFT"]
+    })
+    .await;
+    eventually("the session ended", async || {
+        w.store.running_session(&w.stage.arn).await.is_none()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -434,7 +435,10 @@ async fn peers_that_vanish_are_recorded_as_left() {
     signals
         .send(MediaSignal::Closed(w.media.peer(0), CloseCause::Timeout))
         .unwrap();
-    eventually(|| w.store.running_session(&w.stage.arn).is_none()).await;
+    eventually("the session ended", async || {
+        w.store.running_session(&w.stage.arn).await.is_none()
+    })
+    .await;
     assert_eq!(
         w.store.events_of(&alice),
         ["JOINED", "PUBLISH_STARTED", "PUBLISH_STOPPED", "LEFT"]
@@ -539,17 +543,14 @@ async fn disconnect_participant_cuts_and_revokes() {
         .publish(alice_token.clone(), "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(
-        (refusal.kind.clone(), refusal.http_status()),
-        (RefusalKind::Revoked, 403)
-    );
+    assert_eq!(refusal.kind, RefusalKind::Revoked);
     let refusal = w
         .live
         .open_events(alice_token, w.stage.arn.id.clone(), None)
         .await
         .err()
         .unwrap();
-    assert_eq!(refusal.http_status(), 403);
+    assert_eq!(refusal.kind, RefusalKind::Revoked);
     // And disconnecting again: it is not connected.
     let err = w
         .control
@@ -591,7 +592,7 @@ async fn delete_stage_disconnects_everyone_first() {
         .publish(alice_token, "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(refusal.http_status(), 401);
+    assert!(matches!(refusal.kind, RefusalKind::Token(_)), "{refusal:?}");
 }
 
 #[tokio::test]
@@ -607,5 +608,115 @@ async fn shutdown_ends_every_session() {
         w.store.events_of(&alice),
         ["JOINED", "PUBLISH_STARTED", "PUBLISH_STOPPED", "LEFT"]
     );
-    assert_eq!(w.store.running_session(&w.stage.arn), None);
+    assert_eq!(w.store.running_session(&w.stage.arn).await, None);
+}
+
+#[tokio::test]
+async fn every_time_recorded_is_the_clocks() {
+    let w = world().await;
+    assert_eq!(w.stage.created_at, EPOCH);
+    let (alice, token) = w.both().await;
+    let published = w.live.publish(token, "offer".into(), None).await.unwrap();
+    w.clock.advance(Duration::from_secs(90));
+    assert!(w.live.end_connection(&published.resource_id).await);
+
+    let times: Vec<(EventName, i64)> = w
+        .store
+        .events()
+        .into_iter()
+        .filter(|e| e.participant_id == alice)
+        .map(|e| (e.name, e.event_time - EPOCH))
+        .collect();
+    assert_eq!(
+        times,
+        [
+            (EventName::Joined, 0),
+            (EventName::PublishStarted, 0),
+            (EventName::PublishStopped, 90_000),
+            (EventName::Left, 90_000)
+        ]
+    );
+    let session = &w.store.sessions(&w.stage.arn).await[0];
+    assert_eq!(
+        (session.start_time, session.end_time),
+        (EPOCH, Some(EPOCH + 90_000))
+    );
+}
+
+#[tokio::test]
+async fn a_token_expires_on_the_clock() {
+    let w = world().await;
+    let issued = w
+        .control
+        .create_participant_token(
+            &account(),
+            &w.stage.arn.to_string(),
+            TokenRequest {
+                duration_minutes: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(issued.expiration_time, EPOCH + 60_000);
+    w.clock.advance(Duration::from_secs(59));
+    w.live
+        .open_events(issued.token.clone(), w.stage.arn.id.clone(), None)
+        .await
+        .unwrap();
+    w.clock.advance(Duration::from_secs(1));
+    let refusal = w
+        .live
+        .publish(issued.token, "offer".into(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(refusal.kind, RefusalKind::Token(_)), "{refusal:?}");
+}
+
+/// DECISIONS.md: a join the store cannot record is refused (an internal error) and
+/// the connection taken down, rather than left on a stage the record knows nothing of.
+#[tokio::test]
+async fn a_join_the_store_cannot_record_is_refused_and_taken_down() {
+    let w = world().await;
+    let (alice, token) = w.both().await;
+    w.store.fail_live_writes(true);
+
+    let refusal = w
+        .live
+        .publish(token.clone(), "offer".into(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refusal.kind, RefusalKind::Internal);
+    assert_eq!(
+        w.media.calls(),
+        [
+            MediaCall::Publish(SourceId(1), w.media.peer(0)),
+            MediaCall::CloseSource(SourceId(1))
+        ],
+        "the peer that was answered is closed again"
+    );
+    let refusal = w
+        .live
+        .open_events(token.clone(), w.stage.arn.id.clone(), None)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refusal.kind, RefusalKind::Internal);
+    assert_eq!(w.live.live_stage_count(), 0, "nobody is on the stage");
+    assert_eq!(w.store.running_session(&w.stage.arn).await, None);
+    assert!(w.store.live_writes().is_empty());
+
+    // The store is back: the same participant joins, and the record is whole.
+    w.store.fail_live_writes(false);
+    w.live.publish(token, "offer".into(), None).await.unwrap();
+    assert_eq!(w.store.events_of(&alice), ["JOINED", "PUBLISH_STARTED"]);
+    let stored: Vec<EventName> = w
+        .store
+        .stored_events(&w.stage.arn, &alice)
+        .await
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(stored, [EventName::Joined, EventName::PublishStarted]);
+    assert!(w.store.running_session(&w.stage.arn).await.is_some());
 }

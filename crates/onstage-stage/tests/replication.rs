@@ -1,24 +1,26 @@
 //! Participant replication (BEHAVIOUR §6) through the control plane and the live plane,
-//! with the in-memory store and the fake media plane: preconditions and their
-//! errors, the replica in the destination, every way a replication stops, and the
-//! reconnect window.
-
-mod common;
+//! with the SQLite store in memory, the fake media plane and virtual time:
+//! preconditions and their errors, the replica in the destination, every way a
+//! replication stops, and the reconnect window.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{FakeMedia, MediaCall, MemoryStore, account, control_plane};
-use onstage_stage::live::machine::stop_reason;
 use onstage_stage::live::{LiveConfig, LivePlane};
 use onstage_stage::media::{CloseCause, MediaSignal, SourceId};
-use onstage_stage::model::{Attributes, ParticipantState, Stage};
+use onstage_stage::model::{
+    Attributes, EventName, ParticipantState, ReplicationState, ReplicationType, Stage, StopReason,
+};
 use onstage_stage::service::{NewStage, ReplicationRequest, TokenRequest};
 use onstage_stage::{ControlPlane, DomainError};
+use onstage_testkit::{
+    FakeMedia, ManualClock, MediaCall, TestStore, account, control_plane, eventually,
+};
 
 struct World {
-    store: Arc<MemoryStore>,
+    store: Arc<TestStore>,
     media: Arc<FakeMedia>,
+    clock: Arc<ManualClock>,
     control: Arc<ControlPlane>,
     live: Arc<LivePlane>,
     a: Stage,
@@ -26,9 +28,10 @@ struct World {
 }
 
 async fn world() -> World {
-    let store = Arc::new(MemoryStore::default());
+    let store = Arc::new(TestStore::new().await);
     let media = Arc::new(FakeMedia::default());
-    let control = control_plane(store.clone()).await;
+    let clock = ManualClock::new();
+    let control = control_plane(store.clone(), clock.clone()).await;
     let live = LivePlane::open(control.clone(), media.clone(), LiveConfig::default())
         .await
         .unwrap();
@@ -45,6 +48,7 @@ async fn world() -> World {
     World {
         store,
         media,
+        clock,
         control,
         live,
         a,
@@ -139,7 +143,7 @@ impl World {
                     .next()
                     .unwrap()
                     .to_owned();
-                (id, r.replication_state)
+                (id, r.replication_state.as_str().to_owned())
             })
             .collect()
     }
@@ -161,23 +165,12 @@ fn state(id: &str, state: &str) -> (String, String) {
     (id.to_owned(), state.to_owned())
 }
 
-/// Waits for a condition that a spawned task makes true.
-async fn eventually(mut condition: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("condition never became true");
-}
-
 #[tokio::test]
 async fn the_replica_is_a_publisher_of_the_destination() {
     let w = world().await;
     let (host, _) = w.publisher(&w.a).await;
-    let a_session = w.store.running_session(&w.a.arn).unwrap();
-    assert_eq!(w.store.running_session(&w.b.arn), None, "B is idle");
+    let a_session = w.store.running_session(&w.a.arn).await.unwrap();
+    assert_eq!(w.store.running_session(&w.b.arn).await, None, "B is idle");
 
     w.start(&w.a, &w.b, &host, None).await.unwrap();
 
@@ -186,12 +179,13 @@ async fn the_replica_is_a_publisher_of_the_destination() {
     let b_session = w
         .store
         .running_session(&w.b.arn)
+        .await
         .expect("the replica started B's session");
-    let replica = w.store.participant_in(&w.b.arn, &host).unwrap();
+    let replica = w.store.participant_in(&w.b.arn, &host).await.unwrap();
     assert_eq!(replica.state, ParticipantState::Connected);
     assert!(replica.published);
-    assert_eq!(replica.replication_type, "REPLICA");
-    assert_eq!(replica.replication_state.as_deref(), Some("ACTIVE"));
+    assert_eq!(replica.replication_type, ReplicationType::Replica);
+    assert_eq!(replica.replication_state, Some(ReplicationState::Active));
     assert_eq!(replica.source_stage_arn, Some(w.a.arn.to_string()));
     assert_eq!(
         replica.source_session_id.as_deref(),
@@ -223,25 +217,22 @@ async fn the_replica_is_a_publisher_of_the_destination() {
     assert_eq!(b.active_session_id, Some(b_session.clone()));
 
     // In A: a SOURCE with REPLICATION_STARTED naming B and its session.
-    let source = w.store.participant_in(&w.a.arn, &host).unwrap();
+    let source = w.store.participant_in(&w.a.arn, &host).await.unwrap();
     assert_eq!(
-        (
-            source.replication_type.as_str(),
-            source.replication_state.as_deref()
-        ),
-        ("SOURCE", Some("ACTIVE"))
+        (source.replication_type, source.replication_state),
+        (ReplicationType::Source, Some(ReplicationState::Active))
     );
     let started = w.store.events_in(&w.a.arn, &host).pop().unwrap();
-    assert_eq!(started.name, "REPLICATION_STARTED");
+    assert_eq!(started.name, EventName::ReplicationStarted);
     assert_eq!(started.destination_stage_arn, Some(w.b.arn.to_string()));
     assert_eq!(started.destination_session_id, Some(b_session.clone()));
     assert!(!started.replica);
     assert_eq!(w.listed(&w.a, &host).await, [state(&w.b.arn.id, "ACTIVE")]);
-    let row = &w.store.replicas()[0];
+    let row = &w.store.replicas(&w.a.arn, &host).await[0];
     assert_eq!(
         (
-            row.source_session.as_str(),
-            row.destination_session.as_str()
+            row.source_session_id.as_str(),
+            row.destination_session_id.as_str()
         ),
         (a_session.as_str(), b_session.as_str())
     );
@@ -259,7 +250,7 @@ async fn the_replica_is_a_publisher_of_the_destination() {
         Some(MediaCall::Subscribe(SourceId(1), _))
     ));
     let subscribed = w.store.events_in(&w.b.arn, &viewer).pop().unwrap();
-    assert_eq!(subscribed.name, "SUBSCRIBE_STARTED");
+    assert_eq!(subscribed.name, EventName::SubscribeStarted);
     assert_eq!(
         subscribed.remote_participant_id.as_deref(),
         Some(host.as_str())
@@ -357,7 +348,10 @@ async fn a_replica_takes_one_of_the_twelve_publisher_slots() {
         .publish(late_token, "offer".into(), None)
         .await
         .unwrap_err();
-    assert_eq!(refusal.http_status(), 403);
+    assert_eq!(
+        refusal.kind,
+        onstage_stage::live::RefusalKind::QuotaExceeded
+    );
     assert_eq!(
         w.store.events_with_codes(&late),
         [("PUBLISH_ERROR".into(), Some("QUOTA_EXCEEDED".into()))]
@@ -390,9 +384,9 @@ async fn stop_participant_replication_removes_the_replica() {
         w.store.event_names_in(&w.b.arn, &host),
         ["JOINED", "PUBLISH_STARTED", "PUBLISH_STOPPED", "LEFT"]
     );
-    let replica = w.store.participant_in(&w.b.arn, &host).unwrap();
+    let replica = w.store.participant_in(&w.b.arn, &host).await.unwrap();
     assert_eq!(replica.state, ParticipantState::Disconnected);
-    assert_eq!(replica.replication_state.as_deref(), Some("STOPPED"));
+    assert_eq!(replica.replication_state, Some(ReplicationState::Stopped));
     assert!(
         w.media.closed_peers().contains(&viewer_peer),
         "the destination subscriber's media ends"
@@ -402,27 +396,24 @@ async fn stop_participant_replication_removes_the_replica() {
         "the host still publishes in A"
     );
     assert_eq!(
-        w.store.running_session(&w.b.arn),
+        w.store.running_session(&w.b.arn).await,
         None,
         "the last ones left B"
     );
     assert_eq!(w.on_stage(&w.b), []);
 
-    let source = w.store.participant_in(&w.a.arn, &host).unwrap();
+    let source = w.store.participant_in(&w.a.arn, &host).await.unwrap();
     assert_eq!(
-        (
-            source.replication_type.as_str(),
-            source.replication_state.as_deref()
-        ),
-        ("SOURCE", Some("STOPPED"))
+        (source.replication_type, source.replication_state),
+        (ReplicationType::Source, Some(ReplicationState::Stopped))
     );
     assert_eq!(
         w.store.events_in(&w.a.arn, &host).pop().unwrap().name,
-        "REPLICATION_STOPPED"
+        EventName::ReplicationStopped
     );
     assert_eq!(
-        w.store.replicas()[0].reason.as_deref(),
-        Some(stop_reason::STOPPED_BY_REQUEST)
+        w.store.stop_reasons().first().copied(),
+        Some(StopReason::StoppedByRequest)
     );
     assert!(matches!(
         w.stop(&w.a, &w.b, &host).await,
@@ -438,9 +429,10 @@ async fn stop_participant_replication_removes_the_replica() {
     assert_eq!(
         w.store
             .participant_in(&w.a.arn, &host)
+            .await
             .unwrap()
             .replication_state
-            .as_deref(),
+            .map(ReplicationState::as_str),
         Some("ACTIVE")
     );
 }
@@ -456,20 +448,22 @@ async fn the_source_leaving_without_a_window_stops_everything() {
     assert_eq!(w.media.closed_sources(), [SourceId(1)]);
     assert_eq!(w.listed(&w.a, &host).await, [state(&w.b.arn.id, "STOPPED")]);
     assert_eq!(
-        w.store.replicas()[0].reason.as_deref(),
-        Some(stop_reason::SOURCE_STOPPED_PUBLISHING)
+        w.store.stop_reasons().first().copied(),
+        Some(StopReason::SourceStoppedPublishing)
     );
-    assert_eq!(w.store.running_session(&w.a.arn), None);
-    assert_eq!(w.store.running_session(&w.b.arn), None);
+    assert_eq!(w.store.running_session(&w.a.arn).await, None);
+    assert_eq!(w.store.running_session(&w.b.arn).await, None);
     assert_eq!(w.live.live_stage_count(), 0);
 }
 
+/// The reconnect window in virtual time: it runs from the publisher's drop, a
+/// return inside it keeps everything, and it ends on the millisecond.
 #[tokio::test]
 async fn a_publisher_back_within_its_window_keeps_its_replicas() {
     let w = world().await;
     let (host, token) = w.publisher(&w.a).await;
-    let a_session = w.store.running_session(&w.a.arn).unwrap();
-    w.start(&w.a, &w.b, &host, Some(1)).await.unwrap();
+    let a_session = w.store.running_session(&w.a.arn).await.unwrap();
+    w.start(&w.a, &w.b, &host, Some(30)).await.unwrap();
     let (_, viewer_token) = w.token(&w.b).await;
     w.live
         .subscribe(viewer_token, host.clone(), "recvonly".into(), None)
@@ -494,7 +488,7 @@ async fn a_publisher_back_within_its_window_keeps_its_replicas() {
     assert!(w.media.closed_sources().is_empty());
     assert!(!w.media.closed_peers().contains(&viewer_peer));
     assert_eq!(
-        w.store.running_session(&w.a.arn),
+        w.store.running_session(&w.a.arn).await,
         Some(a_session.clone()),
         "the window holds the session"
     );
@@ -505,45 +499,69 @@ async fn a_publisher_back_within_its_window_keeps_its_replicas() {
     );
     assert_eq!(w.listed(&w.a, &host).await, [state(&w.b.arn.id, "ACTIVE")]);
 
-    // Back with its token: same source, same session, still ACTIVE.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Back with its token 29 s later: same source, same session, still ACTIVE.
+    w.clock.advance(Duration::from_secs(29));
     w.live.publish(token, "offer".into(), None).await.unwrap();
     assert!(matches!(
         w.media.calls().last(),
         Some(MediaCall::Publish(SourceId(1), _))
     ));
-    assert_eq!(w.store.running_session(&w.a.arn), Some(a_session.clone()));
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(
+        w.store.running_session(&w.a.arn).await,
+        Some(a_session.clone())
+    );
+    // Past the end of the first window: its timer fires and finds nothing to do.
+    w.clock.advance(Duration::from_secs(5));
+    eventually("the first window's timer ran", async || {
+        w.clock.waiting() == 0
+    })
+    .await;
     assert_eq!(w.listed(&w.a, &host).await, [state(&w.b.arn.id, "ACTIVE")]);
     assert!(w.media.closed_sources().is_empty());
-    assert_eq!(w.store.replicas()[0].source_session, a_session);
-    let source = w.store.participant_in(&w.a.arn, &host).unwrap();
+    assert_eq!(
+        w.store.replicas(&w.a.arn, &host).await[0].source_session_id,
+        a_session
+    );
+    let source = w.store.participant_in(&w.a.arn, &host).await.unwrap();
     assert_eq!(source.state, ParticipantState::Connected);
-    assert_eq!(source.replication_state.as_deref(), Some("ACTIVE"));
+    assert_eq!(source.replication_state, Some(ReplicationState::Active));
 
-    // Gone for longer than the window this time.
+    // Gone again, for good: a new window runs from this drop.
     let feeding = w.media.peer(2);
     w.live
         .on_media_signal(MediaSignal::Closed(feeding, CloseCause::RemoteClosed))
         .await;
-    eventually(|| w.store.replicas()[0].state == "STOPPED").await;
+    w.clock.advance(Duration::from_millis(29_999));
+    assert_eq!(w.listed(&w.a, &host).await, [state(&w.b.arn.id, "ACTIVE")]);
+    assert_eq!(w.on_stage(&w.b)[0], (host.clone(), true));
+    w.clock.advance(Duration::from_millis(1));
+    eventually("the window passed", async || {
+        w.listed(&w.a, &host).await == [state(&w.b.arn.id, "STOPPED")]
+    })
+    .await;
     assert_eq!(
-        w.store.replicas()[0].reason.as_deref(),
-        Some(stop_reason::WINDOW_PASSED)
+        w.store.stop_reasons().first().copied(),
+        Some(StopReason::WindowPassed)
     );
-    eventually(|| w.store.running_session(&w.b.arn).is_none()).await;
+    eventually("B's session ended", async || {
+        w.store.running_session(&w.b.arn).await.is_none()
+    })
+    .await;
     assert_eq!(w.media.closed_sources(), [SourceId(1)]);
     assert!(w.media.closed_peers().contains(&viewer_peer));
-    assert_eq!(w.store.running_session(&w.a.arn), None);
-    let source = w.store.participant_in(&w.a.arn, &host).unwrap();
+    assert_eq!(w.store.running_session(&w.a.arn).await, None);
+    let source = w.store.participant_in(&w.a.arn, &host).await.unwrap();
     assert_eq!(
-        (
-            source.replication_type.as_str(),
-            source.replication_state.as_deref()
-        ),
-        ("SOURCE", Some("STOPPED"))
+        (source.replication_type, source.replication_state),
+        (ReplicationType::Source, Some(ReplicationState::Stopped))
     );
-    eventually(|| w.live.live_stage_count() == 0).await;
+    let a_session_record = &w.store.sessions(&w.a.arn).await[0];
+    assert_eq!(
+        a_session_record.end_time,
+        Some(onstage_testkit::EPOCH + 64_000),
+        "A's session ended when the window did"
+    );
+    eventually("both stages idle", async || w.live.live_stage_count() == 0).await;
 }
 
 #[tokio::test]
@@ -569,8 +587,8 @@ async fn disconnect_participant_of_the_source_or_of_the_replica() {
         [state(&w.b.arn.id, "STOPPED"), state(&c.arn.id, "ACTIVE")]
     );
     assert_eq!(
-        w.store.replicas()[0].reason.as_deref(),
-        Some(stop_reason::REPLICA_DISCONNECTED)
+        w.store.stop_reasons().first().copied(),
+        Some(StopReason::ReplicaDisconnected)
     );
     assert_eq!(w.on_stage(&w.b), []);
     assert_eq!(w.on_stage(&c), [(host.clone(), true)]);
@@ -613,8 +631,8 @@ async fn delete_stage_stops_replications_into_and_out_of_it() {
         [state(&w.b.arn.id, "STOPPED"), state(&c.arn.id, "ACTIVE")]
     );
     assert_eq!(
-        w.store.replicas()[0].reason.as_deref(),
-        Some(stop_reason::DESTINATION_STAGE_DELETED)
+        w.store.stop_reasons().first().copied(),
+        Some(StopReason::DestinationStageDeleted)
     );
     assert_eq!(w.on_stage(&w.a), [(host.clone(), true)]);
 
@@ -629,7 +647,7 @@ async fn delete_stage_stops_replications_into_and_out_of_it() {
         w.store.event_names_in(&c.arn, &host),
         ["JOINED", "PUBLISH_STARTED", "PUBLISH_STOPPED", "LEFT"]
     );
-    assert_eq!(w.store.running_session(&c.arn), None);
+    assert_eq!(w.store.running_session(&c.arn).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -657,11 +675,11 @@ async fn shutdown_stops_every_replication() {
     let (host, _) = w.publisher(&w.a).await;
     w.start(&w.a, &w.b, &host, Some(30)).await.unwrap();
     w.live.shutdown().await;
-    assert_eq!(w.store.replicas()[0].state, "STOPPED");
+    assert_eq!(w.listed(&w.a, &host).await, [state(&w.b.arn.id, "STOPPED")]);
     assert_eq!(
-        w.store.replicas()[0].reason.as_deref(),
-        Some(stop_reason::SERVER_SHUTDOWN)
+        w.store.stop_reasons().first().copied(),
+        Some(StopReason::ServerShutdown)
     );
-    assert_eq!(w.store.running_session(&w.a.arn), None);
-    assert_eq!(w.store.running_session(&w.b.arn), None);
+    assert_eq!(w.store.running_session(&w.a.arn).await, None);
+    assert_eq!(w.store.running_session(&w.b.arn).await, None);
 }

@@ -1,27 +1,31 @@
 //! Participant tokens presented to the media plane (BEHAVIOUR §3), with real tokens:
 //! issued by the control plane, and self-signed with a P-384 key imported through
-//! it.
-
-mod common;
+//! it. The control plane's clock stands still at the test kit's epoch.
 
 use std::sync::Arc;
 
-use common::{
-    EVENTS_URL, MemoryStore, WHIP_URL, account, control_plane, customer_key, now_secs, sign,
-};
 use onstage_stage::model::EventErrorCode;
 use onstage_stage::service::{NewStage, TokenRequest, TokenVerificationError, VerifiedToken};
 use onstage_stage::token::{TokenIssuer, TokenRejection};
 use onstage_stage::{ControlPlane, ids::Account};
+use onstage_testkit::tokens::{customer_key, sign};
+use onstage_testkit::{
+    EPOCH, EVENTS_URL, ManualClock, TestStore, WHIP_URL, account, control_plane,
+};
 use serde_json::json;
 
 async fn setup() -> (Arc<ControlPlane>, onstage_stage::model::Stage) {
-    let control = control_plane(Arc::new(MemoryStore::default())).await;
+    let control = control_plane(Arc::new(TestStore::new().await), ManualClock::new()).await;
     let (stage, _) = control
         .create_stage(&account(), NewStage::default())
         .await
         .unwrap();
     (control, stage)
+}
+
+/// The control plane's time, in seconds.
+fn now_secs() -> i64 {
+    EPOCH / 1000
 }
 
 fn rejection(result: Result<VerifiedToken, TokenVerificationError>) -> TokenRejection {
@@ -183,7 +187,6 @@ async fn refuses_expired_forged_and_malformed_tokens() {
         TokenRejection::Expired("x".into()),
         TokenRejection::Malformed("x".into()),
     ] {
-        assert_eq!(TokenRejection::HTTP_STATUS, 401);
         assert_eq!(r.error_code(), EventErrorCode::InvalidInput);
     }
 }

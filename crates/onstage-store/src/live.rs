@@ -8,8 +8,9 @@
 use onstage_stage::StoreError;
 use onstage_stage::ids::Arn;
 use onstage_stage::model::{
-    Attributes, ClientAttributes, Page, Participant, ParticipantEvent, ParticipantFilter,
-    ParticipantReplica, ParticipantState, StageSession,
+    Attributes, ClientAttributes, EventErrorCode, EventName, Page, Participant, ParticipantEvent,
+    ParticipantFilter, ParticipantReplica, ParticipantState, ReplicationState, ReplicationType,
+    StageSession,
 };
 use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
@@ -215,8 +216,8 @@ fn decode_participant(row: &SqliteRow) -> Result<Participant, StoreError> {
         client,
         recording_state: row.try_get("recording_state").map_err(backend)?,
         protocol: row.try_get("protocol").map_err(backend)?,
-        replication_type: row.try_get("replication_type").map_err(backend)?,
-        replication_state: row.try_get("replication_state").map_err(backend)?,
+        replication_type: named(row, "replication_type", ReplicationType::parse)?,
+        replication_state: optional_named(row, "replication_state", ReplicationState::parse)?,
         source_stage_arn: row.try_get("source_stage_arn").map_err(backend)?,
         source_session_id: row.try_get("source_session_id").map_err(backend)?,
         participant_id,
@@ -225,11 +226,11 @@ fn decode_participant(row: &SqliteRow) -> Result<Participant, StoreError> {
 
 fn decode_event(row: &SqliteRow) -> Result<ParticipantEvent, StoreError> {
     Ok(ParticipantEvent {
-        name: row.try_get("name").map_err(backend)?,
+        name: named(row, "name", EventName::parse)?,
         participant_id: row.try_get("participant_id").map_err(backend)?,
         event_time: row.try_get("event_time").map_err(backend)?,
         remote_participant_id: row.try_get("remote_participant_id").map_err(backend)?,
-        error_code: row.try_get("error_code").map_err(backend)?,
+        error_code: optional_named(row, "error_code", EventErrorCode::parse)?,
         destination_stage_arn: row.try_get("destination_stage_arn").map_err(backend)?,
         destination_session_id: row.try_get("destination_session_id").map_err(backend)?,
         replica: row.try_get("replica").map_err(backend)?,
@@ -243,6 +244,22 @@ fn decode_replica(row: &SqliteRow) -> Result<ParticipantReplica, StoreError> {
         source_session_id: row.try_get("source_session_id").map_err(backend)?,
         destination_stage_arn: row.try_get("destination_stage_arn").map_err(backend)?,
         destination_session_id: row.try_get("destination_session_id").map_err(backend)?,
-        replication_state: row.try_get("replication_state").map_err(backend)?,
+        replication_state: named(row, "replication_state", ReplicationState::parse)?,
     })
+}
+
+/// A column holding one of the model's names; anything else is corrupt data.
+fn named<T>(row: &SqliteRow, column: &str, parse: fn(&str) -> Option<T>) -> Result<T, StoreError> {
+    let text: String = row.try_get(column).map_err(backend)?;
+    parse(&text).ok_or_else(|| StoreError::Corrupt(format!("unknown {column} {text:?}")))
+}
+
+fn optional_named<T>(
+    row: &SqliteRow,
+    column: &str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<Option<T>, StoreError> {
+    let text: Option<String> = row.try_get(column).map_err(backend)?;
+    text.map(|t| parse(&t).ok_or_else(|| StoreError::Corrupt(format!("unknown {column} {t:?}"))))
+        .transpose()
 }

@@ -4,8 +4,8 @@
 
 use onstage_stage::ids::{Account, Arn, ResourceKind};
 use onstage_stage::model::{
-    Attributes, ClientAttributes, Participant, ParticipantEvent, ParticipantFilter,
-    ParticipantState,
+    Attributes, ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantFilter,
+    ParticipantState, ReplicationState, ReplicationType, StopReason,
 };
 use onstage_stage::store::{InsertOutcome, InterruptedSessions, LiveWrite, ResourceRecord, Store};
 use serde_json::json;
@@ -54,7 +54,7 @@ fn participant(
         },
         recording_state: "DISABLED".into(),
         protocol: "WHIP".into(),
-        replication_type: "NONE".into(),
+        replication_type: ReplicationType::None,
         replication_state: None,
         source_stage_arn: None,
         source_session_id: None,
@@ -65,7 +65,7 @@ fn event(id: &str, name: &str, at: i64) -> LiveWrite {
     LiveWrite::AppendEvent {
         session_id: SESSION.into(),
         event: ParticipantEvent {
-            name: name.into(),
+            name: EventName::parse(name).expect("an event name"),
             participant_id: id.into(),
             event_time: at,
             remote_participant_id: (name == "SUBSCRIBE_STARTED").then(|| "pub".to_owned()),
@@ -330,8 +330,8 @@ async fn start_up_closes_what_a_crash_left_open() {
     let arn = stage(&store, "stage0000001").await;
     let destination = stage(&store, "stage0000002").await;
     let mut source = participant("a", ParticipantState::Connected, 100, true);
-    source.replication_type = "SOURCE".into();
-    source.replication_state = Some("ACTIVE".into());
+    source.replication_type = ReplicationType::Source;
+    source.replication_state = Some(ReplicationState::Active);
     store
         .write_live(
             &arn,
@@ -390,12 +390,12 @@ async fn start_up_closes_what_a_crash_left_open() {
         .unwrap()
         .unwrap();
     assert_eq!(a.state, ParticipantState::Disconnected);
-    assert_eq!(a.replication_state.as_deref(), Some("STOPPED"));
+    assert_eq!(a.replication_state, Some(ReplicationState::Stopped));
     let events = store
         .list_events(&arn, SESSION, "a", None, 10)
         .await
         .unwrap();
-    assert_eq!(events.items[0].name, "LEFT");
+    assert_eq!(events.items[0].name, EventName::Left);
     assert_eq!(events.items[0].event_time, 500);
     assert!(
         store
@@ -407,7 +407,10 @@ async fn start_up_closes_what_a_crash_left_open() {
         "b had left already"
     );
     let replicas = store.list_replicas(&arn, "a", None, 10).await.unwrap();
-    assert_eq!(replicas.items[0].replication_state, "STOPPED");
+    assert_eq!(
+        replicas.items[0].replication_state,
+        ReplicationState::Stopped
+    );
 
     // Nothing is left to close the second time.
     assert_eq!(
@@ -425,11 +428,11 @@ fn start_replication(destination: &Arn, destination_session: &str) -> LiveWrite 
     }
 }
 
-fn stop_replication(destination: &Arn, reason: &str) -> LiveWrite {
+fn stop_replication(destination: &Arn, reason: StopReason) -> LiveWrite {
     LiveWrite::StopReplication {
         participant_id: "a".into(),
         destination_stage_arn: destination.to_string(),
-        reason: reason.into(),
+        reason,
     }
 }
 
@@ -451,8 +454,8 @@ async fn replications_are_recorded_stopped_and_listed() {
         start_time: 100,
     };
     let mut a = participant("a", ParticipantState::Connected, 100, true);
-    a.replication_type = "SOURCE".into();
-    a.replication_state = Some("ACTIVE".into());
+    a.replication_type = ReplicationType::Source;
+    a.replication_state = Some(ReplicationState::Active);
     store
         .write_live(
             &source,
@@ -492,13 +495,13 @@ async fn replications_are_recorded_stopped_and_listed() {
     store
         .write_live(
             &source,
-            &[stop_replication(&b, "StopParticipantReplication")],
+            &[stop_replication(&b, StopReason::StoppedByRequest)],
         )
         .await
         .unwrap();
     // Stopping what is not active changes nothing.
     store
-        .write_live(&source, &[stop_replication(&b, "again")])
+        .write_live(&source, &[stop_replication(&b, StopReason::ServerShutdown)])
         .await
         .unwrap();
     // The same destination again, after the stop.
@@ -564,8 +567,8 @@ async fn replications_are_recorded_stopped_and_listed() {
             &[LiveWrite::SetReplicationState {
                 session_id: SESSION.into(),
                 participant_id: "a".into(),
-                replication_type: "SOURCE".into(),
-                replication_state: Some("STOPPED".into()),
+                replication_type: ReplicationType::Source,
+                replication_state: Some(ReplicationState::Stopped),
             }],
         )
         .await
@@ -576,8 +579,8 @@ async fn replications_are_recorded_stopped_and_listed() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (a.replication_type.as_str(), a.replication_state.as_deref()),
-        ("SOURCE", Some("STOPPED"))
+        (a.replication_type, a.replication_state),
+        (ReplicationType::Source, Some(ReplicationState::Stopped))
     );
     assert_eq!(
         (a.state, a.published, a.user_id.as_deref()),
@@ -614,8 +617,8 @@ async fn start_up_stops_the_replications_of_a_source_that_had_left() {
     let b = stage(&store, "stage0000002").await;
     // The publisher dropped inside its reconnect window: LEFT, but still ACTIVE.
     let mut a = participant("a", ParticipantState::Disconnected, 100, true);
-    a.replication_type = "SOURCE".into();
-    a.replication_state = Some("ACTIVE".into());
+    a.replication_type = ReplicationType::Source;
+    a.replication_state = Some(ReplicationState::Active);
     store
         .write_live(
             &source,
@@ -640,10 +643,10 @@ async fn start_up_stops_the_replications_of_a_source_that_had_left() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(a.replication_state.as_deref(), Some("STOPPED"));
+    assert_eq!(a.replication_state, Some(ReplicationState::Stopped));
     assert_eq!(
         reasons(&store).await,
-        [Some(crate::live_writes::RESTART_REASON.to_owned())]
+        [Some(StopReason::ServerRestarted.as_str().to_owned())]
     );
     assert_eq!(
         store
@@ -652,6 +655,6 @@ async fn start_up_stops_the_replications_of_a_source_that_had_left() {
             .unwrap()
             .items[0]
             .replication_state,
-        "STOPPED"
+        ReplicationState::Stopped
     );
 }

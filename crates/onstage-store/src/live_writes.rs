@@ -5,7 +5,10 @@
 
 use onstage_stage::StoreError;
 use onstage_stage::ids::{Account, Arn};
-use onstage_stage::model::{EventName, Participant, ParticipantEvent, ParticipantState};
+use onstage_stage::model::{
+    EventErrorCode, EventName, Participant, ParticipantEvent, ParticipantState, ReplicationState,
+    StopReason,
+};
 use onstage_stage::store::{InterruptedSessions, LiveWrite};
 use onstage_stage::time_fmt::UnixMillis;
 use sqlx::sqlite::SqlitePool;
@@ -14,7 +17,7 @@ use sqlx::{Sqlite, Transaction};
 use crate::sqlite::backend;
 
 /// What a previous process left running is recorded as stopped for this reason.
-pub(crate) const RESTART_REASON: &str = "the server restarted";
+pub(crate) const RESTART_REASON: StopReason = StopReason::ServerRestarted;
 
 pub(crate) async fn write(
     writer: &SqlitePool,
@@ -134,7 +137,7 @@ async fn apply(
             .bind(stage_arn)
             .bind(participant_id)
             .bind(destination_stage_arn)
-            .bind(reason)
+            .bind(reason.as_str())
             .execute(&mut **tx)
             .await
             .map_err(backend)?;
@@ -152,8 +155,8 @@ async fn apply(
             .bind(stage_arn)
             .bind(session_id)
             .bind(participant_id)
-            .bind(replication_type)
-            .bind(replication_state.as_deref())
+            .bind(replication_type.as_str())
+            .bind(replication_state.map(ReplicationState::as_str))
             .execute(&mut **tx)
             .await
             .map_err(backend)?;
@@ -199,8 +202,8 @@ async fn upsert_participant(
     .bind(&client)
     .bind(&p.recording_state)
     .bind(&p.protocol)
-    .bind(&p.replication_type)
-    .bind(p.replication_state.as_deref())
+    .bind(p.replication_type.as_str())
+    .bind(p.replication_state.map(ReplicationState::as_str))
     .bind(p.source_stage_arn.as_deref())
     .bind(p.source_session_id.as_deref())
     .execute(&mut **tx)
@@ -224,10 +227,10 @@ async fn append_event(
     .bind(stage_arn)
     .bind(session_id)
     .bind(&e.participant_id)
-    .bind(&e.name)
+    .bind(e.name.as_str())
     .bind(e.event_time)
     .bind(e.remote_participant_id.as_deref())
-    .bind(e.error_code.as_deref())
+    .bind(e.error_code.map(EventErrorCode::as_str))
     .bind(e.destination_stage_arn.as_deref())
     .bind(e.destination_session_id.as_deref())
     .bind(e.replica)
@@ -335,7 +338,7 @@ pub(crate) async fn close_interrupted(
     let replications = sqlx::query(
         "UPDATE participant_replicas SET replication_state = 'STOPPED', reason = ?1 WHERE replication_state = 'ACTIVE'",
     )
-    .bind(RESTART_REASON)
+    .bind(RESTART_REASON.as_str())
     .execute(&mut *tx)
     .await
     .map_err(backend)?

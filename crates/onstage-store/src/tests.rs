@@ -7,8 +7,9 @@ use std::sync::Arc;
 use onstage_stage::StoreError;
 use onstage_stage::ids::{Account, Arn, ResourceKind};
 use onstage_stage::model::{
-    Attributes, ClientAttributes, Participant, ParticipantEvent, ParticipantFilter,
-    ParticipantReplica, ParticipantState, StageSession, Tags,
+    Attributes, ClientAttributes, EventErrorCode, EventName, Participant, ParticipantEvent,
+    ParticipantFilter, ParticipantReplica, ParticipantState, ReplicationState, ReplicationType,
+    StageSession, Tags,
 };
 use onstage_stage::store::{DeleteOutcome, InsertOutcome, ResourceRecord, Store, TagOutcome};
 use serde_json::json;
@@ -104,7 +105,7 @@ fn participant(participant_id: &str) -> Participant {
         client: ClientAttributes::default(),
         recording_state: "DISABLED".into(),
         protocol: "WHIP".into(),
-        replication_type: "NONE".into(),
+        replication_type: ReplicationType::None,
         replication_state: None,
         source_stage_arn: None,
         source_session_id: None,
@@ -129,8 +130,8 @@ async fn insert_participant(store: &SqliteStore, stage: &Arn, session_id: &str, 
     .bind(serde_json::to_string(&p.client).unwrap())
     .bind(&p.recording_state)
     .bind(&p.protocol)
-    .bind(&p.replication_type)
-    .bind(&p.replication_state)
+    .bind(p.replication_type.as_str())
+    .bind(p.replication_state.map(ReplicationState::as_str))
     .bind(&p.source_stage_arn)
     .bind(&p.source_session_id)
     .execute(&store.writer)
@@ -140,7 +141,7 @@ async fn insert_participant(store: &SqliteStore, stage: &Arn, session_id: &str, 
 
 fn event(participant_id: &str, name: &str, event_time: i64) -> ParticipantEvent {
     ParticipantEvent {
-        name: name.into(),
+        name: EventName::parse(name).expect("an event name"),
         participant_id: participant_id.into(),
         event_time,
         remote_participant_id: None,
@@ -160,10 +161,10 @@ async fn insert_event(store: &SqliteStore, stage: &Arn, session_id: &str, e: &Pa
     .bind(stage.to_string())
     .bind(session_id)
     .bind(&e.participant_id)
-    .bind(&e.name)
+    .bind(e.name.as_str())
     .bind(e.event_time)
     .bind(&e.remote_participant_id)
-    .bind(&e.error_code)
+    .bind(e.error_code.map(EventErrorCode::as_str))
     .bind(&e.destination_stage_arn)
     .bind(&e.destination_session_id)
     .bind(e.replica)
@@ -186,7 +187,7 @@ fn replica(
         source_session_id: source_session.into(),
         destination_stage_arn: destination.to_string(),
         destination_session_id: destination_session.into(),
-        replication_state: state.into(),
+        replication_state: ReplicationState::parse(state).expect("a replication state"),
     }
 }
 
@@ -201,7 +202,7 @@ async fn insert_replica(store: &SqliteStore, r: &ParticipantReplica) {
     .bind(&r.source_session_id)
     .bind(&r.destination_stage_arn)
     .bind(&r.destination_session_id)
-    .bind(&r.replication_state)
+    .bind(r.replication_state.as_str())
     .execute(&store.writer)
     .await
     .unwrap();
@@ -812,8 +813,8 @@ async fn participants_are_listed_oldest_first_with_filters() {
         user_id: Some("alice".into()),
         published: true,
         recording_state: "ACTIVE".into(),
-        replication_type: "REPLICA".into(),
-        replication_state: Some("ACTIVE".into()),
+        replication_type: ReplicationType::Replica,
+        replication_state: Some(ReplicationState::Active),
         source_stage_arn: Some("arn:aws:ivs:us-east-1:000000000000:stage/source000001".into()),
         source_session_id: Some("st-000000000000s".into()),
         ..participant("p3")
@@ -986,7 +987,7 @@ async fn events_are_listed_newest_first() {
             .is_empty()
     );
     let error = ParticipantEvent {
-        error_code: Some("INSUFFICIENT_CAPABILITIES".into()),
+        error_code: Some(EventErrorCode::InsufficientCapabilities),
         ..event("p3", "JOIN_ERROR", 600)
     };
     insert_event(&store, &arn, session, &error).await;

@@ -40,6 +40,7 @@ use crate::ids::{self, Arn};
 use crate::media::{CloseCause, PeerId, SourceId};
 use crate::model::{
     Attributes, ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantState,
+    ReplicationState, ReplicationType, StopReason,
 };
 use crate::store::LiveWrite;
 use crate::time_fmt::UnixMillis;
@@ -93,21 +94,6 @@ pub enum Admission {
     Events,
 }
 
-/// Why replications stop; recorded with the stopped replication.
-pub mod stop_reason {
-    pub const STOPPED_BY_REQUEST: &str = "StopParticipantReplication";
-    pub const SOURCE_STOPPED_PUBLISHING: &str = "the source participant stopped publishing";
-    pub const WINDOW_PASSED: &str =
-        "the source participant did not publish again within the reconnect window";
-    pub const SOURCE_DISCONNECTED: &str =
-        "the source participant was disconnected (DisconnectParticipant)";
-    pub const REPLICA_DISCONNECTED: &str =
-        "the replica was disconnected from the destination (DisconnectParticipant)";
-    pub const SOURCE_STAGE_DELETED: &str = "the source stage was deleted";
-    pub const DESTINATION_STAGE_DELETED: &str = "the destination stage was deleted";
-    pub const SERVER_SHUTDOWN: &str = "the server shut down";
-}
-
 /// What one stage's machine tells another's, delivered by the driver.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CrossStage {
@@ -125,7 +111,7 @@ pub enum CrossStage {
         source: Arn,
         destination: Arn,
         participant_id: String,
-        reason: String,
+        reason: StopReason,
     },
 }
 
@@ -156,7 +142,7 @@ impl Effects {
     }
 
     /// The names of the events written, in order (for logs and tests).
-    pub fn event_names(&self) -> Vec<&str> {
+    pub fn event_names(&self) -> Vec<&'static str> {
         self.writes
             .iter()
             .filter_map(|w| match w {
@@ -169,13 +155,6 @@ impl Effects {
     fn wake_no_later_than(&mut self, at: UnixMillis) {
         self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ConnectionKind {
-    Publish,
-    Subscribe,
-    Events,
 }
 
 /// A participant's publishing slot: the media source its subscribers read, and the
@@ -297,7 +276,7 @@ pub struct StageMachine {
     session: Option<String>,
     participants: BTreeMap<String, OnStage>,
     /// Every live connection: whose, and of what kind.
-    connections: HashMap<ConnectionId, (String, ConnectionKind)>,
+    connections: HashMap<ConnectionId, (String, Action)>,
     /// Peers of live publish and subscribe connections.
     peers: HashMap<PeerId, ConnectionId>,
     /// Participants with active replications out of this stage.
@@ -613,7 +592,7 @@ impl StageMachine {
                 None
             };
             let mut event = self.event(participant_id, name, remote, now);
-            event.error_code = Some(refusal.error_code().as_str().to_owned());
+            event.error_code = Some(refusal.error_code());
             fx.writes.push(LiveWrite::AppendEvent {
                 session_id: session_id.clone(),
                 event,
@@ -655,7 +634,7 @@ impl StageMachine {
             r.away_since = None;
         }
         self.connections
-            .insert(conn, (pid.clone(), ConnectionKind::Publish));
+            .insert(conn, (pid.clone(), Action::Publish));
         self.peers.insert(peer, conn);
         if let Some(p) = self.participants.get_mut(&pid) {
             p.published = true;
@@ -695,7 +674,7 @@ impl StageMachine {
             ));
         }
         self.connections
-            .insert(conn, (pid.clone(), ConnectionKind::Subscribe));
+            .insert(conn, (pid.clone(), Action::Subscribe));
         self.peers.insert(peer, conn);
         fx.writes.push(self.append(
             &session_id,
@@ -725,7 +704,7 @@ impl StageMachine {
             fx.close_events.push((old, EventsClose::Replaced));
             self.forget_connection(old, None, &mut fx);
         }
-        self.connections.insert(conn, (pid, ConnectionKind::Events));
+        self.connections.insert(conn, (pid, Action::Events));
         fx
     }
 
@@ -739,14 +718,14 @@ impl StageMachine {
             return fx;
         };
         match kind {
-            ConnectionKind::Publish => self.stop_publishing(&pid, now, &mut fx),
-            ConnectionKind::Subscribe => {
+            Action::Publish => self.stop_publishing(&pid, now, &mut fx),
+            Action::Subscribe => {
                 let publisher = self.publisher_of(&pid, conn);
                 if let Some(publisher) = publisher {
                     self.stop_subscription(&pid, &publisher, true, now, &mut fx);
                 }
             }
-            ConnectionKind::Events => {
+            Action::Events => {
                 if let Some(p) = self.participants.get_mut(&pid) {
                     p.events = None;
                 }
@@ -769,14 +748,14 @@ impl StageMachine {
         };
         tracing::debug!(stage = %self.stage, participant = %pid, %peer, ?cause, "peer closed");
         match kind {
-            ConnectionKind::Publish => self.stop_publishing(&pid, now, &mut fx),
-            ConnectionKind::Subscribe => {
+            Action::Publish => self.stop_publishing(&pid, now, &mut fx),
+            Action::Subscribe => {
                 if let Some(publisher) = self.publisher_of(&pid, conn) {
                     // The peer is gone already: nothing to close.
                     self.stop_subscription(&pid, &publisher, false, now, &mut fx);
                 }
             }
-            ConnectionKind::Events => {}
+            Action::Events => {}
         }
         self.leave_if_unconnected(&pid, now, &mut fx);
         fx
@@ -797,13 +776,13 @@ impl StageMachine {
         let pid = participant_id;
         let mut fx = Effects::default();
         if self.is_replica(pid) {
-            self.remove_replica(pid, Some(stop_reason::REPLICA_DISCONNECTED), now, &mut fx);
+            self.remove_replica(pid, Some(StopReason::ReplicaDisconnected), now, &mut fx);
             return Some(fx);
         }
         if !self.participants.contains_key(pid) && !self.replicated.contains_key(pid) {
             return None;
         }
-        self.stop_all_replications(pid, stop_reason::SOURCE_DISCONNECTED, now, &mut fx);
+        self.stop_all_replications(pid, StopReason::SourceDisconnected, now, &mut fx);
         if self.participants.contains_key(pid) {
             self.end_all_connections(
                 pid,
@@ -833,7 +812,7 @@ impl StageMachine {
             return None;
         }
         let mut fx = Effects::default();
-        self.stop_all_replications(pid, stop_reason::SOURCE_DISCONNECTED, now, &mut fx);
+        self.stop_all_replications(pid, StopReason::SourceDisconnected, now, &mut fx);
         if self.participants.contains_key(pid) {
             self.end_all_connections(pid, EventsClose::TokenRevoked, now, &mut fx);
         }
@@ -902,12 +881,10 @@ impl StageMachine {
         self.closed |= refuse_from_now;
         let mut fx = Effects::default();
         let (as_source, as_destination) = match why {
-            EventsClose::ServerShutdown => {
-                (stop_reason::SERVER_SHUTDOWN, stop_reason::SERVER_SHUTDOWN)
-            }
+            EventsClose::ServerShutdown => (StopReason::ServerShutdown, StopReason::ServerShutdown),
             _ => (
-                stop_reason::SOURCE_STAGE_DELETED,
-                stop_reason::DESTINATION_STAGE_DELETED,
+                StopReason::SourceStageDeleted,
+                StopReason::DestinationStageDeleted,
             ),
         };
         let sources: Vec<String> = self.replicated.keys().cloned().collect();
@@ -1037,7 +1014,7 @@ impl StageMachine {
         self.stop_outgoing(
             participant_id,
             destination,
-            stop_reason::STOPPED_BY_REQUEST,
+            StopReason::StoppedByRequest,
             true,
             now,
             &mut fx,
@@ -1050,7 +1027,7 @@ impl StageMachine {
         &mut self,
         participant_id: &str,
         destination: &Arn,
-        reason: &str,
+        reason: StopReason,
         now: UnixMillis,
     ) -> Effects {
         let mut fx = Effects::default();
@@ -1092,7 +1069,7 @@ impl StageMachine {
             self.stop_outgoing(
                 &pid,
                 &destination,
-                stop_reason::WINDOW_PASSED,
+                StopReason::WindowPassed,
                 true,
                 now,
                 &mut fx,
@@ -1203,7 +1180,7 @@ impl StageMachine {
                 self.stop_outgoing(
                     pid,
                     &destination,
-                    stop_reason::SOURCE_STOPPED_PUBLISHING,
+                    StopReason::SourceStoppedPublishing,
                     true,
                     now,
                     fx,
@@ -1294,7 +1271,7 @@ impl StageMachine {
         &mut self,
         pid: &str,
         destination: &Arn,
-        reason: &str,
+        reason: StopReason,
         tell_destination: bool,
         now: UnixMillis,
         fx: &mut Effects,
@@ -1309,7 +1286,7 @@ impl StageMachine {
         if emptied {
             self.replicated.remove(pid);
         }
-        tracing::info!(stage = %self.stage, participant = %pid, %destination, reason, "replication stopped");
+        tracing::info!(stage = %self.stage, participant = %pid, %destination, %reason, "replication stopped");
         if let Some(session_id) = self.session.clone() {
             let mut event = self.event(pid, EventName::ReplicationStopped, None, now);
             event.destination_stage_arn = Some(destination.to_string());
@@ -1325,15 +1302,15 @@ impl StageMachine {
                 fx.writes.push(LiveWrite::SetReplicationState {
                     session_id,
                     participant_id: pid.to_owned(),
-                    replication_type: replication_type.to_owned(),
-                    replication_state: replication_state.map(str::to_owned),
+                    replication_type,
+                    replication_state,
                 });
             }
         }
         fx.writes.push(LiveWrite::StopReplication {
             participant_id: pid.to_owned(),
             destination_stage_arn: destination.to_string(),
-            reason: reason.to_owned(),
+            reason,
         });
         if tell_destination {
             fx.cross_stage.push(CrossStage::EndReplica {
@@ -1352,7 +1329,7 @@ impl StageMachine {
     fn stop_all_replications(
         &mut self,
         pid: &str,
-        reason: &str,
+        reason: StopReason,
         now: UnixMillis,
         fx: &mut Effects,
     ) {
@@ -1368,7 +1345,7 @@ impl StageMachine {
     fn remove_replica(
         &mut self,
         pid: &str,
-        tell_source: Option<&str>,
+        tell_source: Option<StopReason>,
         now: UnixMillis,
         fx: &mut Effects,
     ) {
@@ -1395,7 +1372,7 @@ impl StageMachine {
                 source: replica.source_stage.clone(),
                 destination: self.stage.clone(),
                 participant_id: pid.to_owned(),
-                reason: reason.to_owned(),
+                reason,
             });
         }
         self.depart(pid, now, fx);
@@ -1460,13 +1437,13 @@ impl StageMachine {
 
     /// `replicationType` and `replicationState` of a participant that is not a
     /// replica: a source keeps `SOURCE` for the rest of the session.
-    fn replication_fields(&self, pid: &str) -> (&'static str, Option<&'static str>) {
+    fn replication_fields(&self, pid: &str) -> (ReplicationType, Option<ReplicationState>) {
         if self.replicated.contains_key(pid) {
-            ("SOURCE", Some("ACTIVE"))
+            (ReplicationType::Source, Some(ReplicationState::Active))
         } else if self.sources_in_session.contains(pid) {
-            ("SOURCE", Some("STOPPED"))
+            (ReplicationType::Source, Some(ReplicationState::Stopped))
         } else {
-            ("NONE", None)
+            (ReplicationType::None, None)
         }
     }
 
@@ -1483,11 +1460,11 @@ impl StageMachine {
         let (replication_type, replication_state, source_stage_arn, source_session_id) =
             match &p.replica {
                 Some(r) => (
-                    "REPLICA",
+                    ReplicationType::Replica,
                     Some(if state == ParticipantState::Connected {
-                        "ACTIVE"
+                        ReplicationState::Active
                     } else {
-                        "STOPPED"
+                        ReplicationState::Stopped
                     }),
                     Some(r.source_stage.to_string()),
                     Some(r.source_session.clone()),
@@ -1509,8 +1486,8 @@ impl StageMachine {
                 client: p.client.clone(),
                 recording_state: "DISABLED".into(),
                 protocol: "WHIP".into(),
-                replication_type: replication_type.into(),
-                replication_state: replication_state.map(str::to_owned),
+                replication_type,
+                replication_state,
                 source_stage_arn,
                 source_session_id,
             }),
@@ -1527,7 +1504,7 @@ impl StageMachine {
         now: UnixMillis,
     ) -> ParticipantEvent {
         ParticipantEvent {
-            name: name.as_str().to_owned(),
+            name,
             participant_id: pid.to_owned(),
             event_time: now,
             remote_participant_id: remote.map(str::to_owned),
@@ -1818,14 +1795,16 @@ mod tests {
             .admit(&joiner("p12"), Action::Publish, None, false)
             .unwrap_err();
         assert_eq!(refusal.kind, RefusalKind::QuotaExceeded);
-        assert_eq!(refusal.http_status(), 403);
         assert_eq!(refusal.error_code(), EventErrorCode::QuotaExceeded);
         let fx = m.refused("p12", Action::Publish, None, &refusal, T0 + 1);
         let LiveWrite::AppendEvent { event, .. } = &fx.writes[0] else {
             panic!()
         };
         assert_eq!(
-            (event.name.as_str(), event.error_code.as_deref()),
+            (
+                event.name.as_str(),
+                event.error_code.map(EventErrorCode::as_str)
+            ),
             ("PUBLISH_ERROR", Some("QUOTA_EXCEEDED"))
         );
         // A publisher reconnecting is not a new publisher.
@@ -1863,7 +1842,6 @@ mod tests {
         nothing.capabilities = Capabilities::default();
         let refusal = m.admit(&nothing, Action::Publish, None, false).unwrap_err();
         assert_eq!(refusal.kind, RefusalKind::MissingCapability);
-        assert_eq!(refusal.http_status(), 403);
         assert_eq!(
             refusal.error_code(),
             EventErrorCode::InsufficientCapabilities
@@ -1889,7 +1867,6 @@ mod tests {
                 .admit(&joiner("b"), Action::Subscribe, Some(publisher), false)
                 .unwrap_err();
             assert_eq!(refusal.kind, RefusalKind::PublisherNotFound);
-            assert_eq!(refusal.http_status(), 404);
             assert_eq!(refusal.error_code(), EventErrorCode::PublisherNotFound);
         }
     }
@@ -1908,8 +1885,15 @@ mod tests {
         let LiveWrite::AppendEvent { event, .. } = &fx.writes[0] else {
             panic!()
         };
-        assert_eq!(event.name, "JOIN_ERROR", "a refused token never joined");
-        assert_eq!(event.error_code.as_deref(), Some("INVALID_INPUT"));
+        assert_eq!(
+            event.name.as_str(),
+            "JOIN_ERROR",
+            "a refused token never joined"
+        );
+        assert_eq!(
+            event.error_code.map(EventErrorCode::as_str),
+            Some("INVALID_INPUT")
+        );
         assert_eq!(fx.writes.len(), 1);
     }
 
@@ -2066,7 +2050,6 @@ mod tests {
             .admit(&joiner("a"), Action::Events, None, true)
             .unwrap_err();
         assert_eq!(refusal.kind, RefusalKind::Revoked);
-        assert_eq!(refusal.http_status(), 403);
         assert_eq!(refusal.event_name(Action::Publish), EventName::JoinError);
     }
 
@@ -2091,7 +2074,7 @@ mod tests {
         let refusal = m
             .admit(&joiner("c"), Action::Events, None, false)
             .unwrap_err();
-        assert_eq!(refusal.http_status(), 401);
+        assert!(matches!(refusal.kind, RefusalKind::Token(_)), "{refusal:?}");
     }
 
     #[test]
@@ -2174,11 +2157,11 @@ mod tests {
             .collect()
     }
 
-    fn stop_reasons(fx: &Effects) -> Vec<&str> {
+    fn stop_reasons(fx: &Effects) -> Vec<StopReason> {
         fx.writes
             .iter()
             .filter_map(|w| match w {
-                LiveWrite::StopReplication { reason, .. } => Some(reason.as_str()),
+                LiveWrite::StopReplication { reason, .. } => Some(*reason),
                 _ => None,
             })
             .collect()
@@ -2284,8 +2267,8 @@ mod tests {
         let replica = last_record(&on_b, "a");
         assert_eq!(replica.state, ParticipantState::Connected);
         assert!(replica.published);
-        assert_eq!(replica.replication_type, "REPLICA");
-        assert_eq!(replica.replication_state.as_deref(), Some("ACTIVE"));
+        assert_eq!(replica.replication_type, ReplicationType::Replica);
+        assert_eq!(replica.replication_state, Some(ReplicationState::Active));
         assert_eq!(replica.source_stage_arn, Some(a.stage().to_string()));
         assert_eq!(replica.source_session_id.as_deref(), a.session_id());
         assert_eq!(replica.user_id.as_deref(), Some("user-a"));
@@ -2306,7 +2289,7 @@ mod tests {
         let LiveWrite::AppendEvent { event, .. } = &on_a.writes[0] else {
             panic!("{:?}", on_a.writes)
         };
-        assert_eq!(event.name, "REPLICATION_STARTED");
+        assert_eq!(event.name.as_str(), "REPLICATION_STARTED");
         assert_eq!(event.destination_stage_arn, Some(b.stage().to_string()));
         assert_eq!(
             event.destination_session_id.as_deref(),
@@ -2320,11 +2303,8 @@ mod tests {
         }));
         let source = last_record(&on_a, "a");
         assert_eq!(
-            (
-                source.replication_type.as_str(),
-                source.replication_state.as_deref()
-            ),
-            ("SOURCE", Some("ACTIVE"))
+            (source.replication_type, source.replication_state),
+            (ReplicationType::Source, Some(ReplicationState::Active))
         );
 
         // B's participants subscribe to the replica: that is A's source.
@@ -2347,10 +2327,7 @@ mod tests {
         let refusal = b
             .admit(&joiner("a"), Action::Events, None, false)
             .unwrap_err();
-        assert_eq!(
-            (refusal.kind.clone(), refusal.http_status()),
-            (RefusalKind::ReplicaIdInUse, 409)
-        );
+        assert_eq!(refusal.kind, RefusalKind::ReplicaIdInUse);
         assert_eq!(refusal.event_name(Action::Subscribe), EventName::JoinError);
     }
 
@@ -2364,7 +2341,7 @@ mod tests {
 
         let fx = a.stop_replication("a", b.stage(), T0 + 5).unwrap();
         assert_eq!(fx.event_names(), ["REPLICATION_STOPPED"]);
-        assert_eq!(stop_reasons(&fx), [stop_reason::STOPPED_BY_REQUEST]);
+        assert_eq!(stop_reasons(&fx), [StopReason::StoppedByRequest]);
         assert_eq!(
             fx.cross_stage,
             [CrossStage::EndReplica {
@@ -2376,11 +2353,8 @@ mod tests {
         assert!(fx.close_sources.is_empty(), "a still publishes in A");
         let record = last_record(&fx, "a");
         assert_eq!(
-            (
-                record.replication_type.as_str(),
-                record.replication_state.as_deref()
-            ),
-            ("SOURCE", Some("STOPPED"))
+            (record.replication_type, record.replication_state),
+            (ReplicationType::Source, Some(ReplicationState::Stopped))
         );
         assert!(a.stop_replication("a", b.stage(), T0 + 6).is_none());
 
@@ -2404,7 +2378,7 @@ mod tests {
         assert_eq!(fx.released_feeds, [SourceId(1)]);
         let replica = last_record(&fx, "a");
         assert_eq!(replica.state, ParticipantState::Disconnected);
-        assert_eq!(replica.replication_state.as_deref(), Some("STOPPED"));
+        assert_eq!(replica.replication_state, Some(ReplicationState::Stopped));
         assert!(
             !fx.writes
                 .iter()
@@ -2416,8 +2390,8 @@ mod tests {
         // It may be replicated there again, in the same source session.
         let (on_a, _) = replicate(&mut a, &mut b, "a", 0, T0 + 7);
         assert_eq!(
-            last_record(&on_a, "a").replication_state.as_deref(),
-            Some("ACTIVE")
+            last_record(&on_a, "a").replication_state,
+            Some(ReplicationState::Active)
         );
     }
 
@@ -2430,7 +2404,7 @@ mod tests {
             fx.event_names(),
             ["PUBLISH_STOPPED", "REPLICATION_STOPPED", "LEFT"]
         );
-        assert_eq!(stop_reasons(&fx), [stop_reason::SOURCE_STOPPED_PUBLISHING]);
+        assert_eq!(stop_reasons(&fx), [StopReason::SourceStoppedPublishing]);
         assert_eq!(fx.close_sources, [SourceId(1)]);
         assert_eq!(fx.cross_stage.len(), 1);
         assert!(matches!(
@@ -2438,8 +2412,8 @@ mod tests {
             Some(LiveWrite::EndSession { .. })
         ));
         assert_eq!(
-            last_record(&fx, "a").replication_state.as_deref(),
-            Some("STOPPED")
+            last_record(&fx, "a").replication_state,
+            Some(ReplicationState::Stopped)
         );
         assert!(a.is_idle());
     }
@@ -2479,8 +2453,8 @@ mod tests {
             "the window keeps the session open"
         );
         assert_eq!(
-            last_record(&fx, "a").replication_state.as_deref(),
-            Some("ACTIVE")
+            last_record(&fx, "a").replication_state,
+            Some(ReplicationState::Active)
         );
         assert_eq!(a.publisher_count(), 1, "the slot is kept");
         assert!(!a.is_idle());
@@ -2501,7 +2475,10 @@ mod tests {
                 .iter()
                 .any(|w| matches!(w, LiveWrite::StartSession { .. }))
         );
-        assert_eq!(last_record(&fx, "a").replication_type, "SOURCE");
+        assert_eq!(
+            last_record(&fx, "a").replication_type,
+            ReplicationType::Source
+        );
         assert!(a.handle_timeout(T0 + 20_000).is_empty());
         assert_eq!(a.replication_destinations("a"), [b.stage().clone()]);
         assert!(b.is_replica("a"));
@@ -2534,10 +2511,10 @@ mod tests {
 
         let fx = a.handle_timeout(T0 + 6_000);
         assert_eq!(fx.event_names(), ["REPLICATION_STOPPED"]);
-        assert_eq!(stop_reasons(&fx), [stop_reason::WINDOW_PASSED]);
+        assert_eq!(stop_reasons(&fx), [StopReason::WindowPassed]);
         assert!(fx.writes.iter().any(|w| matches!(w,
             LiveWrite::SetReplicationState { participant_id, replication_type, replication_state, .. }
-                if participant_id == "a" && replication_type == "SOURCE" && replication_state.as_deref() == Some("STOPPED"))));
+                if participant_id == "a" && *replication_type == ReplicationType::Source && *replication_state == Some(ReplicationState::Stopped))));
         assert_eq!(fx.close_sources, [SourceId(1)]);
         assert!(
             matches!(&fx.cross_stage[..], [CrossStage::EndReplica { destination, .. }] if destination == b.stage())
@@ -2563,7 +2540,7 @@ mod tests {
             fx.event_names(),
             ["REPLICATION_STOPPED", "PUBLISH_STOPPED", "LEFT"]
         );
-        assert_eq!(stop_reasons(&fx), [stop_reason::SOURCE_DISCONNECTED]);
+        assert_eq!(stop_reasons(&fx), [StopReason::SourceDisconnected]);
         assert_eq!(fx.close_sources, [SourceId(1)]);
         assert_eq!(fx.cross_stage.len(), 1);
         assert!(
@@ -2627,14 +2604,15 @@ mod tests {
             (source, destination, participant_id.as_str()),
             (a.stage(), b.stage(), "a")
         );
-        assert_eq!(reason, stop_reason::REPLICA_DISCONNECTED);
+        let reason = *reason;
+        assert_eq!(reason, StopReason::ReplicaDisconnected);
 
         let fx = a.replication_ended("a", b.stage(), reason, T0 + 2);
         assert_eq!(fx.event_names(), ["REPLICATION_STOPPED"]);
         assert!(fx.cross_stage.is_empty(), "B knows already");
         assert_eq!(
-            last_record(&fx, "a").replication_state.as_deref(),
-            Some("ACTIVE"),
+            last_record(&fx, "a").replication_state,
+            Some(ReplicationState::Active),
             "C still runs"
         );
         assert_eq!(a.replication_destinations("a"), [c.stage().clone()]);
@@ -2656,7 +2634,7 @@ mod tests {
 
         // B is deleted: its replica of `a` goes (A is told), its own `b` stops (C is told).
         let fx = b.close_stage(EventsClose::StageDeleted, true, T0 + 1);
-        assert_eq!(stop_reasons(&fx), [stop_reason::SOURCE_STAGE_DELETED]);
+        assert_eq!(stop_reasons(&fx), [StopReason::SourceStageDeleted]);
         assert_eq!(
             fx.cross_stage,
             [
@@ -2669,7 +2647,7 @@ mod tests {
                     source: a.stage().clone(),
                     destination: b.stage().clone(),
                     participant_id: "a".into(),
-                    reason: stop_reason::DESTINATION_STAGE_DELETED.into()
+                    reason: StopReason::DestinationStageDeleted
                 },
             ]
         );
@@ -2677,13 +2655,8 @@ mod tests {
             fx.writes.last(),
             Some(LiveWrite::EndSession { .. })
         ));
-        let fx = a.replication_ended(
-            "a",
-            b.stage(),
-            stop_reason::DESTINATION_STAGE_DELETED,
-            T0 + 2,
-        );
-        assert_eq!(stop_reasons(&fx), [stop_reason::DESTINATION_STAGE_DELETED]);
+        let fx = a.replication_ended("a", b.stage(), StopReason::DestinationStageDeleted, T0 + 2);
+        assert_eq!(stop_reasons(&fx), [StopReason::DestinationStageDeleted]);
         let fx = c.end_replica("b", b.stage(), T0 + 2);
         assert_eq!(
             replica_events(&fx),
@@ -2695,7 +2668,7 @@ mod tests {
         let (mut a, mut b) = two_stages();
         replicate(&mut a, &mut b, "a", 30, T0);
         let fx = a.close_stage(EventsClose::ServerShutdown, true, T0 + 1);
-        assert_eq!(stop_reasons(&fx), [stop_reason::SERVER_SHUTDOWN]);
+        assert_eq!(stop_reasons(&fx), [StopReason::ServerShutdown]);
         assert_eq!(fx.close_sources, [SourceId(1)]);
     }
 
@@ -2707,21 +2680,24 @@ mod tests {
         a.stop_replication("a", b.stage(), T0 + 1).unwrap();
         // Leaves and comes back in the same session: still a (stopped) source.
         let fx = a.connection_closed(ConnectionId(1), T0 + 2);
-        assert_eq!(last_record(&fx, "a").replication_type, "SOURCE");
+        assert_eq!(
+            last_record(&fx, "a").replication_type,
+            ReplicationType::Source
+        );
         let fx = a.events_opened(&joiner("a"), ConnectionId(3), T0 + 3);
         let record = last_record(&fx, "a");
         assert_eq!(
-            (
-                record.replication_type.as_str(),
-                record.replication_state.as_deref()
-            ),
-            ("SOURCE", Some("STOPPED"))
+            (record.replication_type, record.replication_state),
+            (ReplicationType::Source, Some(ReplicationState::Stopped))
         );
         // A new session forgets it.
         a.connection_closed(ConnectionId(2), T0 + 4);
         a.connection_closed(ConnectionId(3), T0 + 4);
         assert!(a.is_idle());
         let fx = a.events_opened(&joiner("a"), ConnectionId(4), T0 + 5);
-        assert_eq!(last_record(&fx, "a").replication_type, "NONE");
+        assert_eq!(
+            last_record(&fx, "a").replication_type,
+            ReplicationType::None
+        );
     }
 }

@@ -61,7 +61,8 @@ pub struct Joiner {
     pub client: ClientAttributes,
 }
 
-/// What a connection is for; it decides which error event a refusal records.
+/// What a connection is for; it decides which error event a refusal records, and
+/// what ends when the connection does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     Publish,
@@ -98,8 +99,8 @@ pub enum RefusalKind {
     Internal,
 }
 
-/// A refused connection: the HTTP status to answer, the plain-text reason, and the
-/// `errorCode` to record (BEHAVIOUR §3).
+/// A refused connection: why (the API crate answers with the status that goes with
+/// it), the plain-text reason, and the `errorCode` to record (BEHAVIOUR §3).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Refusal {
@@ -138,24 +139,6 @@ impl Refusal {
         Refusal {
             kind,
             message: refusal.to_string(),
-        }
-    }
-
-    /// The HTTP status of the refused request.
-    pub fn http_status(&self) -> u16 {
-        match self.kind {
-            RefusalKind::Token(_) => TokenRejection::HTTP_STATUS,
-            RefusalKind::Revoked
-            | RefusalKind::TokenRevoked
-            | RefusalKind::WrongParticipantId
-            | RefusalKind::MissingCapability
-            | RefusalKind::QuotaExceeded => 403,
-            RefusalKind::PublisherNotFound => 404,
-            RefusalKind::ReplicaIdInUse => 409,
-            RefusalKind::InvalidOffer
-            | RefusalKind::InvalidVideoCodec
-            | RefusalKind::InvalidAudioCodec => 400,
-            RefusalKind::Internal => 500,
         }
     }
 

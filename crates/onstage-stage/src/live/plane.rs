@@ -4,8 +4,9 @@
 //! Each stage has a slot with its [`StageMachine`] behind an async lock. A request
 //! takes the lock, asks the machine, calls the media plane if admitted, records the
 //! result and carries out the effects — store writes included — before it lets go,
-//! so a stage's writes reach the store in the order they happened and a `201` is
-//! only sent once the join is recorded. A slot exists only while its stage has
+//! so a stage's writes reach the store in the order they happened and a connection
+//! is only accepted once its join is recorded (one whose join the store refuses is
+//! taken down again and refused as an internal error). A slot exists only while its stage has
 //! someone on it (or is being deleted); an idle slot is retired and dropped.
 //!
 //! Every operation runs in a task of its own: an HTTP client that hangs up halfway
@@ -17,18 +18,20 @@
 //! to the other stage only after this stage's lock is released — so no task ever
 //! waits for a stage while holding another out of order. Messages are delivered
 //! before the operation that caused them returns. A machine that wants to be woken
-//! (a reconnect window ending) says when; a timer task calls it back.
+//! (a reconnect window ending) says when; a task waits for that time on the
+//! control plane's [`Clock`] and calls it back. Every time the machines see comes
+//! from that clock too, so tests drive the plane in virtual time.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as SyncMutex, MutexGuard, PoisonError, Weak};
-use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot, watch};
 
+use crate::clock::Clock;
 use crate::error::{DomainError, StoreError};
 use crate::ids::{Account, Arn};
 use crate::media::{CloseCause, MediaPlane, MediaSignal, PeerId};
@@ -36,7 +39,7 @@ use crate::service::{
     ControlPlane, LiveStages, ReplicationStart, TokenVerificationError, VerifiedToken,
 };
 use crate::store::LiveWrite;
-use crate::time_fmt::{UnixMillis, now_millis};
+use crate::time_fmt::UnixMillis;
 use crate::token::{ParticipantClaims, TokenIssuer};
 
 use super::client;
@@ -52,7 +55,7 @@ use super::{
 
 /// How long the close of a peer the live plane has not registered yet is remembered
 /// (the media plane may report it before `publish`/`subscribe` has returned).
-const EARLY_CLOSE_MEMORY: Duration = Duration::from_secs(60);
+const EARLY_CLOSE_MEMORY_MS: UnixMillis = 60_000;
 
 /// Limits of the live plane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,13 +233,15 @@ struct Routes {
     /// Peer → its stage.
     peers: HashMap<PeerId, Arn>,
     /// Closes reported for peers nobody had registered yet.
-    early_closes: HashMap<PeerId, (CloseCause, Instant)>,
+    early_closes: HashMap<PeerId, (CloseCause, UnixMillis)>,
 }
 
 /// The live plane: participants' connections to stages (BEHAVIOUR §3–§5).
 pub struct LivePlane {
     me: Weak<LivePlane>,
     control: Arc<ControlPlane>,
+    /// The control plane's clock: every time the machines see, and their timers.
+    clock: Arc<dyn Clock>,
     media: Arc<dyn MediaPlane>,
     feeds: Arc<dyn ReplicaFeeds>,
     limits: StageLimits,
@@ -273,7 +278,7 @@ impl LivePlane {
     ) -> Result<Arc<LivePlane>, DomainError> {
         let closed = control
             .store()
-            .close_interrupted_sessions(now_millis())
+            .close_interrupted_sessions(control.clock().now())
             .await?;
         if closed.sessions > 0 || closed.participants > 0 || closed.replications > 0 {
             tracing::info!(
@@ -290,6 +295,7 @@ impl LivePlane {
         let live = Arc::new_cyclic(|me| LivePlane {
             me: me.clone(),
             control: control.clone(),
+            clock: control.clock().clone(),
             media,
             feeds,
             limits,
@@ -333,7 +339,7 @@ impl LivePlane {
                         // routed before anyone can ask to close it).
                         None if cause == CloseCause::Requested => return,
                         None => {
-                            routes.remember_early_close(peer, cause);
+                            routes.remember_early_close(peer, cause, self.now());
                             return;
                         }
                     }
@@ -341,7 +347,7 @@ impl LivePlane {
                 let Some((slot, mut inner)) = self.lock_existing_stage(&stage).await else {
                     return;
                 };
-                let fx = inner.machine.peer_closed(peer, cause, now_millis());
+                let fx = inner.machine.peer_closed(peer, cause, self.now());
                 let _ = self.execute(&slot, &mut inner, fx).await;
                 self.release(&stage, &slot, inner).await;
             }
@@ -425,7 +431,7 @@ impl LivePlane {
             let Some((slot, mut inner)) = plane.lock_existing_stage(&stage).await else {
                 return Ok(false);
             };
-            let fx = inner.machine.connection_closed(conn, now_millis());
+            let fx = inner.machine.connection_closed(conn, plane.now());
             let _ = plane.execute(&slot, &mut inner, fx).await;
             plane.release(&stage, &slot, inner).await;
             Ok(true)
@@ -454,7 +460,7 @@ impl LivePlane {
             if let Some((slot, mut inner)) = self.lock_existing_stage(&stage).await {
                 let fx = inner
                     .machine
-                    .close_stage(EventsClose::ServerShutdown, true, now_millis());
+                    .close_stage(EventsClose::ServerShutdown, true, self.now());
                 let _ = self.execute(&slot, &mut inner, fx).await;
                 let pending = std::mem::take(&mut inner.pending);
                 drop(inner);
@@ -482,6 +488,10 @@ impl LivePlane {
     }
 
     // ----- the operations ----------------------------------------------------
+
+    fn now(&self) -> UnixMillis {
+        self.clock.now()
+    }
 
     fn arc(&self) -> Result<Arc<LivePlane>, Refusal> {
         self.me
@@ -592,13 +602,10 @@ impl LivePlane {
                 };
                 match self.media.publish(source, offer_sdp).await {
                     Ok((peer, answer)) => {
-                        let fx = inner.machine.publish_accepted(
-                            joiner,
-                            conn,
-                            peer,
-                            source,
-                            now_millis(),
-                        );
+                        let fx =
+                            inner
+                                .machine
+                                .publish_accepted(joiner, conn, peer, source, self.now());
                         (peer, answer, fx)
                     }
                     Err(refused) => {
@@ -628,7 +635,7 @@ impl LivePlane {
                             publisher,
                             conn,
                             peer,
-                            now_millis(),
+                            self.now(),
                         );
                         (peer, answer, fx)
                     }
@@ -655,9 +662,11 @@ impl LivePlane {
         };
         let stage = inner.machine.stage().clone();
         let (resource_id, early_close) = self.register(&stage, conn, peer);
-        let _ = self.execute(slot, inner, fx).await;
+        if self.execute(slot, inner, fx).await.is_err() {
+            return Err(self.unrecorded(slot, inner, conn).await);
+        }
         if let Some(cause) = early_close {
-            let fx = inner.machine.peer_closed(peer, cause, now_millis());
+            let fx = inner.machine.peer_closed(peer, cause, self.now());
             let _ = self.execute(slot, inner, fx).await;
         }
         Ok(Accepted {
@@ -704,8 +713,12 @@ impl LivePlane {
         let conn = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
         let (close, closed) = oneshot::channel();
         inner.events_sockets.insert(conn, close);
-        let fx = inner.machine.events_opened(&joiner, conn, now_millis());
-        let _ = self.execute(&slot, &mut inner, fx).await;
+        let fx = inner.machine.events_opened(&joiner, conn, self.now());
+        if self.execute(&slot, &mut inner, fx).await.is_err() {
+            let refusal = self.unrecorded(&slot, &mut inner, conn).await;
+            self.release(&stage, &slot, inner).await;
+            return Err(refusal);
+        }
         let states = slot.state.subscribe();
         self.release(&stage, &slot, inner).await;
         Ok(EventsSubscription {
@@ -722,12 +735,29 @@ impl LivePlane {
         })
     }
 
+    /// A connection was accepted but its join could not be recorded: it is taken
+    /// down again at once (its peer closed, the machine as if it had ended) and
+    /// refused as an internal error, because a participant on the stage that the
+    /// store never heard of would break the session's record (DECISIONS.md). What
+    /// the teardown writes is best effort: the store is failing.
+    async fn unrecorded(
+        &self,
+        slot: &StageSlot,
+        inner: &mut StageInner,
+        conn: ConnectionId,
+    ) -> Refusal {
+        tracing::error!(stage = %inner.machine.stage(), ?conn, "a connection could not be recorded; it is refused");
+        let fx = inner.machine.connection_closed(conn, self.now());
+        let _ = self.execute(slot, inner, fx).await;
+        Refusal::internal("the connection could not be recorded; try again")
+    }
+
     async fn events_closed(&self, stage: &Arn, conn: ConnectionId) {
         let Some((slot, mut inner)) = self.lock_existing_stage(stage).await else {
             return;
         };
         inner.events_sockets.remove(&conn);
-        let fx = inner.machine.connection_closed(conn, now_millis());
+        let fx = inner.machine.connection_closed(conn, self.now());
         let _ = self.execute(&slot, &mut inner, fx).await;
         self.release(stage, &slot, inner).await;
     }
@@ -835,7 +865,7 @@ impl LivePlane {
         };
         let outcome = match self.check_token_revoked(stage, &new.jti, new.iat).await {
             Err(refusal) => Err(ExchangeRefusal::Refused(refusal)),
-            Ok(()) => match inner.machine.token_exchanged(&joiner, now_millis()) {
+            Ok(()) => match inner.machine.token_exchanged(&joiner, self.now()) {
                 Some(fx) => {
                     let _ = self.execute(&slot, &mut inner, fx).await;
                     Ok(verified.claims)
@@ -860,7 +890,7 @@ impl LivePlane {
     ) -> Result<VerifiedToken, Refusal> {
         match self
             .control
-            .verify_participant_token(token, presented_to, now_millis() / 1000)
+            .verify_participant_token(token, presented_to, self.now() / 1000)
             .await
         {
             Ok(verified) => Ok(verified),
@@ -882,7 +912,7 @@ impl LivePlane {
                     let fx =
                         inner
                             .machine
-                            .refused(&participant, action, None, &refusal, now_millis());
+                            .refused(&participant, action, None, &refusal, self.now());
                     let _ = self.execute(&slot, &mut inner, fx).await;
                     self.release(&stage, &slot, inner).await;
                 }
@@ -900,10 +930,10 @@ impl LivePlane {
         publisher: Option<&str>,
         refusal: Refusal,
     ) -> Refusal {
-        tracing::info!(stage = %inner.machine.stage(), participant, ?action, ?publisher, status = refusal.http_status(), reason = %refusal, "connection refused");
+        tracing::info!(stage = %inner.machine.stage(), participant, ?action, ?publisher, kind = ?refusal.kind, reason = %refusal, "connection refused");
         let fx = inner
             .machine
-            .refused(participant, action, publisher, &refusal, now_millis());
+            .refused(participant, action, publisher, &refusal, self.now());
         let _ = self.execute(slot, inner, fx).await;
         refusal
     }
@@ -956,7 +986,7 @@ impl LivePlane {
             .await?;
         let mut attributes = origin.attributes;
         attributes.extend(start.attributes.clone());
-        let now = now_millis();
+        let now = self.now();
         let fx = dst.machine.replica_joined(
             ReplicaJoin {
                 participant_id: pid.to_owned(),
@@ -1017,7 +1047,7 @@ impl LivePlane {
         };
         let Some(fx) = inner
             .machine
-            .stop_replication(participant_id, destination, now_millis())
+            .stop_replication(participant_id, destination, self.now())
         else {
             self.release(source, &slot, inner).await;
             return Ok(false);
@@ -1038,10 +1068,9 @@ impl LivePlane {
             return;
         };
         runtime.spawn(async move {
-            let delay = u64::try_from(at.saturating_sub(now_millis())).unwrap_or(0);
-            tokio::time::sleep(Duration::from_millis(delay + 1)).await;
+            plane.clock.sleep_until(at).await;
             if let Some((slot, mut inner)) = plane.lock_existing_stage(&stage).await {
-                let fx = inner.machine.handle_timeout(now_millis());
+                let fx = inner.machine.handle_timeout(plane.now());
                 let _ = plane.execute(&slot, &mut inner, fx).await;
                 plane.release(&stage, &slot, inner).await;
             }
@@ -1123,7 +1152,7 @@ impl LivePlane {
             let Some((slot, mut inner)) = self.lock_existing_stage(&target).await else {
                 continue;
             };
-            let now = now_millis();
+            let now = self.now();
             let fx = match &message {
                 CrossStage::EndReplica {
                     source,
@@ -1137,7 +1166,7 @@ impl LivePlane {
                     ..
                 } => inner
                     .machine
-                    .replication_ended(participant_id, destination, reason, now),
+                    .replication_ended(participant_id, destination, *reason, now),
             };
             let _ = self.execute(&slot, &mut inner, fx).await;
             queue.extend(std::mem::take(&mut inner.pending));
@@ -1269,11 +1298,10 @@ impl StageSlot {
 }
 
 impl Routes {
-    fn remember_early_close(&mut self, peer: PeerId, cause: CloseCause) {
-        let now = Instant::now();
+    fn remember_early_close(&mut self, peer: PeerId, cause: CloseCause, now: UnixMillis) {
         if self.early_closes.len() >= 256 {
             self.early_closes
-                .retain(|_, (_, at)| now.duration_since(*at) < EARLY_CLOSE_MEMORY);
+                .retain(|_, (_, at)| now.saturating_sub(*at) < EARLY_CLOSE_MEMORY_MS);
         }
         self.early_closes.insert(peer, (cause, now));
     }
@@ -1326,7 +1354,7 @@ impl LiveStages for LivePlane {
             };
             let Some(fx) = inner
                 .machine
-                .disconnect(&participant_id, reason.as_deref(), now_millis())
+                .disconnect(&participant_id, reason.as_deref(), plane.now())
             else {
                 plane.release(&stage, &slot, inner).await;
                 return Ok(false);
@@ -1357,7 +1385,7 @@ impl LiveStages for LivePlane {
                 let Some((slot, mut inner)) = plane.lock_existing_stage(&stage).await else {
                     continue;
                 };
-                if let Some(fx) = inner.machine.token_revoked(&token_id, now_millis()) {
+                if let Some(fx) = inner.machine.token_revoked(&token_id, plane.now()) {
                     tracing::info!(%stage, token = %token_id, "closing a revoked token's connections");
                     let result = plane.execute(&slot, &mut inner, fx).await;
                     stored = stored.and(result);
@@ -1379,7 +1407,7 @@ impl LiveStages for LivePlane {
             let (slot, mut inner) = plane.lock_stage(&stage).await;
             let fx = inner
                 .machine
-                .close_stage(EventsClose::StageDeleted, true, now_millis());
+                .close_stage(EventsClose::StageDeleted, true, plane.now());
             let _ = plane.execute(&slot, &mut inner, fx).await;
             // Replications into and out of the stage stop in the other stages too
             // before DeleteStage answers.
