@@ -81,10 +81,7 @@ fn segment() -> impl Strategy<Value = String> {
         "[A-Za-z0-9_-]{0,200}",
         any::<Vec<u8>>().prop_map(|b| URL_SAFE_NO_PAD.encode(b)),
         // JSON of a plausible header or claims, with arbitrary values.
-        (
-            "(ES384|HS256|none|RS256|[A-Z0-9]{0,6})",
-            "[ -~]{0,40}"
-        )
+        ("(ES384|HS256|none|RS256|[A-Z0-9]{0,6})", "[ -~]{0,40}")
             .prop_map(|(alg, kid)| URL_SAFE_NO_PAD
                 .encode(serde_json::json!({"alg": alg, "kid": kid, "typ": "JWT"}).to_string())),
         (any::<i64>(), "[ -~]{0,20}", "[ -~]{0,80}").prop_map(|(exp, jti, resource)| {
