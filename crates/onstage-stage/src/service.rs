@@ -202,15 +202,28 @@ pub struct VerifiedToken {
     pub issuer: TokenIssuer,
 }
 
+/// How far a refused token's signature was checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureCheck {
+    /// The issuer's key verified it: the claims are the issuer's, even if they are
+    /// expired or name another stage.
+    Verified,
+    /// Forged, altered, malformed, or signed with a key onstage does not hold:
+    /// nothing it claims can be believed.
+    NotVerified,
+}
+
 /// Why [`ControlPlane::verify_participant_token`] did not accept a token.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenVerificationError {
-    /// The token does not authenticate its holder. `claimed` is what the
-    /// token said about itself, unverified: where the refusal may be recorded.
+    /// The token does not authenticate its holder. `claimed` is what the token
+    /// said about itself: where the refusal may be recorded, and only when
+    /// `signature` says its issuer really signed it.
     #[error("{rejection}")]
     Rejected {
         rejection: TokenRejection,
         claimed: Option<UnverifiedToken>,
+        signature: SignatureCheck,
     },
     /// The check itself failed (the store, a corrupt stored key).
     #[error(transparent)]
@@ -560,35 +573,27 @@ impl ControlPlane {
             token::inspect(token).map_err(|rejection| TokenVerificationError::Rejected {
                 rejection,
                 claimed: None,
+                signature: SignatureCheck::NotVerified,
             })?;
-        let reject = |rejection: TokenRejection| TokenVerificationError::Rejected {
+        let forged = |rejection: TokenRejection| TokenVerificationError::Rejected {
             rejection,
             claimed: Some(unverified.clone()),
+            signature: SignatureCheck::NotVerified,
         };
-        let issuer = unverified.issuer(self.signer.kid()).map_err(reject)?;
+        let issuer = unverified.issuer(self.signer.kid()).map_err(forged)?;
         let Some(stage_arn) = unverified.stage_arn.clone() else {
-            return Err(reject(TokenRejection::Malformed(
+            return Err(forged(TokenRejection::Malformed(
                 "resource must be a stage ARN".into(),
             )));
         };
-        if let Some(expected) = presented_to
-            && expected != stage_arn.id
-        {
-            return Err(reject(TokenRejection::WrongStage(format!(
-                "the token is for stage {}, not {expected}",
-                stage_arn.id
-            ))));
-        }
-        let Some(stage) = self.find_stage(&stage_arn).await? else {
-            return Err(reject(TokenRejection::WrongStage(format!(
-                "stage {stage_arn} does not exist"
-            ))));
-        };
+        // The signature is checked first, before the store is asked about the
+        // stage: until it verifies, nothing the token claims is believed, and a
+        // forgery costs no more than one signature check.
         let customer_key;
         let key = match &issuer {
             TokenIssuer::Server => self.signer.decoding_key(),
             TokenIssuer::PublicKey(key_arn) => {
-                let unknown = || reject(TokenRejection::UnknownKey(key_arn.to_string()));
+                let unknown = || forged(TokenRejection::UnknownKey(key_arn.to_string()));
                 if key_arn.account != stage_arn.account || key_arn.region != stage_arn.region {
                     return Err(unknown());
                 }
@@ -610,6 +615,25 @@ impl ControlPlane {
                 &customer_key
             }
         };
+        let signed = token::verify_signature(token, key).map_err(forged)?;
+        let reject = |rejection: TokenRejection| TokenVerificationError::Rejected {
+            rejection,
+            claimed: Some(unverified.clone()),
+            signature: SignatureCheck::Verified,
+        };
+        if let Some(expected) = presented_to
+            && expected != stage_arn.id
+        {
+            return Err(reject(TokenRejection::WrongStage(format!(
+                "the token is for stage {}, not {expected}",
+                stage_arn.id
+            ))));
+        }
+        let Some(stage) = self.find_stage(&stage_arn).await? else {
+            return Err(reject(TokenRejection::WrongStage(format!(
+                "stage {stage_arn} does not exist"
+            ))));
+        };
         let check = TokenCheck {
             issuer: &issuer,
             key,
@@ -617,7 +641,7 @@ impl ControlPlane {
             endpoints: &stage.endpoints,
             now: now_secs,
         };
-        let claims = token::verify(token, &check).map_err(reject)?;
+        let claims = token::check_claims(signed, &check).map_err(reject)?;
         Ok(VerifiedToken {
             stage,
             claims,

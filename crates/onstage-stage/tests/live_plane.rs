@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use onstage_stage::live::refusals::MAX_RECORDED_REFUSALS;
 use onstage_stage::live::{EventsClose, LiveConfig, LivePlane, RefusalKind};
 use onstage_stage::media::{CloseCause, MediaRefusal, MediaSignal, PeerId, SourceId};
 use onstage_stage::model::{EventErrorCode, EventName, ParticipantState, Stage};
@@ -203,6 +204,32 @@ async fn a_second_publish_with_the_same_token_replaces_the_first() {
 }
 
 #[tokio::test]
+async fn a_participant_s_recorded_refusals_are_bounded() {
+    let w = world().await;
+    let (_host, host_token) = w.both().await;
+    let (viewer, viewer_token) = w.token(&[Capability::Subscribe]).await;
+    w.live
+        .publish(host_token, "offer".into(), None)
+        .await
+        .unwrap();
+    let attempts = MAX_RECORDED_REFUSALS + 15;
+    for _ in 0..attempts {
+        let refusal = w
+            .live
+            .publish(viewer_token.clone(), "offer".into(), None)
+            .await
+            .unwrap_err();
+        // Every attempt is answered as before ...
+        assert_eq!(refusal.kind, RefusalKind::MissingCapability);
+    }
+    // ... but only the participant's budget is written.
+    assert_eq!(
+        w.store.events_with_codes(&viewer).len(),
+        MAX_RECORDED_REFUSALS as usize
+    );
+}
+
+#[tokio::test]
 async fn refusals_are_typed_and_recorded() {
     let w = world().await;
     let (host, host_token) = w.both().await;
@@ -246,7 +273,8 @@ async fn refusals_are_typed_and_recorded() {
         ("SUBSCRIBE_ERROR".into(), Some("PUBLISHER_NOT_FOUND".into()))
     );
 
-    // A forged token: 401, recorded under the participant id it claims.
+    // A forged token: 401, and nothing recorded under the participant id it claims.
+    let before = w.store.events_with_codes(&host);
     let forged = format!("{}x", &host_token[..host_token.len() - 1]);
     let forged = if forged == host_token {
         format!("{}y", &host_token[..host_token.len() - 1])
@@ -259,10 +287,7 @@ async fn refusals_are_typed_and_recorded() {
         .await
         .unwrap_err();
     assert!(matches!(refusal.kind, RefusalKind::Token(_)), "{refusal:?}");
-    assert_eq!(
-        w.store.events_with_codes(&host).last().unwrap(),
-        &("JOIN_ERROR".into(), Some("INVALID_INPUT".into()))
-    );
+    assert_eq!(w.store.events_with_codes(&host), before);
 
     // The media plane refusing the offer's codecs.
     let (other, other_token) = w.both().await;

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use onstage_stage::model::EventErrorCode;
-use onstage_stage::service::{NewStage, TokenRequest, TokenVerificationError, VerifiedToken};
+use onstage_stage::service::{
+    NewStage, SignatureCheck, TokenRequest, TokenVerificationError, VerifiedToken,
+};
 use onstage_stage::token::{TokenIssuer, TokenRejection};
 use onstage_stage::{ControlPlane, ids::Account};
 use onstage_testkit::tokens::{customer_key, sign};
@@ -101,16 +103,32 @@ async fn refuses_expired_forged_and_malformed_tokens() {
         .await
         .unwrap();
 
-    // Expired: the same token a minute and a second later.
+    // Expired: the same token a minute and a second later. Still genuine, so the
+    // refusal is recorded (as IVS does).
     let later = now_secs() + 61;
-    assert!(matches!(
-        rejection(
-            control
-                .verify_participant_token(&issued.token, None, later)
-                .await
-        ),
-        TokenRejection::Expired(_)
-    ));
+    match control
+        .verify_participant_token(&issued.token, None, later)
+        .await
+    {
+        Err(TokenVerificationError::Rejected {
+            rejection: TokenRejection::Expired(_),
+            claimed: Some(_),
+            signature: SignatureCheck::Verified,
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // Presented at another stage's events socket: genuine too.
+    match control
+        .verify_participant_token(&issued.token, Some("zzzzzzzzzzzz"), now_secs())
+        .await
+    {
+        Err(TokenVerificationError::Rejected {
+            rejection: TokenRejection::WrongStage(_),
+            signature: SignatureCheck::Verified,
+            ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
 
     // Forged: a valid token's claims signed with another key under the server's kid.
     let header = jsonwebtoken::decode_header(&issued.token).unwrap();
@@ -122,8 +140,14 @@ async fn refuses_expired_forged_and_malformed_tokens() {
         .verify_participant_token(&forged, None, now_secs())
         .await;
     match result {
-        Err(TokenVerificationError::Rejected { rejection, claimed }) => {
+        Err(TokenVerificationError::Rejected {
+            rejection,
+            claimed,
+            signature,
+        }) => {
             assert_eq!(rejection, TokenRejection::BadSignature);
+            // Not believed: a forged token is never recorded.
+            assert_eq!(signature, SignatureCheck::NotVerified);
             // What it claimed is kept, to record the refusal where it was aimed.
             let claimed = claimed.unwrap();
             assert_eq!(
@@ -159,6 +183,7 @@ async fn refuses_expired_forged_and_malformed_tokens() {
         Err(TokenVerificationError::Rejected {
             rejection: TokenRejection::Malformed(_),
             claimed: None,
+            signature: SignatureCheck::NotVerified,
         }) => {}
         other => panic!("{other:?}"),
     }

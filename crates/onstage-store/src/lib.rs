@@ -10,6 +10,7 @@
 
 mod live;
 mod live_writes;
+mod private;
 mod resources;
 mod sqlite;
 

@@ -78,13 +78,12 @@ impl SqliteStore {
     /// Opens (creating if needed) `<data_dir>/onstage.db` and brings its schema up
     /// to date.
     pub async fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
-        tokio::fs::create_dir_all(data_dir).await.map_err(|e| {
-            StoreError::Backend(format!(
-                "cannot create data directory {}: {e}",
-                data_dir.display()
-            ))
-        })?;
         let file: PathBuf = data_dir.join(DATABASE_FILE);
+        let dir = data_dir.to_owned();
+        let db = file.clone();
+        tokio::task::spawn_blocking(move || crate::private::prepare(&dir, &db))
+            .await
+            .map_err(|e| StoreError::Backend(format!("preparing the data directory: {e}")))??;
 
         let common = SqliteConnectOptions::new()
             .filename(&file)

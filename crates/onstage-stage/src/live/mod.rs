@@ -31,6 +31,7 @@
 pub mod client;
 pub mod machine;
 mod plane;
+pub mod refusals;
 pub mod replication;
 
 use crate::media::MediaRefusal;

@@ -36,7 +36,8 @@ use crate::error::{DomainError, StoreError};
 use crate::ids::{Account, Arn};
 use crate::media::{CloseCause, MediaPlane, MediaSignal, PeerId};
 use crate::service::{
-    ControlPlane, LiveStages, ReplicationStart, TokenVerificationError, VerifiedToken,
+    ControlPlane, LiveStages, ReplicationStart, SignatureCheck, TokenVerificationError,
+    VerifiedToken,
 };
 use crate::store::LiveWrite;
 use crate::time_fmt::UnixMillis;
@@ -47,6 +48,7 @@ use super::machine::{
     self, Admission, ConnectionId, CrossStage, Effects, EventsClose, ReplicaJoin, StageLimits,
     StageMachine,
 };
+use super::refusals::{ForgeryLog, RefusalBudget, RefusalRecord};
 use super::replication::{FeedOrigin, LocalReplicaFeeds, ReplicaFeeds};
 use super::{
     Action, DEFAULT_MAX_SUBSCRIBERS_PER_STAGE, ExchangeRefusal, Joiner, MAX_PUBLISHERS_PER_STAGE,
@@ -250,6 +252,10 @@ pub struct LivePlane {
     next_connection: AtomicU64,
     /// Replications running now (for the metrics).
     active_replications: AtomicI64,
+    /// Which genuine refusals are recorded (`refusals`).
+    refusal_budget: SyncMutex<RefusalBudget>,
+    /// When forged tokens were last logged (`refusals`).
+    forgery_log: SyncMutex<ForgeryLog>,
 }
 
 fn lock<T>(m: &SyncMutex<T>) -> MutexGuard<'_, T> {
@@ -303,6 +309,8 @@ impl LivePlane {
             routes: SyncMutex::new(Routes::default()),
             next_connection: AtomicU64::new(1),
             active_replications: AtomicI64::new(0),
+            refusal_budget: SyncMutex::new(RefusalBudget::default()),
+            forgery_log: SyncMutex::new(ForgeryLog::default()),
         });
         let hook: Weak<LivePlane> = Arc::downgrade(&live);
         control.attach_live_stages(hook);
@@ -898,17 +906,44 @@ impl LivePlane {
                 tracing::error!(error = %e, "could not verify a participant token");
                 Err(Refusal::internal("internal error"))
             }
-            Err(TokenVerificationError::Rejected { rejection, claimed }) => {
+            Err(TokenVerificationError::Rejected {
+                rejection,
+                claimed,
+                signature: SignatureCheck::NotVerified,
+            }) => {
+                // Forged, altered or unverifiable: what it claims is not believed, so
+                // nothing is written and no stage is locked for it (DECISIONS).
+                metrics::counter!("onstage_participant_tokens_forged_total").increment(1);
+                let refusal = Refusal::token(rejection);
+                let now = self.now();
+                if let Some(unlogged) = lock(&self.forgery_log).forgery(now) {
+                    let claimed_stage = claimed
+                        .as_ref()
+                        .and_then(|c| c.stage_arn.as_ref())
+                        .map(ToString::to_string);
+                    tracing::warn!(claimed_stage, ?action, reason = %refusal, unlogged_since_last_line = unlogged, "participant token with no valid signature refused");
+                }
+                Err(refusal)
+            }
+            Err(TokenVerificationError::Rejected {
+                rejection,
+                claimed,
+                signature: SignatureCheck::Verified,
+            }) => {
                 let refusal = Refusal::token(rejection);
                 let stage = match presented_to {
                     Some(id) => self.live_stage_by_id(id),
                     None => claimed.as_ref().and_then(|c| c.stage_arn.clone()),
                 };
                 let participant = claimed.and_then(|c| c.participant_id);
-                tracing::info!(stage = ?stage.as_ref().map(ToString::to_string), ?participant, ?action, reason = %refusal, "participant token refused");
-                if let (Some(stage), Some(participant)) = (stage, participant)
-                    && let Some((slot, mut inner)) = self.lock_existing_stage(&stage).await
-                {
+                let (Some(stage), Some(participant)) = (stage, participant) else {
+                    tracing::info!(?action, reason = %refusal, "participant token refused");
+                    return Err(refusal);
+                };
+                if !self.within_refusal_budget(&stage, &participant, action, &refusal) {
+                    return Err(refusal);
+                }
+                if let Some((slot, mut inner)) = self.lock_existing_stage(&stage).await {
                     let fx =
                         inner
                             .machine
@@ -917,6 +952,31 @@ impl LivePlane {
                     self.release(&stage, &slot, inner).await;
                 }
                 Err(refusal)
+            }
+        }
+    }
+
+    /// Whether a genuine refusal may be recorded (and logged): each participant of a
+    /// stage has a budget per minute; the rest are counted (`refusals`).
+    fn within_refusal_budget(
+        &self,
+        stage: &Arn,
+        participant: &str,
+        action: Action,
+        refusal: &Refusal,
+    ) -> bool {
+        let record = lock(&self.refusal_budget).refusal(stage, participant, self.now());
+        match record {
+            RefusalRecord::Write { unrecorded_before } => {
+                if unrecorded_before > 0 {
+                    tracing::warn!(%stage, participant, unrecorded = unrecorded_before, "refusals over the participant's budget went unrecorded in its last window");
+                }
+                tracing::info!(%stage, participant, ?action, kind = ?refusal.kind, reason = %refusal, "connection refused");
+                true
+            }
+            RefusalRecord::Skip => {
+                metrics::counter!("onstage_participant_refusals_unrecorded_total").increment(1);
+                false
             }
         }
     }
@@ -931,6 +991,10 @@ impl LivePlane {
         refusal: Refusal,
     ) -> Refusal {
         tracing::info!(stage = %inner.machine.stage(), participant, ?action, ?publisher, kind = ?refusal.kind, reason = %refusal, "connection refused");
+        let stage = inner.machine.stage().clone();
+        if !self.within_refusal_budget(&stage, participant, action, &refusal) {
+            return refusal;
+        }
         let fx = inner
             .machine
             .refused(participant, action, publisher, &refusal, self.now());
