@@ -21,6 +21,8 @@ pub enum ErrorKind {
     NotImplemented,
     UnknownOperation,
     PayloadTooLarge,
+    /// The request body did not arrive within the server's body deadline.
+    RequestTimeout,
     // Authentication failures, as AWS names them.
     MissingAuthenticationToken,
     IncompleteSignature,
@@ -43,6 +45,7 @@ impl ErrorKind {
             ErrorKind::InternalServer => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -58,6 +61,7 @@ impl ErrorKind {
             ErrorKind::NotImplemented => "NotImplementedException",
             ErrorKind::UnknownOperation => "UnknownOperationException",
             ErrorKind::PayloadTooLarge => "RequestEntityTooLargeException",
+            ErrorKind::RequestTimeout => "RequestTimeoutException",
             ErrorKind::MissingAuthenticationToken => "MissingAuthenticationTokenException",
             ErrorKind::IncompleteSignature => "IncompleteSignatureException",
             ErrorKind::InvalidSignature => "InvalidSignatureException",
