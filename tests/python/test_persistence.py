@@ -3,6 +3,7 @@ configurations, the token-signing key. Also start-up configuration."""
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import requests
@@ -137,9 +138,9 @@ def test_duplicate_access_key_id_is_a_startup_error(server_factory):
 
 
 def test_development_key_refused_off_loopback(tmp_path):
-    from conftest import BINARY
+    binary = os.environ.get("ONSTAGE_BIN") or str(Path(__file__).resolve().parents[2] / "target/debug/onstage")
     run = lambda *extra: subprocess.run(  # noqa: E731
-        [str(BINARY), "serve", "--listen", "0.0.0.0:0", "--data-dir", str(tmp_path / "d"), *extra],
+        [binary, "serve", "--listen", "0.0.0.0:0", "--data-dir", str(tmp_path / "d"), *extra],
         capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
         env={k: v for k, v in os.environ.items() if not k.startswith("ONSTAGE_")})
     refused = run()
