@@ -23,6 +23,8 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// The request body did not arrive within the server's body deadline.
     RequestTimeout,
+    /// A shared budget is spent for now (large unverified bodies); retryable.
+    ServiceUnavailable,
     // Authentication failures, as AWS names them.
     MissingAuthenticationToken,
     IncompleteSignature,
@@ -46,6 +48,7 @@ impl ErrorKind {
             ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -62,6 +65,7 @@ impl ErrorKind {
             ErrorKind::UnknownOperation => "UnknownOperationException",
             ErrorKind::PayloadTooLarge => "RequestEntityTooLargeException",
             ErrorKind::RequestTimeout => "RequestTimeoutException",
+            ErrorKind::ServiceUnavailable => "ServiceUnavailableException",
             ErrorKind::MissingAuthenticationToken => "MissingAuthenticationTokenException",
             ErrorKind::IncompleteSignature => "IncompleteSignatureException",
             ErrorKind::InvalidSignature => "InvalidSignatureException",

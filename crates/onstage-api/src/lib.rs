@@ -44,12 +44,22 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 const PAGE_TOKEN_SECRET: &str = "pagination-token-key";
 
+/// A body up to this size is read for any request whose headers passed
+/// authentication; larger ones draw on [`UNVERIFIED_BODY_BUDGET`].
+const SMALL_BODY_BYTES: usize = 64 * 1024;
+/// Most bytes of large bodies held at once, all requests together, before their
+/// signatures are verified. Key ids are not secret, so a forged signature under a
+/// real one passes the header checks; this bounds what such requests can hold.
+const UNVERIFIED_BODY_BUDGET: usize = 8 << 20;
+
 /// Everything a request handler needs.
 pub struct ApiState {
     pub control: Arc<ControlPlane>,
     pub credentials: Credentials,
     pub region: String,
     page_tokens: PageTokens,
+    /// Kilobytes of [`UNVERIFIED_BODY_BUDGET`] not in use.
+    body_budget: Arc<tokio::sync::Semaphore>,
     metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
@@ -73,6 +83,7 @@ impl ApiState {
             credentials,
             region,
             page_tokens: PageTokens::new(key),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(UNVERIFIED_BODY_BUDGET / 1024)),
             metrics,
         })
     }
@@ -120,7 +131,7 @@ async fn api_call(State(state): State<Arc<ApiState>>, request: Request) -> Respo
     match result {
         Ok(body) => axum::Json(body).into_response(),
         Err(e) => {
-            if e.kind.status().is_server_error() && e.kind != ErrorKind::NotImplemented {
+            if e.kind == ErrorKind::InternalServer {
                 tracing::error!(operation, error = %e, "request failed");
             } else {
                 tracing::debug!(operation, error = %e, "request refused");
@@ -149,12 +160,14 @@ async fn handle(state: &ApiState, request: Request) -> Outcome {
         time::OffsetDateTime::now_utc(),
     )
     .map_err(|e| ("unauthenticated", e))?;
+    let budget = large_body_share(state, &parts.headers).map_err(|e| ("unknown", e))?;
     let body = read_body(&parts.headers, body)
         .await
         .map_err(|e| ("unknown", e))?;
     let caller = pending
         .verify(&head, &body)
         .map_err(|e| ("unauthenticated", e))?;
+    drop(budget);
     let account = Account {
         id: caller.account_id,
         region: state.region.clone(),
@@ -202,6 +215,35 @@ fn invalid_request(invalid: model::Invalid) -> ApiError {
                     errors.join("; ")
                 ),
             )
+        }
+    }
+}
+
+/// A large (or undeclared) body takes its share of the budget for unverified
+/// bodies before it is read, and is refused at once when the budget is spent:
+/// `503 ServiceUnavailableException`, which SDKs retry. Small bodies need none.
+fn large_body_share(
+    state: &ApiState,
+    headers: &http::HeaderMap,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bytes = match declared {
+        Some(n) if n <= SMALL_BODY_BYTES as u64 => return Ok(None),
+        Some(n) => n.min(MAX_BODY_BYTES as u64) as usize,
+        None => MAX_BODY_BYTES,
+    };
+    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    match state.body_budget.clone().try_acquire_many_owned(kib) {
+        Ok(permit) => Ok(Some(permit)),
+        Err(_) => {
+            metrics::counter!("onstage_api_body_budget_exhausted_total").increment(1);
+            Err(ApiError::new(
+                ErrorKind::ServiceUnavailable,
+                "too many large request bodies in progress; retry shortly",
+            ))
         }
     }
 }

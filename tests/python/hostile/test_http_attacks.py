@@ -122,3 +122,26 @@ def test_oversized_declared_body_is_refused_unread(target):
         s.sendall(head)
         reply = s.recv(4096)
     assert reply.startswith(b"HTTP/1.1 403"), reply[:100]
+
+
+def test_forged_signatures_under_a_known_key_id_hold_little(target):
+    """Access key ids are not secret: a forged signature under a real one passes the
+    header checks, so its body is read before the signature fails. Large bodies
+    share one budget; beyond it they are refused (503) before being read."""
+    import datetime as dt
+    health = Health(target)
+    now = dt.datetime.now(dt.timezone.utc)
+    amz, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    head = (f"POST /CreateStage HTTP/1.1\r\nHost: 127.0.0.1:{target.port}\r\nX-Amz-Date: {amz}\r\n"
+            f"Authorization: AWS4-HMAC-SHA256 Credential=onstage/{day}/us-east-1/ivs/aws4_request, "
+            f"SignedHeaders=host;x-amz-date, Signature={'0' * 64}\r\n"
+            f"Content-Length: {BODY_BYTES}\r\n\r\n").encode()
+    socks, sent = stalled_bodies(target.port, head, BODY_CONNECTIONS, BODY_BYTES - 1)
+    with held(socks):
+        health.sample()
+        health.check()
+        health.sample()
+    health.check()
+    health.assert_memory()
+    health.report("forged-signature-known-key", connections=BODY_CONNECTIONS, body_bytes_each=BODY_BYTES,
+                  bytes_the_server_took=sent)
