@@ -235,19 +235,19 @@ impl Settings {
                  loopback, or pass --allow-dev-credentials"
             );
         }
-        let seconds = |name: &str, value: Option<u64>, default: u64| {
+        let whole_seconds = |name: &str, value: Option<u64>, default: u64| {
             let s = value.unwrap_or(default);
             if s == 0 {
                 bail!("--{name} must be at least 1 second");
             }
             Ok(std::time::Duration::from_secs(s))
         };
-        let http_header_timeout = seconds(
+        let http_header_timeout = whole_seconds(
             "http-header-timeout",
             args.http_header_timeout.or(file.http_header_timeout),
             DEFAULT_HTTP_HEADER_TIMEOUT_SECS,
         )?;
-        let http_body_timeout = seconds(
+        let http_body_timeout = whole_seconds(
             "http-body-timeout",
             args.http_body_timeout.or(file.http_body_timeout),
             DEFAULT_HTTP_BODY_TIMEOUT_SECS,
