@@ -45,8 +45,15 @@ def pool_creds(i: int) -> Creds:
     return Creds(f"AKIDPOOL{i:04d}", f"pool-secret-{i}", f"2{i:011d}")
 
 
-def config_toml(extra_keys: list[Creds]) -> str:
+def config_toml(extra_keys: list[Creds], with_dev: bool = True) -> str:
+    """A configuration file with `extra_keys` as [[access_keys]]. The development key
+    is active only when no other key is configured, so `with_dev` configures it
+    explicitly as the primary key."""
     out = []
+    if with_dev:
+        out.append(f'access_key_id = "{DEV.access_key}"')
+        out.append(f'secret_access_key = "{DEV.secret_key}"')
+        out.append("")
     for c in extra_keys:
         out.append("[[access_keys]]")
         out.append(f'access_key_id = "{c.access_key}"')

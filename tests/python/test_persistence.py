@@ -1,6 +1,10 @@
 """A restart on the same data directory loses nothing: stages, keys, tags,
 configurations, the token-signing key. Also start-up configuration."""
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 import requests
 
@@ -117,6 +121,29 @@ def test_config_file_accounts(server_factory):
     assert srv.client(DEV).list_stages()["stages"] == []
 
 
-def test_healthz_and_readyz(server):
-    assert requests.get(f"{server.url}/healthz", timeout=5).status_code == 200
-    assert requests.get(f"{server.url}/readyz", timeout=5).status_code == 200
+def test_configured_keys_turn_the_development_key_off(server_factory):
+    srv = server_factory(config_text=config_toml([Creds("AKIDONLY", "only-secret", "333333333333")],
+                                                 with_dev=False))
+    assert srv.client(Creds("AKIDONLY", "only-secret", "333333333333")).list_stages()["stages"] == []
+    with client_error("UnrecognizedClientException", status=403):
+        srv.client(DEV).list_stages()
+
+
+def test_duplicate_access_key_id_is_a_startup_error(server_factory):
+    keys = [Creds("AKIDTWICE", "one-secret", "333333333333"), Creds("AKIDTWICE", "two", "444444444444")]
+    srv = server_factory(config_text=config_toml(keys), start=False)
+    with pytest.raises(RuntimeError) as failed:
+        srv.start()
+    assert "AKIDTWICE" in str(failed.value)
+
+
+def test_development_key_refused_off_loopback(tmp_path):
+    binary = os.environ.get("ONSTAGE_BIN") or str(Path(__file__).resolve().parents[2] / "target/debug/onstage")
+    run = lambda *extra: subprocess.run(  # noqa: E731
+        [binary, "serve", "--listen", "0.0.0.0:0", "--data-dir", str(tmp_path / "d"), *extra],
+        capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ONSTAGE_")})
+    refused = run()
+    assert refused.returncode != 0
+    assert "--allow-dev-credentials" in refused.stderr
+    assert not (tmp_path / "d").exists(), "refused before touching the data directory"

@@ -21,6 +21,10 @@ pub enum ErrorKind {
     NotImplemented,
     UnknownOperation,
     PayloadTooLarge,
+    /// The request body did not arrive within the server's body deadline.
+    RequestTimeout,
+    /// A shared budget is spent for now (large unverified bodies); retryable.
+    ServiceUnavailable,
     // Authentication failures, as AWS names them.
     MissingAuthenticationToken,
     IncompleteSignature,
@@ -43,6 +47,8 @@ impl ErrorKind {
             ErrorKind::InternalServer => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorKind::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -58,6 +64,8 @@ impl ErrorKind {
             ErrorKind::NotImplemented => "NotImplementedException",
             ErrorKind::UnknownOperation => "UnknownOperationException",
             ErrorKind::PayloadTooLarge => "RequestEntityTooLargeException",
+            ErrorKind::RequestTimeout => "RequestTimeoutException",
+            ErrorKind::ServiceUnavailable => "ServiceUnavailableException",
             ErrorKind::MissingAuthenticationToken => "MissingAuthenticationTokenException",
             ErrorKind::IncompleteSignature => "IncompleteSignatureException",
             ErrorKind::InvalidSignature => "InvalidSignatureException",

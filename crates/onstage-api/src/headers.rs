@@ -29,8 +29,9 @@ pub const SECURITY_HEADERS: [(&str, &str); 7] = [
     ("x-frame-options", "DENY"),
 ];
 
-/// Headers the AWS SDKs (and WHIP clients) send, allowed in preflights.
-const ALLOWED_HEADERS: &str = "Authorization,Content-Type,X-Amz-Date,X-Amz-User-Agent,X-Amz-Content-Sha256,X-Amz-Security-Token,X-Amz-Target,Amz-Sdk-Invocation-Id,Amz-Sdk-Request,If-Match";
+/// The one list of request headers a preflight allows: those the AWS SDKs and WHIP
+/// clients send. A client that sends another header cross-origin needs it here.
+pub const ALLOWED_HEADERS: &str = "Authorization,Content-Type,X-Amz-Date,X-Amz-User-Agent,X-Amz-Content-Sha256,X-Amz-Security-Token,X-Amz-Target,Amz-Sdk-Invocation-Id,Amz-Sdk-Request,If-Match";
 
 /// Answers CORS preflights without authentication, and stamps the security headers
 /// and a request id on every response.

@@ -14,6 +14,7 @@ pub mod join;
 pub mod model;
 pub mod pagination;
 pub mod participants;
+pub mod server;
 pub mod sigv4;
 mod wire;
 
@@ -43,12 +44,22 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 const PAGE_TOKEN_SECRET: &str = "pagination-token-key";
 
+/// A body up to this size is read for any request whose headers passed
+/// authentication; larger ones draw on [`UNVERIFIED_BODY_BUDGET`].
+const SMALL_BODY_BYTES: usize = 64 * 1024;
+/// Most bytes of large bodies held at once, all requests together, before their
+/// signatures are verified. Key ids are not secret, so a forged signature under a
+/// real one passes the header checks; this bounds what such requests can hold.
+const UNVERIFIED_BODY_BUDGET: usize = 8 << 20;
+
 /// Everything a request handler needs.
 pub struct ApiState {
     pub control: Arc<ControlPlane>,
     pub credentials: Credentials,
     pub region: String,
     page_tokens: PageTokens,
+    /// Kilobytes of [`UNVERIFIED_BODY_BUDGET`] not in use.
+    body_budget: Arc<tokio::sync::Semaphore>,
     metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
@@ -72,6 +83,7 @@ impl ApiState {
             credentials,
             region,
             page_tokens: PageTokens::new(key),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(UNVERIFIED_BODY_BUDGET / 1024)),
             metrics,
         })
     }
@@ -119,7 +131,7 @@ async fn api_call(State(state): State<Arc<ApiState>>, request: Request) -> Respo
     match result {
         Ok(body) => axum::Json(body).into_response(),
         Err(e) => {
-            if e.kind.status().is_server_error() && e.kind != ErrorKind::NotImplemented {
+            if e.kind == ErrorKind::InternalServer {
                 tracing::error!(operation, error = %e, "request failed");
             } else {
                 tracing::debug!(operation, error = %e, "request refused");
@@ -133,28 +145,52 @@ type Outcome = Result<(&'static str, Value), (&'static str, ApiError)>;
 
 async fn handle(state: &ApiState, request: Request) -> Outcome {
     let (parts, body) = request.into_parts();
-    let body = read_body(body).await.map_err(|e| ("unknown", e))?;
-
-    let caller = sigv4::verify(
-        &sigv4::SignedRequest {
-            method: parts.method.as_str(),
-            raw_path: parts.uri.path(),
-            raw_query: parts.uri.query(),
-            headers: &parts.headers,
-            body: &body,
-        },
+    let head = sigv4::RequestHead {
+        method: parts.method.as_str(),
+        raw_path: parts.uri.path(),
+        raw_query: parts.uri.query(),
+        headers: &parts.headers,
+    };
+    // Everything the headers can decide is decided before a byte of the body is
+    // read: an unsigned or badly signed request costs the server no body.
+    let pending = sigv4::check_head(
+        &head,
         &state.credentials,
         &state.region,
         time::OffsetDateTime::now_utc(),
     )
     .map_err(|e| ("unauthenticated", e))?;
+    let budget = large_body_share(state, &parts.headers).map_err(|e| ("unknown", e))?;
+    let body = read_body(&parts.headers, body)
+        .await
+        .map_err(|e| ("unknown", e))?;
+    let caller = pending
+        .verify(&head, &body)
+        .map_err(|e| ("unauthenticated", e))?;
+    drop(budget);
     let account = Account {
         id: caller.account_id,
         region: state.region.clone(),
     };
 
-    let (operation, mut doc) = route(&parts.method, parts.uri.path(), parts.uri.query(), &body)
-        .map_err(|e| ("unknown", e))?;
+    let (name, doc) = request_document(&parts.method, parts.uri.path(), parts.uri.query(), &body)?;
+    let reply = handlers::dispatch(state, &account, name, doc)
+        .await
+        .map_err(|e| (name, e))?;
+    Ok((name, reply))
+}
+
+/// The operation a request names and its validated request document (steps 3
+/// and 4 of the path of an API call): pure, no I/O, for any bytes a client sends.
+/// The error is tagged with the operation's name when one was found.
+pub fn request_document(
+    method: &Method,
+    raw_path: &str,
+    raw_query: Option<&str>,
+    body: &[u8],
+) -> Result<(&'static str, Value), (&'static str, ApiError)> {
+    let (operation, mut doc) =
+        route(method, raw_path, raw_query, body).map_err(|e| ("unknown", e))?;
     let name = operation.name;
     if let Some(input) = operation.input {
         model::validate(input, &doc).map_err(|invalid| (name, invalid_request(invalid)))?;
@@ -163,10 +199,7 @@ async fn handle(state: &ApiState, request: Request) -> Outcome {
         // Treat explicit nulls as absent, as the validator did.
         m.retain(|_, v| !v.is_null());
     }
-    let reply = handlers::dispatch(state, &account, name, doc)
-        .await
-        .map_err(|e| (name, e))?;
-    Ok((name, reply))
+    Ok((name, doc))
 }
 
 fn invalid_request(invalid: model::Invalid) -> ApiError {
@@ -186,18 +219,60 @@ fn invalid_request(invalid: model::Invalid) -> ApiError {
     }
 }
 
-async fn read_body(body: Body) -> Result<Bytes, ApiError> {
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+/// A large (or undeclared) body takes its share of the budget for unverified
+/// bodies before it is read, and is refused at once when the budget is spent:
+/// `503 ServiceUnavailableException`, which SDKs retry. Small bodies need none.
+fn large_body_share(
+    state: &ApiState,
+    headers: &http::HeaderMap,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bytes = match declared {
+        Some(n) if n <= SMALL_BODY_BYTES as u64 => return Ok(None),
+        Some(n) => n.min(MAX_BODY_BYTES as u64) as usize,
+        None => MAX_BODY_BYTES,
+    };
+    let kib = u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX);
+    match state.body_budget.clone().try_acquire_many_owned(kib) {
+        Ok(permit) => Ok(Some(permit)),
+        Err(_) => {
+            metrics::counter!("onstage_api_body_budget_exhausted_total").increment(1);
             Err(ApiError::new(
-                ErrorKind::PayloadTooLarge,
-                format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+                ErrorKind::ServiceUnavailable,
+                "too many large request bodies in progress; retry shortly",
             ))
         }
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        ErrorKind::PayloadTooLarge,
+        format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// Reads the body, at most [`MAX_BODY_BYTES`]; a declared `Content-Length` over the
+/// limit is refused before reading. The server's body deadline
+/// ([`server::HttpLimits::body_deadline`]) ends a body that arrives too slowly.
+async fn read_body(headers: &http::HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) if server::is_deadline_error(e.as_ref()) => Err(ApiError::new(
+            ErrorKind::RequestTimeout,
+            "the request body did not arrive in time",
+        )),
         Err(e) => Err(ApiError::new(
             ErrorKind::Serialization,
             format!("could not read the request body: {e}"),
@@ -260,19 +335,18 @@ fn route(
         members.insert("resourceArn".into(), Value::String(arn));
     }
     if name == "UntagResource" {
-        let keys: Vec<Value> = query
-            .unwrap_or("")
-            .split('&')
-            .filter_map(|p| p.split_once('='))
-            .filter(|(k, _)| *k == "tagKeys")
-            .map(|(_, v)| {
-                Value::String(
-                    percent_decode_str(&v.replace('+', " "))
-                        .decode_utf8_lossy()
-                        .into_owned(),
-                )
-            })
-            .collect();
+        let mut keys = Vec::new();
+        for (k, v) in sigv4::query_pairs(query.unwrap_or("")) {
+            if k == b"tagKeys" {
+                let key = String::from_utf8(v).map_err(|_| {
+                    ApiError::new(
+                        ErrorKind::Validation,
+                        "tagKeys: a tag key in the query is not UTF-8",
+                    )
+                })?;
+                keys.push(Value::String(key));
+            }
+        }
         members.insert("tagKeys".into(), Value::Array(keys));
     }
     Ok((operation, doc))

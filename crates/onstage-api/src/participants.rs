@@ -219,7 +219,9 @@ async fn open_events(
         .filter_map(|p| p.to_str().ok())
         .find(|p| p.split('.').count() == 3)
         .map(str::to_owned);
-    let mut upgrade = upgrade.max_message_size(MAX_EVENTS_MESSAGE_BYTES);
+    let mut upgrade = upgrade
+        .max_message_size(MAX_EVENTS_MESSAGE_BYTES)
+        .max_frame_size(MAX_EVENTS_MESSAGE_BYTES);
     if let Some(protocol) = from_protocol
         .as_deref()
         .and_then(|p| HeaderValue::from_str(p).ok())

@@ -11,7 +11,9 @@ use std::fmt::Write as _;
 
 use hmac::{Hmac, Mac};
 use http::HeaderMap;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::{
+    AsciiSet, NON_ALPHANUMERIC, percent_decode_str, percent_encode, utf8_percent_encode,
+};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use time::{OffsetDateTime, PrimitiveDateTime, macros::format_description};
@@ -46,6 +48,11 @@ impl Credentials {
     }
     pub fn get(&self, access_key_id: &str) -> Option<&AccessKey> {
         self.keys.get(access_key_id)
+    }
+    fn get_key_value(&self, access_key_id: &str) -> Option<(&str, &AccessKey)> {
+        self.keys
+            .get_key_value(access_key_id)
+            .map(|(id, key)| (id.as_str(), key))
     }
 }
 
@@ -166,14 +173,37 @@ fn format_amz_date(t: OffsetDateTime) -> String {
     .unwrap_or_default()
 }
 
-/// Verifies the request's signature and returns the caller it identifies.
-pub fn verify(
-    req: &SignedRequest<'_>,
-    credentials: &Credentials,
+/// What a request's head (method, path, query, headers) says about its signature,
+/// checked before the body is read: everything except the signature itself, which
+/// covers the body.
+pub struct RequestHead<'a> {
+    pub method: &'a str,
+    /// The path exactly as received, percent-encoding intact.
+    pub raw_path: &'a str,
+    pub raw_query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// A request whose headers passed every check that does not need the body: a
+/// well-formed `Authorization` for a known key, signing `host`, scoped to this
+/// service and region, signed within the allowed clock skew.
+pub struct PendingSignature<'a> {
+    auth: Authorization<'a>,
+    amz_date: String,
+    access_key_id: &'a str,
+    key: &'a AccessKey,
+}
+
+/// Checks everything a signature's headers can show without the body. A failure
+/// here costs the server no body bytes.
+pub fn check_head<'a>(
+    head: &RequestHead<'a>,
+    credentials: &'a Credentials,
     region: &str,
     now: OffsetDateTime,
-) -> Result<Caller, ApiError> {
-    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+) -> Result<PendingSignature<'a>, ApiError> {
+    let headers = head.headers;
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let authorization = header("authorization").ok_or_else(|| {
         denied(
             ErrorKind::MissingAuthenticationToken,
@@ -181,6 +211,12 @@ pub fn verify(
         )
     })?;
     let auth = parse_authorization(authorization)?;
+    if !auth.signed_headers.split(';').any(|h| h == "host") {
+        return Err(denied(
+            ErrorKind::IncompleteSignature,
+            "'Host' must be a 'SignedHeader' in the AWS Authorization.",
+        ));
+    }
     // SigV4 takes the signing time from X-Amz-Date, or else from Date (botocore
     // signs with Date when a request carries one).
     let (signed_at, amz_date) = match header("x-amz-date") {
@@ -209,14 +245,15 @@ pub fn verify(
             (t, format_amz_date(t))
         }
     };
-    let amz_date = amz_date.as_str();
 
-    let key = credentials.get(auth.access_key_id).ok_or_else(|| {
-        denied(
-            ErrorKind::UnrecognizedClient,
-            "The security token included in the request is invalid: unknown access key id",
-        )
-    })?;
+    let (access_key_id, key) = credentials
+        .get_key_value(auth.access_key_id)
+        .ok_or_else(|| {
+            denied(
+                ErrorKind::UnrecognizedClient,
+                "The security token included in the request is invalid: unknown access key id",
+            )
+        })?;
     if auth.service != SERVICE {
         return Err(denied(
             ErrorKind::InvalidSignature,
@@ -254,29 +291,60 @@ pub fn verify(
             ),
         ));
     }
-
-    let canonical = canonical_request(req, auth.signed_headers)?;
-    let mut string_to_sign = String::with_capacity(160);
-    let _ = write!(
-        string_to_sign,
-        "AWS4-HMAC-SHA256\n{amz_date}\n{}/{}/{}/aws4_request\n{}",
-        auth.date,
-        auth.region,
-        auth.service,
-        hex::encode(Sha256::digest(canonical.as_bytes()))
-    );
-    let signing_key = signing_key(&key.secret, auth.date, auth.region, auth.service);
-    let expected = hex::encode(hmac(&signing_key, string_to_sign.as_bytes()));
-    if !bool::from(expected.as_bytes().ct_eq(auth.signature.as_bytes())) {
-        return Err(denied(
-            ErrorKind::InvalidSignature,
-            "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.",
-        ));
-    }
-    Ok(Caller {
-        access_key_id: auth.access_key_id.to_owned(),
-        account_id: key.account_id.clone(),
+    Ok(PendingSignature {
+        auth,
+        amz_date,
+        access_key_id,
+        key,
     })
+}
+
+impl PendingSignature<'_> {
+    /// Recomputes the signature over the head and the body, compares in constant
+    /// time, and names the caller.
+    pub fn verify(self, head: &RequestHead<'_>, body: &[u8]) -> Result<Caller, ApiError> {
+        let auth = &self.auth;
+        let canonical = canonical_request(head, body, auth.signed_headers)?;
+        let mut string_to_sign = String::with_capacity(160);
+        let _ = write!(
+            string_to_sign,
+            "AWS4-HMAC-SHA256\n{}\n{}/{}/{}/aws4_request\n{}",
+            self.amz_date,
+            auth.date,
+            auth.region,
+            auth.service,
+            hex::encode(Sha256::digest(canonical.as_bytes()))
+        );
+        let signing_key = signing_key(&self.key.secret, auth.date, auth.region, auth.service);
+        let expected = hex::encode(hmac(&signing_key, string_to_sign.as_bytes()));
+        if !bool::from(expected.as_bytes().ct_eq(auth.signature.as_bytes())) {
+            return Err(denied(
+                ErrorKind::InvalidSignature,
+                "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method.",
+            ));
+        }
+        Ok(Caller {
+            access_key_id: self.access_key_id.to_owned(),
+            account_id: self.key.account_id.clone(),
+        })
+    }
+}
+
+/// Verifies the request's signature and returns the caller it identifies: the
+/// head's checks, then the signature.
+pub fn verify(
+    req: &SignedRequest<'_>,
+    credentials: &Credentials,
+    region: &str,
+    now: OffsetDateTime,
+) -> Result<Caller, ApiError> {
+    let head = RequestHead {
+        method: req.method,
+        raw_path: req.raw_path,
+        raw_query: req.raw_query,
+        headers: req.headers,
+    };
+    check_head(&head, credentials, region, now)?.verify(&head, req.body)
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
@@ -301,7 +369,11 @@ const URI_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 const URI_ENCODE_PATH: &AsciiSet = &URI_ENCODE.remove(b'/');
 
-fn canonical_request(req: &SignedRequest<'_>, signed_headers: &str) -> Result<String, ApiError> {
+fn canonical_request(
+    req: &RequestHead<'_>,
+    body: &[u8],
+    signed_headers: &str,
+) -> Result<String, ApiError> {
     let mut out = String::with_capacity(256 + req.raw_path.len());
     out.push_str(req.method);
     out.push('\n');
@@ -313,13 +385,14 @@ fn canonical_request(req: &SignedRequest<'_>, signed_headers: &str) -> Result<St
     let _ = write!(out, "{}", utf8_percent_encode(path, URI_ENCODE_PATH));
     out.push('\n');
 
-    if let Some(q) = req.raw_query.filter(|q| !q.is_empty()) {
-        let mut pairs: Vec<(String, String)> = q
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| {
-                let (k, v) = p.split_once('=').unwrap_or((p, ""));
-                (reencode(k), reencode(v))
+    if let Some(q) = req.raw_query {
+        // The pairs exactly as the router reads them (`query_pairs`), encoded again.
+        let mut pairs: Vec<(String, String)> = query_pairs(q)
+            .map(|(k, v)| {
+                (
+                    percent_encode(&k, URI_ENCODE).to_string(),
+                    percent_encode(&v, URI_ENCODE).to_string(),
+                )
             })
             .collect();
         pairs.sort();
@@ -366,13 +439,21 @@ fn canonical_request(req: &SignedRequest<'_>, signed_headers: &str) -> Result<St
     out.push('\n');
     out.push_str(signed_headers);
     out.push('\n');
-    out.push_str(&hex::encode(Sha256::digest(req.body)));
+    out.push_str(&hex::encode(Sha256::digest(body)));
     Ok(out)
 }
 
-fn reencode(s: &str) -> String {
-    let decoded = percent_decode_str(s).decode_utf8_lossy();
-    utf8_percent_encode(&decoded, URI_ENCODE).to_string()
+/// The query's `(name, value)` pairs, percent-decoded to bytes. The one reading of
+/// a query: the signature covers exactly what the router acts on. `+` is a plus
+/// sign, as SigV4 encodes it (`%2B`), never a space (which signers send as `%20`).
+pub fn query_pairs(raw: &str) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
+    raw.split('&').filter(|p| !p.is_empty()).map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        (
+            percent_decode_str(k).collect::<Vec<u8>>(),
+            percent_decode_str(v).collect::<Vec<u8>>(),
+        )
+    })
 }
 
 #[cfg(test)]

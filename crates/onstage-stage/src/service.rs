@@ -22,7 +22,7 @@ use crate::store::{DeleteOutcome, InsertOutcome, ResourceRecord, Store, TagOutco
 use crate::time_fmt::UnixMillis;
 use crate::token::{
     self, Capabilities, ParticipantClaims, TokenCheck, TokenIssuer, TokenRejection, TokenSigner,
-    UnverifiedToken, parse_p384_public_key,
+    UnverifiedToken, p384_decoding_key, parse_p384_public_key,
 };
 
 /// At most this many tags on one resource.
@@ -606,12 +606,9 @@ impl ControlPlane {
                     return Err(unknown());
                 };
                 let doc: PublicKeyDoc = from_doc(&record.body)?;
-                customer_key = jsonwebtoken::DecodingKey::from_ec_pem(doc.material.as_bytes())
-                    .map_err(|e| {
-                        DomainError::Internal(format!(
-                            "stored public key {key_arn} is unreadable: {e}"
-                        ))
-                    })?;
+                customer_key = p384_decoding_key(&doc.material).map_err(|e| {
+                    DomainError::Internal(format!("stored public key {key_arn} is unreadable: {e}"))
+                })?;
                 &customer_key
             }
         };

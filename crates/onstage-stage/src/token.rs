@@ -402,25 +402,41 @@ pub fn is_participant_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Parses a customer's public key for self-signed tokens: PEM, SubjectPublicKeyInfo,
-/// ECDSA P-384 and nothing else. Returns the DER and its fingerprint (SHA-256 of the
-/// DER, as colon-separated hex pairs).
-pub fn parse_p384_public_key(pem: &str) -> Result<(Vec<u8>, String), DomainError> {
+/// Parses a customer's public key for self-signed tokens: exactly one PEM block
+/// labelled `PUBLIC KEY` (whitespace around it, nothing else), SubjectPublicKeyInfo,
+/// ECDSA P-384. ImportPublicKey and token verification both read a key through
+/// this, so the key that is fingerprinted is the key that verifies.
+fn parse_p384_pem(pem: &str) -> Result<p384::PublicKey, DomainError> {
     use p384::pkcs8::DecodePublicKey;
-    use p384::pkcs8::EncodePublicKey;
-    let begin = "-----BEGIN PUBLIC KEY-----";
-    let end = "-----END PUBLIC KEY-----";
-    let invalid = || {
-        DomainError::Validation(
-            "publicKeyMaterial must be an ECDSA P-384 public key in PEM (SubjectPublicKeyInfo) format".into(),
-        )
+    const BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+    const END: &str = "-----END PUBLIC KEY-----";
+    let invalid = |why: &str| {
+        DomainError::Validation(format!(
+            "publicKeyMaterial must be exactly one ECDSA P-384 public key in PEM \
+             (SubjectPublicKeyInfo, `{BEGIN}`) format: {why}"
+        ))
     };
-    let start = pem.find(begin).ok_or_else(invalid)?;
-    let stop = pem[start..].find(end).ok_or_else(invalid)? + start + end.len();
-    let key = p384::PublicKey::from_public_key_pem(&pem[start..stop]).map_err(|_| invalid())?;
+    let block = pem.trim();
+    if !block.starts_with(BEGIN) || !block.ends_with(END) {
+        return Err(invalid(
+            "the text must be one PUBLIC KEY block and nothing else",
+        ));
+    }
+    if block.matches("-----BEGIN").count() != 1 || block.matches("-----END").count() != 1 {
+        return Err(invalid("it holds more than one PEM block"));
+    }
+    p384::PublicKey::from_public_key_pem(block)
+        .map_err(|_| invalid("the block is not a P-384 SubjectPublicKeyInfo"))
+}
+
+/// The public key's DER (SubjectPublicKeyInfo) and its fingerprint (SHA-256 of the
+/// DER, as colon-separated hex pairs). See [`parse_p384_pem`] for what is accepted.
+pub fn parse_p384_public_key(pem: &str) -> Result<(Vec<u8>, String), DomainError> {
+    use p384::pkcs8::EncodePublicKey;
+    let key = parse_p384_pem(pem)?;
     let der = key
         .to_public_key_der()
-        .map_err(|_| invalid())?
+        .map_err(|e| DomainError::Internal(format!("re-encoding a parsed public key: {e}")))?
         .as_bytes()
         .to_vec();
     let digest = Sha256::digest(&der);
@@ -430,6 +446,16 @@ pub fn parse_p384_public_key(pem: &str) -> Result<(Vec<u8>, String), DomainError
         .collect::<Vec<_>>()
         .join(":");
     Ok((der, fingerprint))
+}
+
+/// The key that verifies tokens signed with an imported public key, read from its
+/// PEM exactly as ImportPublicKey read it.
+pub fn p384_decoding_key(pem: &str) -> Result<DecodingKey, DomainError> {
+    use p384::elliptic_curve::sec1::ToSec1Point;
+    let key = parse_p384_pem(pem)?;
+    Ok(DecodingKey::from_ec_der(
+        key.to_sec1_point(false).as_bytes(),
+    ))
 }
 
 #[cfg(test)]

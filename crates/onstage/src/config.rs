@@ -17,6 +17,9 @@ pub const DEFAULT_ACCOUNT_ID: &str = "000000000000";
 pub const DEFAULT_MAX_SUBSCRIBERS: usize = 10_000;
 pub const DEV_ACCESS_KEY_ID: &str = "onstage";
 pub const DEV_SECRET_ACCESS_KEY: &str = "onstage-secret";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 8192;
+pub const DEFAULT_HTTP_HEADER_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_HTTP_BODY_TIMEOUT_SECS: u64 = 30;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -90,6 +93,21 @@ pub struct ServeArgs {
     /// Log format: text or json [default: text]
     #[arg(long, env = "ONSTAGE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Most HTTP connections (WebSockets included) open at once; more wait until one
+    /// closes. Lowered at start-up to fit the process's file-descriptor limit
+    /// [default: 8192]
+    #[arg(long, env = "ONSTAGE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Seconds a connection has to send a request's complete header [default: 10]
+    #[arg(long, env = "ONSTAGE_HTTP_HEADER_TIMEOUT", value_name = "SECONDS")]
+    pub http_header_timeout: Option<u64>,
+    /// Seconds a request has to send its whole body [default: 30]
+    #[arg(long, env = "ONSTAGE_HTTP_BODY_TIMEOUT", value_name = "SECONDS")]
+    pub http_body_timeout: Option<u64>,
+    /// Accept the well-known development credentials on a listen address other than
+    /// loopback (refused otherwise)
+    #[arg(long, env = "ONSTAGE_ALLOW_DEV_CREDENTIALS")]
+    pub allow_dev_credentials: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -118,6 +136,11 @@ pub struct FileConfig {
     pub connect_timeout: Option<f64>,
     pub silence_timeout: Option<f64>,
     pub log_format: Option<LogFormat>,
+    pub max_connections: Option<usize>,
+    pub http_header_timeout: Option<u64>,
+    pub http_body_timeout: Option<u64>,
+    #[serde(default)]
+    pub allow_dev_credentials: bool,
     /// Further access keys, each mapped to an account.
     #[serde(default)]
     pub access_keys: Vec<AccessKeyConfig>,
@@ -152,6 +175,9 @@ pub struct Settings {
     pub connect_timeout: std::time::Duration,
     pub silence_timeout: std::time::Duration,
     pub log_format: LogFormat,
+    pub max_connections: usize,
+    pub http_header_timeout: std::time::Duration,
+    pub http_body_timeout: std::time::Duration,
 }
 
 impl Settings {
@@ -188,30 +214,50 @@ impl Settings {
             .account_id
             .or(file.account_id)
             .unwrap_or_else(default_account);
-        let primary = AccessKeyConfig {
-            access_key_id: args
-                .access_key_id
-                .or(file.access_key_id)
-                .unwrap_or_else(|| DEV_ACCESS_KEY_ID.to_owned()),
-            secret_access_key: args
-                .secret_access_key
-                .or(file.secret_access_key)
-                .unwrap_or_else(|| DEV_SECRET_ACCESS_KEY.to_owned()),
+        let access_keys = resolve_access_keys(
+            args.access_key_id.or(file.access_key_id),
+            args.secret_access_key.or(file.secret_access_key),
             account_id,
+            file.access_keys,
+        )?;
+        let uses_dev_secret = access_keys
+            .iter()
+            .any(|k| k.secret_access_key == DEV_SECRET_ACCESS_KEY);
+        if uses_dev_secret
+            && !listen.ip().is_loopback()
+            && !(args.allow_dev_credentials || file.allow_dev_credentials)
+        {
+            bail!(
+                "refusing to listen on {listen} with the development credentials \
+                 ({DEV_ACCESS_KEY_ID} / {DEV_SECRET_ACCESS_KEY}), which anyone can read in the \
+                 documentation: configure access keys of your own (--access-key-id and \
+                 --secret-access-key, or [[access_keys]] in the configuration file), listen on \
+                 loopback, or pass --allow-dev-credentials"
+            );
+        }
+        let whole_seconds = |name: &str, value: Option<u64>, default: u64| {
+            let s = value.unwrap_or(default);
+            if s == 0 {
+                bail!("--{name} must be at least 1 second");
+            }
+            Ok(std::time::Duration::from_secs(s))
         };
-        let mut access_keys = vec![primary];
-        access_keys.extend(file.access_keys);
-        for k in &access_keys {
-            if k.account_id.len() != 12 || !k.account_id.bytes().all(|b| b.is_ascii_digit()) {
-                bail!(
-                    "account id of access key {} must be 12 digits, got {:?}",
-                    k.access_key_id,
-                    k.account_id
-                );
-            }
-            if k.access_key_id.is_empty() || k.secret_access_key.is_empty() {
-                bail!("access key ids and secrets must not be empty");
-            }
+        let http_header_timeout = whole_seconds(
+            "http-header-timeout",
+            args.http_header_timeout.or(file.http_header_timeout),
+            DEFAULT_HTTP_HEADER_TIMEOUT_SECS,
+        )?;
+        let http_body_timeout = whole_seconds(
+            "http-body-timeout",
+            args.http_body_timeout.or(file.http_body_timeout),
+            DEFAULT_HTTP_BODY_TIMEOUT_SECS,
+        )?;
+        let max_connections = args
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            bail!("--max-connections must be at least 1");
         }
         Ok(Settings {
             listen,
@@ -243,6 +289,9 @@ impl Settings {
                 12.0,
             )?,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            max_connections,
+            http_header_timeout,
+            http_body_timeout,
         })
     }
 
@@ -265,6 +314,53 @@ impl Settings {
         };
         format!("{ws}/events")
     }
+}
+
+/// The access keys in force: the primary key (flags, environment or the file's
+/// top level) and the file's `[[access_keys]]`. The development key applies only
+/// when none is configured at all; an access key id given twice is an error.
+fn resolve_access_keys(
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    account_id: String,
+    more: Vec<AccessKeyConfig>,
+) -> anyhow::Result<Vec<AccessKeyConfig>> {
+    let primary = match (access_key_id, secret_access_key) {
+        (Some(access_key_id), Some(secret_access_key)) => Some(AccessKeyConfig {
+            access_key_id,
+            secret_access_key,
+            account_id,
+        }),
+        (Some(id), None) => bail!("access key {id} is configured without --secret-access-key"),
+        (None, Some(_)) => bail!("--secret-access-key is configured without --access-key-id"),
+        (None, None) if more.is_empty() => Some(AccessKeyConfig {
+            access_key_id: DEV_ACCESS_KEY_ID.to_owned(),
+            secret_access_key: DEV_SECRET_ACCESS_KEY.to_owned(),
+            account_id,
+        }),
+        (None, None) => None,
+    };
+    let access_keys: Vec<AccessKeyConfig> = primary.into_iter().chain(more).collect();
+    let mut seen = std::collections::HashSet::new();
+    for k in &access_keys {
+        if k.access_key_id.is_empty() || k.secret_access_key.is_empty() {
+            bail!("access key ids and secrets must not be empty");
+        }
+        if !seen.insert(k.access_key_id.as_str()) {
+            bail!(
+                "access key id {} is configured more than once; each id must name one key",
+                k.access_key_id
+            );
+        }
+        if k.account_id.len() != 12 || !k.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            bail!(
+                "account id of access key {} must be 12 digits, got {:?}",
+                k.access_key_id,
+                k.account_id
+            );
+        }
+    }
+    Ok(access_keys)
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -332,6 +428,86 @@ mod tests {
         .unwrap();
         assert_eq!(s.region, "us-west-2");
         assert_eq!(s.events_url(), "wss://stage.example.com/events");
-        assert_eq!(s.access_keys[1].account_id, "111111111111");
+        assert_eq!(
+            s.access_keys.len(),
+            1,
+            "no development key beside configured ones"
+        );
+        assert_eq!(s.access_keys[0].access_key_id, "A2");
+        assert_eq!(s.access_keys[0].account_id, "111111111111");
+    }
+
+    fn with_file(text: &str, args: ServeArgs) -> anyhow::Result<Settings> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("onstage.toml");
+        std::fs::write(&path, text)?;
+        Settings::resolve(ServeArgs {
+            config: Some(path),
+            ..args
+        })
+    }
+
+    #[test]
+    fn a_duplicate_access_key_id_is_an_error_naming_it() {
+        let text = "[[access_keys]]\naccess_key_id = \"TWICE\"\nsecret_access_key = \"a\"\n\
+                    [[access_keys]]\naccess_key_id = \"TWICE\"\nsecret_access_key = \"b\"\n";
+        let e = with_file(text, ServeArgs::default()).unwrap_err();
+        assert!(format!("{e}").contains("TWICE"), "{e}");
+        let text = "access_key_id = \"P\"\nsecret_access_key = \"p\"\n\
+                    [[access_keys]]\naccess_key_id = \"P\"\nsecret_access_key = \"b\"\n";
+        let e = with_file(text, ServeArgs::default()).unwrap_err();
+        assert!(format!("{e}").contains("access key id P "), "{e}");
+    }
+
+    #[test]
+    fn a_primary_key_replaces_the_development_key() {
+        let s = Settings::resolve(ServeArgs {
+            access_key_id: Some("AKIDMINE".into()),
+            secret_access_key: Some("mine".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let ids: Vec<_> = s
+            .access_keys
+            .iter()
+            .map(|k| k.access_key_id.as_str())
+            .collect();
+        assert_eq!(ids, ["AKIDMINE"]);
+        assert!(
+            Settings::resolve(ServeArgs {
+                access_key_id: Some("AKIDMINE".into()),
+                ..Default::default()
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn development_credentials_stay_on_loopback_unless_allowed() {
+        let public = || Some("0.0.0.0:7700".parse().unwrap());
+        let e = Settings::resolve(ServeArgs {
+            listen: public(),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{e}").contains("--allow-dev-credentials"), "{e}");
+        Settings::resolve(ServeArgs {
+            listen: public(),
+            allow_dev_credentials: true,
+            ..Default::default()
+        })
+        .unwrap();
+        Settings::resolve(ServeArgs {
+            listen: public(),
+            access_key_id: Some("AKIDMINE".into()),
+            secret_access_key: Some("mine".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        Settings::resolve(ServeArgs {
+            listen: Some("[::1]:7700".parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
     }
 }

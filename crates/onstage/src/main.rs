@@ -2,11 +2,13 @@
 //! control plane to the HTTP API and serves until told to stop.
 
 mod config;
+mod fd_limit;
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use onstage_api::server::HttpLimits;
 use onstage_api::{AccessKey, ApiState, Credentials};
 use onstage_media::{MediaConfig, MediaServer};
 use onstage_stage::live::{LiveConfig, LivePlane};
@@ -112,6 +114,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .merge(onstage_api::participant_router(live.clone()))
         .merge(onstage_api::join::join_router());
 
+    let limits = HttpLimits {
+        header_read_timeout: settings.http_header_timeout,
+        body_deadline: settings.http_body_timeout,
+        max_connections: fd_limit::connections_within(settings.max_connections),
+    };
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
@@ -119,21 +126,26 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         &settings,
         listener.local_addr().unwrap_or(settings.listen),
         media_candidate,
+        &limits,
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Record everyone as LEFT and end the sessions, and close the events
-            // sockets, which graceful shutdown would otherwise wait for.
-            live_for_shutdown.shutdown().await;
-        })
-        .await
-        .context("serving HTTP")?;
+    onstage_api::server::serve(listener, app, limits, async move {
+        shutdown_signal().await;
+        // Record everyone as LEFT and end the sessions, and close the events
+        // sockets, which graceful shutdown would otherwise wait for.
+        live_for_shutdown.shutdown().await;
+    })
+    .await
+    .context("serving HTTP")?;
     tracing::info!("stopped");
     Ok(())
 }
 
-fn print_banner(settings: &Settings, bound: std::net::SocketAddr, media: std::net::SocketAddr) {
+fn print_banner(
+    settings: &Settings,
+    bound: std::net::SocketAddr,
+    media: std::net::SocketAddr,
+    limits: &HttpLimits,
+) {
     let api = format!("http://{bound}");
     println!(
         "onstage {} — Amazon IVS Real-Time API",
@@ -169,6 +181,12 @@ fn print_banner(settings: &Settings, bound: std::net::SocketAddr, media: std::ne
     println!("  media (UDP)     {media}  (ICE host candidate)");
     println!("  join page       {api}/join?token=<participant token>");
     println!("  JWKS            {api}/.well-known/jwks.json   metrics {api}/metrics");
+    println!(
+        "  HTTP limits     {} connections, headers within {} s, bodies within {} s",
+        limits.max_connections,
+        limits.header_read_timeout.as_secs(),
+        limits.body_deadline.as_secs()
+    );
 }
 
 fn mask(secret: &str) -> String {

@@ -1861,7 +1861,9 @@ async fn accounts_see_only_their_own_resources() {
     let config = dir.path().join("onstage.toml");
     std::fs::write(
         &config,
-        "[[access_keys]]\naccess_key_id = \"other\"\nsecret_access_key = \"other-secret\"\naccount_id = \"111111111111\"\n",
+        // The development key is active only when no other key is configured: name it.
+        "access_key_id = \"onstage\"\nsecret_access_key = \"onstage-secret\"\n\
+         [[access_keys]]\naccess_key_id = \"other\"\nsecret_access_key = \"other-secret\"\naccount_id = \"111111111111\"\n",
     )
     .expect("write config");
     let data = dir.path().join("data");

@@ -1,20 +1,31 @@
 """Fixtures of the hostile suite: attacks and crashes against a real `onstage serve`.
 
 Builds on tests/python/conftest.py (`server_factory`) and borrows the real-peer
-helpers of tests/python/media (aiortc publishers and subscribers on loopback).
+helpers of tests/python/media (aiortc publishers and subscribers on loopback). Tests
+of the HTTP port get a server of their own (`target`), so that its memory is measured
+from a clean start; this process gets enough file descriptors for the attacks'
+connections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
 import sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "media"))
 
 import media_peers  # noqa: E402
+from attacks import rss_kib  # noqa: E402
+
+# ~1,100 attacking sockets plus the test's own: lift this process's soft limit.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+if _hard == resource.RLIM_INFINITY or _soft < _hard:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -36,3 +47,16 @@ def arun():
         return asyncio.run(bounded())
 
     return run
+
+
+@pytest.fixture
+def target(server_factory):
+    """A fresh server, warmed up by a few signed calls (first-use allocations out of
+    the way), and its resident memory after that."""
+    srv = server_factory()
+    c = srv.client()
+    for _ in range(20):
+        c.list_stages()
+    c.delete_stage(arn=c.create_stage(name="warm-up")["stage"]["arn"])
+    srv.baseline_rss_kib = rss_kib(srv.proc.pid)
+    return srv
