@@ -128,12 +128,14 @@ pub(crate) enum Output {
     Control { shard: usize, control: Control },
     /// For the live plane.
     Signal(MediaSignal),
-    /// A peer accepted a connectivity check from `remote`: its datagrams come
-    /// from there from now on.
+    /// A peer accepted a connectivity check from `remote` (its `Rtc` verified
+    /// the check's MESSAGE-INTEGRITY): its datagrams come from there from now
+    /// on. The only way the receive loop learns an address.
     Learned { peer: PeerId, remote: SocketAddr },
     /// A peer is gone: the receive loop forgets its ufrag and address.
     Forget {
         ufrag: String,
+        peer: PeerId,
         remote: Option<SocketAddr>,
     },
 }
@@ -373,6 +375,7 @@ impl Forwarder {
         if result.is_err() {
             self.out.push_back(Output::Forget {
                 ufrag,
+                peer: id,
                 remote: None,
             });
         } else {
@@ -580,6 +583,7 @@ impl Forwarder {
         }
         self.out.push_back(Output::Forget {
             ufrag: peer.ufrag,
+            peer: id,
             remote: peer.remote,
         });
         match peer.role {

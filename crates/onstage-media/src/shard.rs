@@ -232,12 +232,26 @@ impl Shard {
                 Output::Signal(signal) => {
                     let _ = self.links.signals.send(signal);
                 }
-                // The receive loop learns a peer's address from its checks itself.
+                // Sent while the peer's output is drained, before the outbox
+                // sends its answer to the check: the receive loop has the
+                // route before the peer's first DTLS record can arrive.
                 Output::Learned { peer, remote } => {
-                    tracing::trace!(%peer, %remote, "peer reached from a new address")
+                    let _ = self.links.routing.send(Routing::Learn {
+                        peer,
+                        shard: self.links.index,
+                        remote,
+                    });
                 }
-                Output::Forget { ufrag, remote } => {
-                    let _ = self.links.routing.send(Routing::Forget { ufrag, remote });
+                Output::Forget {
+                    ufrag,
+                    peer,
+                    remote,
+                } => {
+                    let _ = self.links.routing.send(Routing::Forget {
+                        ufrag,
+                        peer,
+                        remote,
+                    });
                 }
             }
         }
