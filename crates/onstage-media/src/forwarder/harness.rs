@@ -63,6 +63,8 @@ pub(super) struct Net {
     pub(super) clients: Vec<Client>,
     pub(super) signals: Vec<MediaSignal>,
     pub(super) forgotten: Vec<String>,
+    /// Every address a forwarder learned for a peer ([`Output::Learned`]).
+    pub(super) learned: Vec<(PeerId, SocketAddr)>,
     /// Packets passed from one shard to another.
     pub(super) packets_between_shards: usize,
     next_peer: u64,
@@ -103,6 +105,7 @@ impl Net {
             clients: Vec::new(),
             signals: Vec::new(),
             forgotten: Vec::new(),
+            learned: Vec::new(),
             packets_between_shards: 0,
             next_peer: 1,
             up: VecDeque::new(),
@@ -320,7 +323,7 @@ impl Net {
             }
             Output::Control { shard, control } => self.forwarders[shard].control(now, control),
             Output::Signal(signal) => self.signals.push(signal),
-            Output::Learned { .. } => {}
+            Output::Learned { peer, remote } => self.learned.push((peer, remote)),
             Output::Forget { ufrag, .. } => self.forgotten.push(ufrag),
         }
     }
@@ -361,6 +364,34 @@ impl Net {
                 }
             }
         }
+    }
+
+    /// The first connectivity check client `c` sends, taken off the wire; the
+    /// client sends nothing more (its credentials are someone else's now).
+    pub(super) fn steal_check(&mut self, c: usize) -> Vec<u8> {
+        for _ in 0..1000 {
+            let now = self.now;
+            let _ = self.clients[c].rtc.handle_input(Input::Timeout(now));
+            self.poll_client(c);
+            let check = self
+                .up
+                .iter()
+                .position(|(from, d)| *from == c && d.starts_with(&[0x00, 0x01]));
+            if let Some(check) = check.and_then(|i| self.up.remove(i)) {
+                self.up.retain(|(from, _)| *from != c);
+                self.clients[c].mute = true;
+                return check.1;
+            }
+            self.now += MS;
+        }
+        panic!("client {c} sent no check");
+    }
+
+    /// A datagram from `from` to shard `shard`, then everything it sets moving.
+    pub(super) fn deliver(&mut self, shard: usize, from: SocketAddr, datagram: &[u8]) {
+        let now = self.now;
+        self.forwarders[shard].receive(now, from, datagram);
+        self.settle();
     }
 
     /// Runs until every client is connected (at most ten virtual seconds).

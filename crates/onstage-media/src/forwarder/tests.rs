@@ -383,3 +383,87 @@ fn a_publisher_away_from_its_sources_home_is_refused() {
     assert!(matches!(result, Err(MediaRefusal::Internal(_))));
     assert_eq!(f.peer_count(), 0);
 }
+
+/// `check` with one byte of its MESSAGE-INTEGRITY changed (as a check signed
+/// with the wrong password would be) and its FINGERPRINT made right again, so
+/// only the integrity check can refuse it.
+fn with_wrong_integrity(check: &[u8]) -> Vec<u8> {
+    const MESSAGE_INTEGRITY: u16 = 0x0008;
+    const FINGERPRINT: u16 = 0x8028;
+    let mut m = check.to_vec();
+    let mut at = 20;
+    let mut signed = false;
+    while at + 4 <= m.len() {
+        let kind = u16::from_be_bytes([m[at], m[at + 1]]);
+        let len = u16::from_be_bytes([m[at + 2], m[at + 3]]) as usize;
+        if kind == MESSAGE_INTEGRITY {
+            m[at + 4] ^= 0xff;
+            signed = true;
+        }
+        if kind == FINGERPRINT {
+            let original = crc32(&check[..at]) ^ 0x5354_554e;
+            assert_eq!(
+                m[at + 4..at + 8],
+                original.to_be_bytes(),
+                "FINGERPRINT computed as str0m does"
+            );
+            let crc = crc32(&m[..at]) ^ 0x5354_554e;
+            m[at + 4..at + 8].copy_from_slice(&crc.to_be_bytes());
+        }
+        at += 4 + len.div_ceil(4) * 4;
+    }
+    assert!(signed, "the check carries no MESSAGE-INTEGRITY");
+    m
+}
+
+/// CRC-32 (IEEE), as STUN's FINGERPRINT uses it.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for b in bytes {
+        crc ^= u32::from(*b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn a_check_with_the_wrong_password_teaches_no_address() {
+    let mut net = Net::new(1);
+    let _publisher = net.publish(SourceId(1));
+    let subscriber = net.subscribe(SourceId(1), 0);
+    let check = net.steal_check(subscriber);
+    let stranger = "10.0.9.9:5000".parse().expect("an address");
+    net.deliver(0, stranger, &with_wrong_integrity(&check));
+    assert!(net.learned.is_empty(), "learned {:?}", net.learned);
+    // The same check as signed is accepted: only the integrity differed.
+    net.deliver(0, stranger, &check);
+    assert_eq!(net.learned, vec![(net.clients[subscriber].peer, stranger)]);
+}
+
+#[test]
+fn a_valid_check_from_another_peers_address_does_not_take_it() {
+    let mut net = Net::new(1);
+    let publisher = net.publish(SourceId(1));
+    let subscriber = net.subscribe(SourceId(1), 0);
+    net.connect();
+    let attacker = net.subscribe(SourceId(1), 0);
+    let check = net.steal_check(attacker);
+    net.learned.clear();
+    // The attacker's own check, with its own valid integrity, from the
+    // publisher's address: the publisher's Rtc gets it and refuses the ufrag.
+    let publisher_addr = net.clients[publisher].addr;
+    for _ in 0..3 {
+        net.deliver(0, publisher_addr, &check);
+    }
+    assert!(net.learned.is_empty(), "learned {:?}", net.learned);
+    net.video_frame(publisher, true, 4);
+    net.video_frame(publisher, false, 3);
+    net.run_for(50 * MS);
+    assert_eq!(net.video_received(subscriber).len(), 7);
+}
