@@ -84,6 +84,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// millisecond.
 pub(crate) const KICK_EVERY: usize = 1024;
 
+/// Most addresses a peer is ever learned at. A real peer moves a few times at
+/// most (its candidate pairs, a change of network); each new address costs its
+/// `Rtc` a remote candidate kept for the connection's life and searched by every
+/// later check, so a peer that sends valid checks from ever new addresses is
+/// stopped here instead.
+pub(crate) const MAX_ADDRESSES_PER_PEER: u32 = 32;
+
 /// A new peer's part.
 pub(crate) enum NewRole {
     Publisher { source: SourceId },
@@ -158,6 +165,8 @@ struct Peer {
     heard: Instant,
     next_timeout: Instant,
     remote: Option<SocketAddr>,
+    /// Addresses it has been learned at (see [`MAX_ADDRESSES_PER_PEER`]).
+    addresses: u32,
     /// Written to since it was last run (see [`KICK_EVERY`]).
     written: bool,
 }
@@ -308,6 +317,11 @@ impl Forwarder {
                 else {
                     return;
                 };
+                if peer.addresses >= MAX_ADDRESSES_PER_PEER {
+                    tracing::debug!(peer = %id, %from, "check from one address too many: ignored");
+                    return;
+                }
+                peer.addresses += 1;
                 if let Some(old) = peer.remote.replace(from) {
                     self.by_remote.remove(&old);
                 }
@@ -449,6 +463,7 @@ impl Forwarder {
                 heard: now,
                 next_timeout: now,
                 remote: None,
+                addresses: 0,
                 written: false,
             },
         );

@@ -7,7 +7,7 @@ use str0m::Rtc;
 use str0m::media::MediaKind;
 
 use super::harness::{Net, Received};
-use super::{Control, Forwarder, NewRole, Output, Timeouts};
+use super::{Control, Forwarder, MAX_ADDRESSES_PER_PEER, NewRole, Output, Timeouts};
 use crate::placement::peer_id;
 
 const MS: Duration = Duration::from_millis(1);
@@ -466,4 +466,17 @@ fn a_valid_check_from_another_peers_address_does_not_take_it() {
     net.video_frame(publisher, false, 3);
     net.run_for(50 * MS);
     assert_eq!(net.video_received(subscriber).len(), 7);
+}
+
+#[test]
+fn a_peer_is_learned_at_a_bounded_number_of_addresses() {
+    let mut net = Net::new(1);
+    let _publisher = net.publish(SourceId(1));
+    let subscriber = net.subscribe(SourceId(1), 0);
+    let check = net.steal_check(subscriber);
+    for i in 0..MAX_ADDRESSES_PER_PEER + 10 {
+        let from = std::net::SocketAddr::from(([10, 0, 9, (i % 250) as u8], 5000 + i as u16));
+        net.deliver(0, from, &check);
+    }
+    assert_eq!(net.learned.len(), MAX_ADDRESSES_PER_PEER as usize);
 }
