@@ -6,6 +6,11 @@
 //! The limits are layers and settings of existing parts: hyper's timer for headers,
 //! tower-http's `RequestBodyDeadlineLayer` for bodies, a semaphore in front of
 //! `accept` for connections. Nothing here knows the IVS protocol.
+//!
+//! A new connection's first request head is read here, into a buffer the size of
+//! what arrived, before hyper takes the socket: hyper gives every connection it
+//! reads from an 8 KiB buffer at once, so a connection that sends nothing, or half a
+//! header, would cost the server kilobytes it never cost the client.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -128,12 +133,30 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         // The slot goes with the socket, through an upgrade to a WebSocket too.
-        let io = TokioIo::new(Counted::new(stream, slot));
-        let connection = http
-            .serve_connection(io, TowerToHyperService::new(service.clone()))
-            .with_upgrades();
+        let mut counted = Counted::new(stream, slot);
+        let http = http.clone();
+        let service = service.clone();
         let mut stopping = stopping.clone();
+        let head_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
+            let head = tokio::select! {
+                head = tokio::time::timeout(head_timeout, counted.prefetch_head()) => head,
+                _ = stopping.changed() => return,
+            };
+            match head {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "connection ended before its first request");
+                    return;
+                }
+                Err(_) => {
+                    metrics::counter!("onstage_http_header_timeouts_total").increment(1);
+                    return;
+                }
+            }
+            let connection = http
+                .serve_connection(TokioIo::new(counted), TowerToHyperService::new(service))
+                .with_upgrades();
             tokio::pin!(connection);
             let ended = tokio::select! {
                 ended = connection.as_mut() => ended,
@@ -159,12 +182,21 @@ pub async fn serve(
     Ok(())
 }
 
+/// The most of a first request head read before hyper takes the connection: the
+/// size of the buffer hyper would give it. A longer head goes to hyper as it is,
+/// which answers or refuses it under its own limits.
+const HEAD_PREFETCH_LIMIT: usize = 8 * 1024;
+
 pin_project_lite::pin_project! {
-    /// A TCP stream holding one of the server's connection slots until it closes.
+    /// A TCP stream holding one of the server's connection slots until it closes,
+    /// and the bytes read ahead of hyper ([`Counted::prefetch_head`]), which it
+    /// serves before reading the socket again.
     struct Counted {
         #[pin]
         stream: TcpStream,
         _slot: OwnedSemaphorePermit,
+        ahead: Vec<u8>,
+        ahead_served: usize,
     }
 
     impl PinnedDrop for Counted {
@@ -180,6 +212,34 @@ impl Counted {
         Counted {
             stream,
             _slot: slot,
+            ahead: Vec::new(),
+            ahead_served: 0,
+        }
+    }
+
+    /// Reads until the first request head is complete (its blank line arrived), or
+    /// [`HEAD_PREFETCH_LIMIT`] bytes arrived, keeping only what arrived. The caller
+    /// bounds it in time.
+    async fn prefetch_head(&mut self) -> std::io::Result<()> {
+        loop {
+            self.stream.readable().await?;
+            let mut chunk = [0u8; 2048];
+            let room = HEAD_PREFETCH_LIMIT - self.ahead.len();
+            let want = room.min(chunk.len());
+            match self.stream.try_read(&mut chunk[..want]) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    // The blank line may straddle the previous read.
+                    let from = self.ahead.len().saturating_sub(3);
+                    self.ahead.extend_from_slice(&chunk[..n]);
+                    let ended = self.ahead[from..].windows(4).any(|w| w == b"\r\n\r\n");
+                    if ended || self.ahead.len() >= HEAD_PREFETCH_LIMIT {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
         }
     }
 }
@@ -190,7 +250,19 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        self.project().stream.poll_read(cx, buf)
+        let this = self.project();
+        if *this.ahead_served < this.ahead.len() {
+            let rest = &this.ahead[*this.ahead_served..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            *this.ahead_served += n;
+            if *this.ahead_served == this.ahead.len() {
+                *this.ahead = Vec::new();
+                *this.ahead_served = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        this.stream.poll_read(cx, buf)
     }
 }
 
@@ -302,6 +374,58 @@ mod tests {
         assert!(waited.is_err(), "answered beyond the cap");
         drop(first);
         let answer = read_all(&mut third).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+        let addr = started(HttpLimits::default()).await;
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        let started = tokio::time::Instant::now();
+        let answer = read_all(&mut idle).await;
+        assert!(answer.is_empty(), "{answer}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10) && waited < Duration::from_secs(12),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_in_pieces_and_its_body_reach_the_handler_whole() {
+        let addr = started(HttpLimits::default()).await;
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        // The blank line ending the head is split across writes, and the body's
+        // first bytes come with it: everything read ahead of hyper must reach it.
+        for piece in [
+            &b"POST /body HTTP/1.1\r\nHost: x\r"[..],
+            b"\nContent-Length: 5\r\nConnection: close\r\n\r",
+            b"\nab",
+            b"cde",
+        ] {
+            client.write_all(piece).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let answer = read_all(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n5"), "{answer}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_alive_connection_serves_its_next_request() {
+        let addr = started(HttpLimits::default()).await;
+        let mut client = TcpStream::connect(addr).await.expect("connect");
+        client
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut buf = [0u8; 256];
+        let n = client.read(&mut buf).await.expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        client
+            .write_all(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = read_all(&mut client).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 }

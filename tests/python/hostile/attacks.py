@@ -3,13 +3,20 @@ what the attack sends and keeps the sockets until closed."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from contextlib import contextmanager
 
+from media_peers import Cleanup, Publisher, Subscriber, colour_distance, describe
+
 MIB = 1024 * 1024
 # The server's memory may grow by less than this under any attack.
 RSS_GROWTH_LIMIT_KIB = 20 * 1024
+# The colour the real publisher sends during an attack, and how many decoded frames
+# of it the real subscriber must see.
+MEDIA_COLOUR = (0, 160, 0)
+MEDIA_FRAMES = 15
 
 
 def rss_kib(pid: int) -> int:
@@ -79,6 +86,16 @@ class Health:
         self.last_call_seconds = time.monotonic() - started
         self.sample()
 
+    def check_media(self) -> float:
+        """A real aiortc publisher and subscriber on a fresh stage: the subscriber
+        must decode the publisher's colour. Returns the seconds the whole round
+        trip took (stage, tokens, publish, subscribe, frames, teardown)."""
+        started = time.monotonic()
+        media_round_trip(self.server, self.client)
+        self.last_media_seconds = time.monotonic() - started
+        self.sample()
+        return self.last_media_seconds
+
     @property
     def growth_kib(self) -> int:
         return self.peak_kib - self.server.baseline_rss_kib
@@ -91,3 +108,38 @@ class Health:
         extra = " ".join(f"{k}={v}" for k, v in figures.items())
         print(f"\n[{name}] baseline_rss_kib={self.server.baseline_rss_kib} peak_rss_kib={self.peak_kib} "
               f"growth_kib={self.growth_kib} signed_calls_ok=yes {extra}")
+
+
+def media_round_trip(server, client, timeout: float = 45.0) -> None:
+    """Publishes a coloured test pattern with aiortc on a new stage, subscribes to it
+    with a second aiortc peer, waits for decoded frames of that colour, and deletes
+    the stage. Raises if any step fails."""
+    stage = client.create_stage(name="media-check")["stage"]
+    whip = stage["endpoints"]["whip"]
+
+    def token(user: str, caps: list[str]) -> dict:
+        return client.create_participant_token(stageArn=stage["arn"], userId=user,
+                                               capabilities=caps)["participantToken"]
+
+    pub_token, sub_token = token("publisher", ["PUBLISH"]), token("subscriber", ["SUBSCRIBE"])
+
+    async def go() -> None:
+        c = Cleanup()
+        try:
+            pub = c.add(Publisher("publisher during an attack", colour=MEDIA_COLOUR, tone=440.0))
+            resp = await pub.publish(whip, pub_token["token"])
+            assert resp.status_code == 201, describe(resp)
+            await pub.wait_connected()
+            sub = c.add(Subscriber("subscriber during an attack"))
+            resp = await sub.subscribe(whip, pub_token["participantId"], sub_token["token"])
+            assert resp.status_code == 201, describe(resp)
+            sink = await sub.wait_video(MEDIA_FRAMES, timeout=20)
+            colour = sink.mean_colour()
+            assert colour is not None and colour_distance(colour, MEDIA_COLOUR) < 40, colour
+        finally:
+            await c.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), timeout))
+    finally:
+        client.delete_stage(arn=stage["arn"])

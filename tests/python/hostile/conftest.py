@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "media"))
 
 import media_peers  # noqa: E402
-from attacks import rss_kib  # noqa: E402
+from attacks import media_round_trip, rss_kib  # noqa: E402
 
 # ~1,100 attacking sockets plus the test's own: lift this process's soft limit.
 _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -51,12 +51,14 @@ def arun():
 
 @pytest.fixture
 def target(server_factory):
-    """A fresh server, warmed up by a few signed calls (first-use allocations out of
-    the way), and its resident memory after that."""
+    """A fresh server, warmed up by a few signed calls and one real publish and
+    subscribe (first-use allocations out of the way), and its resident memory after
+    that."""
     srv = server_factory()
     c = srv.client()
     for _ in range(20):
         c.list_stages()
     c.delete_stage(arn=c.create_stage(name="warm-up")["stage"]["arn"])
+    media_round_trip(srv, c)
     srv.baseline_rss_kib = rss_kib(srv.proc.pid)
     return srv
