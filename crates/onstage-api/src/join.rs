@@ -39,7 +39,11 @@ pub fn join_router() -> Router {
             "/join/icon.svg",
             get(|| async { asset("image/svg+xml", ICON) }),
         )
-        .layer(axum::middleware::from_fn(headers::response_headers))
+        .layer(headers::cors(&[]))
+        .layer(axum::middleware::from_fn_with_state(
+            headers::ResponseHeaders::ivs(),
+            headers::response_headers,
+        ))
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {

@@ -99,7 +99,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(api_call)
         .with_state(state)
-        .layer(axum::middleware::from_fn(headers::response_headers))
+        .layer(headers::cors(&[]))
+        .layer(axum::middleware::from_fn_with_state(
+            headers::ResponseHeaders::ivs(),
+            headers::response_headers,
+        ))
 }
 
 async fn jwks(State(state): State<Arc<ApiState>>) -> Response {

@@ -28,8 +28,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::middleware::Next;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -56,12 +55,23 @@ const EVENTS_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 const MAX_EVENTS_MESSAGE_BYTES: usize = 8192;
 /// Request headers IVS's client libraries send, allowed in CORS preflights of the
 /// participant endpoints (BEHAVIOUR §4.4).
-const STAGES_REQUEST_HEADERS: &str = "X-Stages-Platform,X-Stages-Request-ID,X-Stages-SDK,X-Stages-Session-ID,X-Stages-Trace-ID,X-Stages-WHIP-Version,X-Stages-Options,X-Stages-Initial-Layer-Pref";
+const STAGES_REQUEST_HEADERS: [&str; 8] = [
+    "x-stages-platform",
+    "x-stages-request-id",
+    "x-stages-sdk",
+    "x-stages-session-id",
+    "x-stages-trace-id",
+    "x-stages-whip-version",
+    "x-stages-options",
+    "x-stages-initial-layer-pref",
+];
 /// Response headers a participant endpoint's caller may read beyond the API's.
 const STAGES_EXPOSED_HEADERS: &str = "Link";
 
 /// The participant endpoints, to merge into the API router:
 /// `onstage_api::router(state).merge(onstage_api::participant_router(live))`.
+/// Their CORS is the API's widened for web apps using IVS's client libraries: their
+/// `X-Stages-*` request headers pass the preflight, and `Link` can be read.
 pub fn participant_router(live: Arc<LivePlane>) -> Router {
     Router::new()
         .route("/whip", post(publish))
@@ -72,27 +82,11 @@ pub fn participant_router(live: Arc<LivePlane>) -> Router {
         .route("/events/{topic}", get(events))
         .layer(DefaultBodyLimit::max(MAX_OFFER_BYTES))
         .with_state(live)
-        .layer(axum::middleware::from_fn(headers::response_headers))
-        .layer(axum::middleware::from_fn(stages_cors))
-}
-
-/// Widens the API's CORS answer for web apps using IVS's client libraries: their
-/// `X-Stages-*` request headers pass the preflight, and `Link` can be read.
-async fn stages_cors(request: Request, next: Next) -> Response {
-    let mut response = next.run(request).await;
-    let h = response.headers_mut();
-    for (name, extra) in [
-        ("access-control-allow-headers", STAGES_REQUEST_HEADERS),
-        ("access-control-expose-headers", STAGES_EXPOSED_HEADERS),
-    ] {
-        let Some(current) = h.get(name).and_then(|v| v.to_str().ok()) else {
-            continue;
-        };
-        if let Ok(value) = HeaderValue::from_str(&format!("{current},{extra}")) {
-            h.insert(name, value);
-        }
-    }
-    response
+        .layer(headers::cors(&STAGES_REQUEST_HEADERS))
+        .layer(axum::middleware::from_fn_with_state(
+            headers::ResponseHeaders::exposing(STAGES_EXPOSED_HEADERS),
+            headers::response_headers,
+        ))
 }
 
 async fn publish(
