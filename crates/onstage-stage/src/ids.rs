@@ -133,19 +133,63 @@ fn alphanumeric(n: usize) -> String {
         .collect()
 }
 
-/// A resource id: 12 characters of `[a-zA-Z0-9]`.
-pub fn new_resource_id() -> String {
-    alphanumeric(12)
+/// Where new ids come from. The server draws them at random ([`RandomIds`]); tests
+/// and tools that want to know them in advance use [`SequentialIds`]. Every id has
+/// the shape IVS gives it, whatever the source.
+pub trait IdSource: Send + Sync + std::fmt::Debug + 'static {
+    /// A resource id (stage, public key, storage or encoder configuration): 12
+    /// characters of `[a-zA-Z0-9]`.
+    fn resource_id(&self) -> String;
+    /// A participant id for a server-issued token: 12 alphanumerics.
+    fn participant_id(&self) -> String;
+    /// A stage session id: `st-` and 13 alphanumerics, 16 characters in all.
+    fn session_id(&self) -> String;
 }
 
-/// A participant id for a server-issued token: 12 alphanumerics.
-pub fn new_participant_id() -> String {
-    alphanumeric(12)
+/// Random ids: what the server uses.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RandomIds;
+
+impl IdSource for RandomIds {
+    fn resource_id(&self) -> String {
+        alphanumeric(12)
+    }
+    fn participant_id(&self) -> String {
+        alphanumeric(12)
+    }
+    fn session_id(&self) -> String {
+        format!("st-{}", alphanumeric(13))
+    }
 }
 
-/// A stage session id: `st-` and 13 alphanumerics, 16 characters in all.
-pub fn new_session_id() -> String {
-    format!("st-{}", alphanumeric(13))
+/// Ids numbered in the order they are asked for, one counter for all kinds:
+/// `res000000001`, `par000000002`, `st-ses000000003`, … Two sources that must not
+/// collide (two control planes on one store) share one `Arc<SequentialIds>`.
+#[derive(Debug, Default)]
+pub struct SequentialIds {
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl SequentialIds {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn next(&self) -> u64 {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+}
+
+impl IdSource for SequentialIds {
+    fn resource_id(&self) -> String {
+        format!("res{:09}", self.next())
+    }
+    fn participant_id(&self) -> String {
+        format!("par{:09}", self.next())
+    }
+    fn session_id(&self) -> String {
+        format!("st-ses{:010}", self.next())
+    }
 }
 
 #[cfg(test)]
@@ -181,9 +225,28 @@ mod tests {
     }
 
     #[test]
+    fn sequential_ids_have_the_shapes_of_random_ones() {
+        let ids = SequentialIds::new();
+        let (r, p, s) = (ids.resource_id(), ids.participant_id(), ids.session_id());
+        assert_eq!(
+            (r.as_str(), p.as_str(), s.as_str()),
+            ("res000000001", "par000000002", "st-ses0000000003")
+        );
+        for random in [RandomIds.resource_id(), RandomIds.participant_id()] {
+            assert_eq!(random.len(), r.len());
+        }
+        assert_eq!(RandomIds.session_id().len(), s.len());
+        assert!(
+            r.chars()
+                .chain(p.chars())
+                .all(|c| c.is_ascii_alphanumeric())
+        );
+    }
+
+    #[test]
     fn id_shapes() {
-        assert_eq!(new_resource_id().len(), 12);
-        let s = new_session_id();
+        assert_eq!(RandomIds.resource_id().len(), 12);
+        let s = RandomIds.session_id();
         assert_eq!(s.len(), 16);
         assert!(s.starts_with("st-"));
         assert!(s[3..].bytes().all(|b| b.is_ascii_alphanumeric()));

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{DomainError, StoreError};
-use crate::ids::{self, Account, Arn, ResourceKind};
+use crate::ids::{Account, Arn, IdSource, RandomIds, ResourceKind};
 use crate::model::{
     Attributes, AutoParticipantRecording, EncoderConfiguration, Page, Participant,
     ParticipantEvent, ParticipantFilter, ParticipantReplica, PublicKey, Stage, StageEndpoints,
@@ -236,6 +236,9 @@ pub struct ControlPlane {
     config: ControlPlaneConfig,
     /// What time it is, for creation times and tokens; the live plane reads the same.
     clock: Arc<dyn Clock>,
+    /// Where new resource, participant and session ids come from; the live plane
+    /// draws session ids from the same source.
+    ids: Arc<dyn IdSource>,
     /// Set once the live plane exists; weak, because the live plane holds the control
     /// plane.
     live: OnceLock<Weak<dyn LiveStages>>,
@@ -258,6 +261,17 @@ impl ControlPlane {
         config: ControlPlaneConfig,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, DomainError> {
+        Self::open_with(store, config, clock, Arc::new(RandomIds)).await
+    }
+
+    /// [`ControlPlane::open_with_clock`] drawing new ids from `ids` (a test's
+    /// [`crate::ids::SequentialIds`]).
+    pub async fn open_with(
+        store: Arc<dyn Store>,
+        config: ControlPlaneConfig,
+        clock: Arc<dyn Clock>,
+        ids: Arc<dyn IdSource>,
+    ) -> Result<Self, DomainError> {
         let candidate = TokenSigner::generate_pkcs8()?;
         let pkcs8 = store.secret(SIGNING_KEY_SECRET, &candidate).await?;
         let signer = TokenSigner::from_pkcs8(&pkcs8)?;
@@ -266,6 +280,7 @@ impl ControlPlane {
             signer,
             config,
             clock,
+            ids,
             live: OnceLock::new(),
         })
     }
@@ -286,6 +301,10 @@ impl ControlPlane {
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    pub fn ids(&self) -> &Arc<dyn IdSource> {
+        &self.ids
     }
 
     pub fn jwks(&self) -> serde_json::Value {
@@ -314,7 +333,7 @@ impl ControlPlane {
             Some(r) => self.resolve_recording(account, r).await?,
             None => None,
         };
-        let arn = Arn::new(account, ResourceKind::Stage, ids::new_resource_id());
+        let arn = Arn::new(account, ResourceKind::Stage, self.ids.resource_id());
         let refers_to = recording
             .as_ref()
             .map(|r| r.storage_configuration_arn.clone());
@@ -520,7 +539,7 @@ impl ControlPlane {
         let now = self.clock.now();
         let iat = now / 1000;
         let exp = iat + duration * 60;
-        let participant_id = ids::new_participant_id();
+        let participant_id = self.ids.participant_id();
         let attributes = req.attributes.filter(|a| !a.is_empty());
         let claims = ParticipantClaims {
             exp,
@@ -657,7 +676,7 @@ impl ControlPlane {
     ) -> Result<PublicKey, DomainError> {
         check_tags("tags", &tags)?;
         let (_der, fingerprint) = parse_p384_public_key(material)?;
-        let arn = Arn::new(account, ResourceKind::PublicKey, ids::new_resource_id());
+        let arn = Arn::new(account, ResourceKind::PublicKey, self.ids.resource_id());
         let doc = PublicKeyDoc {
             name: name.unwrap_or_default(),
             material: material.to_owned(),
@@ -724,7 +743,7 @@ impl ControlPlane {
             arn: Arn::new(
                 account,
                 ResourceKind::StorageConfiguration,
-                ids::new_resource_id(),
+                self.ids.resource_id(),
             ),
             tags,
             created_at: self.clock.now(),
@@ -815,7 +834,7 @@ impl ControlPlane {
             arn: Arn::new(
                 account,
                 ResourceKind::EncoderConfiguration,
-                ids::new_resource_id(),
+                self.ids.resource_id(),
             ),
             tags,
             created_at: self.clock.now(),

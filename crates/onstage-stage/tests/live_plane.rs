@@ -98,6 +98,21 @@ async fn publish_subscribe_and_leave() {
         .running_session(&w.stage.arn)
         .await
         .expect("a session started");
+    // Ids come from the test kit's sequence, in the order they were asked for.
+    assert_eq!(
+        (
+            w.stage.arn.id.as_str(),
+            alice.as_str(),
+            bob.as_str(),
+            session.as_str()
+        ),
+        (
+            "res000000001",
+            "par000000002",
+            "par000000003",
+            "st-ses0000000004"
+        )
+    );
     // The control plane sees it as the stage's active session.
     let stage = w
         .control

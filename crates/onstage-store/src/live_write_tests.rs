@@ -2,32 +2,21 @@
 //! the clean-up at start-up, read back through the same trait the control plane
 //! uses.
 
-use onstage_stage::ids::{Account, Arn, ResourceKind};
+use onstage_stage::ids::{Arn, ResourceKind};
 use onstage_stage::model::{
     Attributes, ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantFilter,
     ParticipantState, ReplicationState, ReplicationType, StopReason,
 };
-use onstage_stage::store::{InsertOutcome, InterruptedSessions, LiveWrite, ResourceRecord, Store};
-use serde_json::json;
+use onstage_stage::store::{InsertOutcome, InterruptedSessions, LiveWrite, Store};
 
 use crate::SqliteStore;
+
+use onstage_testkit::fixtures::{self, record};
 
 const SESSION: &str = "st-aaaaaaaaaaaaa";
 
 async fn stage(store: &SqliteStore, id: &str) -> Arn {
-    let account = Account {
-        id: "000000000000".into(),
-        region: "us-east-1".into(),
-    };
-    let record = ResourceRecord {
-        arn: Arn::new(&account, ResourceKind::Stage, id),
-        tags: Default::default(),
-        created_at: 1,
-        body: json!({ "name": id }),
-        unique_key: None,
-        refers_to: None,
-        active_session_id: None,
-    };
+    let record = record(&onstage_testkit::account(), ResourceKind::Stage, id);
     assert_eq!(
         store.insert_resource(&record, None).await.unwrap(),
         InsertOutcome::Inserted
@@ -42,7 +31,6 @@ fn participant(
     published: bool,
 ) -> Participant {
     Participant {
-        participant_id: id.into(),
         user_id: Some(format!("user-{id}")),
         state,
         first_join_time,
@@ -52,12 +40,7 @@ fn participant(
             browser_name: Some("Chrome".into()),
             ..Default::default()
         },
-        recording_state: "DISABLED".into(),
-        protocol: "WHIP".into(),
-        replication_type: ReplicationType::None,
-        replication_state: None,
-        source_stage_arn: None,
-        source_session_id: None,
+        ..fixtures::participant(id)
     }
 }
 
@@ -65,14 +48,8 @@ fn event(id: &str, name: &str, at: i64) -> LiveWrite {
     LiveWrite::AppendEvent {
         session_id: SESSION.into(),
         event: ParticipantEvent {
-            name: EventName::parse(name).expect("an event name"),
-            participant_id: id.into(),
-            event_time: at,
             remote_participant_id: (name == "SUBSCRIBE_STARTED").then(|| "pub".to_owned()),
-            error_code: None,
-            destination_stage_arn: None,
-            destination_session_id: None,
-            replica: false,
+            ..fixtures::event(id, name, at)
         },
     }
 }

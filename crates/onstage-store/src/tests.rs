@@ -7,45 +7,20 @@ use std::sync::Arc;
 use onstage_stage::StoreError;
 use onstage_stage::ids::{Account, Arn, ResourceKind};
 use onstage_stage::model::{
-    Attributes, ClientAttributes, EventErrorCode, EventName, Participant, ParticipantEvent,
-    ParticipantFilter, ParticipantReplica, ParticipantState, ReplicationState, ReplicationType,
-    StageSession, Tags,
+    ClientAttributes, EventErrorCode, Participant, ParticipantEvent, ParticipantFilter,
+    ParticipantReplica, ParticipantState, ReplicationState, ReplicationType, StageSession, Tags,
 };
 use onstage_stage::store::{DeleteOutcome, InsertOutcome, ResourceRecord, Store, TagOutcome};
 use serde_json::json;
 
 use crate::SqliteStore;
 
+use onstage_testkit::fixtures::{account_in as account, event, participant, record, replica, tags};
+
 // ----- fixtures ----------------------------------------------------------------------
 
-fn account(id: &str, region: &str) -> Account {
-    Account {
-        id: id.into(),
-        region: region.into(),
-    }
-}
-
 fn home() -> Account {
-    account("000000000000", "us-east-1")
-}
-
-fn tags(pairs: &[(&str, &str)]) -> Tags {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn record(account: &Account, kind: ResourceKind, id: &str) -> ResourceRecord {
-    ResourceRecord {
-        arn: Arn::new(account, kind, id),
-        tags: Tags::new(),
-        created_at: 1_700_000_000_000,
-        body: json!({ "name": id }),
-        unique_key: None,
-        refers_to: None,
-        active_session_id: None,
-    }
+    onstage_testkit::account()
 }
 
 async fn insert(store: &SqliteStore, record: &ResourceRecord) {
@@ -94,24 +69,6 @@ async fn end_session(store: &SqliteStore, stage: &Arn, session_id: &str, end_tim
         .unwrap();
 }
 
-fn participant(participant_id: &str) -> Participant {
-    Participant {
-        participant_id: participant_id.into(),
-        user_id: None,
-        state: ParticipantState::Connected,
-        first_join_time: 1_700_000_001_000,
-        attributes: Attributes::new(),
-        published: false,
-        client: ClientAttributes::default(),
-        recording_state: "DISABLED".into(),
-        protocol: "WHIP".into(),
-        replication_type: ReplicationType::None,
-        replication_state: None,
-        source_stage_arn: None,
-        source_session_id: None,
-    }
-}
-
 async fn insert_participant(store: &SqliteStore, stage: &Arn, session_id: &str, p: &Participant) {
     sqlx::query(
         "INSERT INTO participants (stage_arn, session_id, participant_id, user_id, state, first_join_time,
@@ -139,19 +96,6 @@ async fn insert_participant(store: &SqliteStore, stage: &Arn, session_id: &str, 
     .unwrap();
 }
 
-fn event(participant_id: &str, name: &str, event_time: i64) -> ParticipantEvent {
-    ParticipantEvent {
-        name: EventName::parse(name).expect("an event name"),
-        participant_id: participant_id.into(),
-        event_time,
-        remote_participant_id: None,
-        error_code: None,
-        destination_stage_arn: None,
-        destination_session_id: None,
-        replica: false,
-    }
-}
-
 async fn insert_event(store: &SqliteStore, stage: &Arn, session_id: &str, e: &ParticipantEvent) {
     sqlx::query(
         "INSERT INTO participant_events (stage_arn, session_id, participant_id, name, event_time,
@@ -171,24 +115,6 @@ async fn insert_event(store: &SqliteStore, stage: &Arn, session_id: &str, e: &Pa
     .execute(&store.writer)
     .await
     .unwrap();
-}
-
-fn replica(
-    source: &Arn,
-    participant_id: &str,
-    source_session: &str,
-    destination: &Arn,
-    destination_session: &str,
-    state: &str,
-) -> ParticipantReplica {
-    ParticipantReplica {
-        source_stage_arn: source.to_string(),
-        participant_id: participant_id.into(),
-        source_session_id: source_session.into(),
-        destination_stage_arn: destination.to_string(),
-        destination_session_id: destination_session.into(),
-        replication_state: ReplicationState::parse(state).expect("a replication state"),
-    }
 }
 
 async fn insert_replica(store: &SqliteStore, r: &ParticipantReplica) {
@@ -1021,7 +947,11 @@ async fn replicas_are_listed_oldest_first() {
                 "st-000000000000s",
                 d,
                 &format!("st-00000000000d{i}"),
-                if i == 0 { "STOPPED" } else { "ACTIVE" },
+                if i == 0 {
+                    ReplicationState::Stopped
+                } else {
+                    ReplicationState::Active
+                },
             )
         })
         .collect();
@@ -1036,7 +966,7 @@ async fn replicas_are_listed_oldest_first() {
             "st-000000000000s",
             &destinations[0],
             "st-00000000000d0",
-            "ACTIVE",
+            ReplicationState::Active,
         ),
     )
     .await;
@@ -1090,7 +1020,7 @@ async fn deleting_a_stage_takes_its_history_with_it() {
         "st-000000000000s",
         &doomed,
         "st-000000000000d",
-        "ACTIVE",
+        ReplicationState::Active,
     );
     let out_of_doomed = replica(
         &doomed,
@@ -1098,7 +1028,7 @@ async fn deleting_a_stage_takes_its_history_with_it() {
         "st-000000000000d",
         &survivor,
         "st-000000000000v",
-        "ACTIVE",
+        ReplicationState::Active,
     );
     insert_replica(&store, &into_doomed).await;
     insert_replica(&store, &out_of_doomed).await;

@@ -8,6 +8,9 @@
 //! - [`TestStore`]: the real SQLite store (in memory), with a log of every batch the
 //!   live plane wrote and a switch that makes those writes fail.
 //! - [`tokens`]: customer key pairs and self-signed participant tokens.
+//! - [`fixtures`]: domain values (records, participants, events, replicas) with
+//!   plain defaults.
+//! - [`SequentialIds`]: ids numbered in the order asked for, so tests know them.
 //! - [`control_plane`]: a control plane on all of the above.
 //!
 //! A dev-dependency only (`publish = false`). `onstage-store` depends on
@@ -15,6 +18,7 @@
 //! its integration tests (`tests/`), where cargo allows the cycle.
 
 mod clock;
+pub mod fixtures;
 mod media;
 mod store;
 pub mod tokens;
@@ -22,7 +26,8 @@ pub mod tokens;
 use std::sync::Arc;
 
 use onstage_stage::clock::Clock;
-use onstage_stage::ids::Account;
+pub use onstage_stage::ids::SequentialIds;
+use onstage_stage::ids::{Account, IdSource};
 use onstage_stage::{ControlPlane, ControlPlaneConfig, Store};
 
 pub use clock::{EPOCH, ManualClock};
@@ -55,9 +60,20 @@ pub fn config() -> ControlPlaneConfig {
     }
 }
 
-/// A control plane on `store`, reading time from `clock`.
+/// A control plane on `store`, reading time from `clock`, with ids numbered from 1
+/// ([`SequentialIds`]): the first stage a test creates is `res000000001`.
 pub async fn control_plane(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Arc<ControlPlane> {
-    match ControlPlane::open_with_clock(store, config(), clock).await {
+    control_plane_with_ids(store, clock, Arc::new(SequentialIds::new())).await
+}
+
+/// A control plane drawing ids from `ids`: a second control plane on the same store
+/// (a restart) continues the first one's sequence by sharing its source.
+pub async fn control_plane_with_ids(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    ids: Arc<dyn IdSource>,
+) -> Arc<ControlPlane> {
+    match ControlPlane::open_with(store, config(), clock, ids).await {
         Ok(control) => Arc::new(control),
         Err(e) => panic!("the control plane did not open: {e}"),
     }

@@ -36,7 +36,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::error::DomainError;
-use crate::ids::{self, Arn};
+use std::sync::Arc;
+
+use crate::ids::{Arn, IdSource};
 use crate::media::{CloseCause, PeerId, SourceId};
 use crate::model::{
     Attributes, ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantState,
@@ -273,6 +275,8 @@ pub struct ReplicaJoin {
 pub struct StageMachine {
     stage: Arn,
     limits: StageLimits,
+    /// Where a new session's id comes from.
+    ids: Arc<dyn IdSource>,
     session: Option<String>,
     participants: BTreeMap<String, OnStage>,
     /// Every live connection: whose, and of what kind.
@@ -357,10 +361,11 @@ pub fn check_replication(
 }
 
 impl StageMachine {
-    pub fn new(stage: Arn, limits: StageLimits) -> Self {
+    pub fn new(stage: Arn, limits: StageLimits, ids: Arc<dyn IdSource>) -> Self {
         StageMachine {
             stage,
             limits,
+            ids,
             session: None,
             participants: BTreeMap::new(),
             connections: HashMap::new(),
@@ -1088,7 +1093,7 @@ impl StageMachine {
         match &self.session {
             Some(s) => s.clone(),
             None => {
-                let s = ids::new_session_id();
+                let s = self.ids.session_id();
                 fx.writes.push(LiveWrite::StartSession {
                     session_id: s.clone(),
                     start_time: now,
@@ -1533,7 +1538,7 @@ impl StageMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{Account, ResourceKind};
+    use crate::ids::{Account, ResourceKind, SequentialIds};
     use crate::model::EventErrorCode;
     use crate::token::Capabilities;
 
@@ -1554,6 +1559,7 @@ mod tests {
         StageMachine::new(
             Arn::new(&account, ResourceKind::Stage, "stageAAAAAAA"),
             limits,
+            Arc::new(SequentialIds::new()),
         )
     }
 
@@ -2106,6 +2112,7 @@ mod tests {
                 max_publishers: 12,
                 max_subscribers: 100,
             },
+            Arc::new(SequentialIds::new()),
         )
     }
 

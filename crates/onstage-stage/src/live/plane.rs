@@ -33,7 +33,7 @@ use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot, watch};
 
 use crate::clock::Clock;
 use crate::error::{DomainError, StoreError};
-use crate::ids::{Account, Arn};
+use crate::ids::{Account, Arn, IdSource};
 use crate::media::{CloseCause, MediaPlane, MediaSignal, PeerId};
 use crate::service::{
     ControlPlane, LiveStages, ReplicationStart, SignatureCheck, TokenVerificationError,
@@ -1166,7 +1166,13 @@ impl LivePlane {
         loop {
             let slot = lock(&self.stages)
                 .entry(stage.clone())
-                .or_insert_with(|| Arc::new(StageSlot::new(stage.clone(), self.limits)))
+                .or_insert_with(|| {
+                    Arc::new(StageSlot::new(
+                        stage.clone(),
+                        self.limits,
+                        self.control.ids().clone(),
+                    ))
+                })
                 .clone();
             let inner = slot.inner.clone().lock_owned().await;
             if !inner.retired {
@@ -1346,8 +1352,8 @@ fn retire(
 }
 
 impl StageSlot {
-    fn new(stage: Arn, limits: StageLimits) -> Self {
-        let machine = StageMachine::new(stage, limits);
+    fn new(stage: Arn, limits: StageLimits, ids: Arc<dyn IdSource>) -> Self {
+        let machine = StageMachine::new(stage, limits, ids);
         let (state, _) = watch::channel(Arc::new(machine.snapshot()));
         StageSlot {
             inner: Arc::new(Mutex::new(StageInner {

@@ -15,7 +15,6 @@ use aws_sdk_ivsrealtime::Client;
 use aws_sdk_ivsrealtime::config::retry::RetryConfig;
 use aws_sdk_ivsrealtime::config::timeout::TimeoutConfig;
 use aws_sdk_ivsrealtime::config::{Credentials, Region};
-use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -240,36 +239,9 @@ pub async fn http_get(port: u16, path: &str) -> Result<(u16, http::HeaderMap, Ve
     Ok((status, headers, body.to_vec()))
 }
 
-/// A new ECDSA P-384 public key, PEM (SubjectPublicKeyInfo), as ImportPublicKey
-/// takes it.
-pub fn p384_public_key_pem() -> String {
-    public_key_pem(&aws_lc_rs::signature::ECDSA_P384_SHA384_FIXED_SIGNING)
-}
-
-/// A key of the wrong curve, which ImportPublicKey must refuse.
-pub fn p256_public_key_pem() -> String {
-    public_key_pem(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING)
-}
-
-fn public_key_pem(alg: &'static aws_lc_rs::signature::EcdsaSigningAlgorithm) -> String {
-    use aws_lc_rs::encoding::AsDer;
-    use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair};
-    let pair = EcdsaKeyPair::generate(alg).expect("generate an EC key pair");
-    let der = pair
-        .public_key()
-        .as_der()
-        .expect("SubjectPublicKeyInfo DER");
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-    let lines: Vec<&str> = b64
-        .as_bytes()
-        .chunks(64)
-        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
-        .collect();
-    format!(
-        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
-        lines.join("\n")
-    )
-}
+// Key pairs for ImportPublicKey come from the test kit, like every other test's.
+#[allow(unused_imports)] // not every test binary imports a key
+pub use onstage_testkit::tokens::{p256_public_key_pem, p384_public_key_pem};
 
 /// The id at the end of an ARN (`…:stage/<id>`).
 pub fn arn_id(arn: &str) -> &str {
