@@ -191,6 +191,36 @@ def server_factory(tmp_root):
         s.stop()
 
 
+# --- real WebRTC peers (aiortc), for the suites that use them ------------------------
+@pytest.fixture(scope="session")
+def loopback_ice():
+    """aioice offers no loopback candidate by default and onstage listens on
+    127.0.0.1: suites with real peers use this (an autouse fixture of their own
+    conftest depends on it), the rest never import aiortc."""
+    media = REPO / "tests" / "python" / "media"
+    if str(media) not in sys.path:
+        sys.path.insert(0, str(media))
+    import media_peers
+
+    media_peers.use_loopback_ice()
+    yield
+    media_peers.restore_ice()
+
+
+@pytest.fixture
+def arun():
+    """Runs a coroutine in a fresh event loop with an overall time limit."""
+    import asyncio
+
+    def run(coro, timeout: float = 60.0):
+        async def bounded():
+            return await asyncio.wait_for(coro, timeout)
+
+        return asyncio.run(bounded())
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def ivs(server):
     """boto3 client of the development account 000000000000."""

@@ -9,7 +9,6 @@ connections.
 
 from __future__ import annotations
 
-import asyncio
 import resource
 import sys
 from pathlib import Path
@@ -19,7 +18,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "media"))
 
-import media_peers  # noqa: E402
 from attacks import media_round_trip, rss_kib  # noqa: E402
 
 # ~1,100 attacking sockets plus the test's own: lift this process's soft limit.
@@ -29,24 +27,9 @@ if _hard == resource.RLIM_INFINITY or _soft < _hard:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def loopback_ice():
-    """aioice offers no loopback candidate by default; onstage listens on 127.0.0.1."""
-    media_peers.use_loopback_ice()
+def real_peers_on_loopback(loopback_ice):
+    """Every test here uses real peers on loopback (tests/python/conftest.py)."""
     yield
-    media_peers.restore_ice()
-
-
-@pytest.fixture
-def arun():
-    """Runs a coroutine in a fresh event loop with an overall time limit."""
-
-    def run(coro, timeout: float = 60.0):
-        async def bounded():
-            return await asyncio.wait_for(coro, timeout)
-
-        return asyncio.run(bounded())
-
-    return run
 
 
 @pytest.fixture

@@ -8,32 +8,15 @@ account, for the public-key quota of self-signed tokens).
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 
-import media_peers
 
 
 @pytest.fixture(scope="session", autouse=True)
-def loopback_ice():
-    """aioice offers no loopback candidate by default; onstage listens on 127.0.0.1."""
-    media_peers.use_loopback_ice()
+def real_peers_on_loopback(loopback_ice):
+    """Every test here uses real peers on loopback (tests/python/conftest.py)."""
     yield
-    media_peers.restore_ice()
-
-
-@pytest.fixture
-def arun():
-    """Runs a coroutine in a fresh event loop with an overall time limit."""
-
-    def run(coro, timeout: float = 60.0):
-        async def bounded():
-            return await asyncio.wait_for(coro, timeout)
-
-        return asyncio.run(bounded())
-
-    return run
 
 
 @pytest.fixture

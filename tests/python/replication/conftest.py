@@ -7,7 +7,6 @@ tests/python/media/media_peers.py, imported from there (not its conftest).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import sys
 from pathlib import Path
@@ -24,24 +23,9 @@ _names = itertools.count()
 
 
 @pytest.fixture(scope="session", autouse=True)
-def replication_loopback_ice():
-    """aioice offers no loopback candidate by default; onstage listens on 127.0.0.1."""
-    media_peers.use_loopback_ice()
+def real_peers_on_loopback(loopback_ice):
+    """Every test here uses real peers on loopback (tests/python/conftest.py)."""
     yield
-    media_peers.restore_ice()
-
-
-@pytest.fixture
-def arun():
-    """Runs a coroutine in a fresh event loop with an overall time limit."""
-
-    def run(coro, timeout: float = 60.0):
-        async def bounded():
-            return await asyncio.wait_for(coro, timeout)
-
-        return asyncio.run(bounded())
-
-    return run
 
 
 @pytest.fixture

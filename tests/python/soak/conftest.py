@@ -27,8 +27,6 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def soak_loopback_ice():
-    """aioice offers no loopback candidate by default; onstage listens on 127.0.0.1."""
-    media_peers.use_loopback_ice()
+def real_peers_on_loopback(loopback_ice):
+    """Every test here uses real peers on loopback (tests/python/conftest.py)."""
     yield
-    media_peers.restore_ice()
