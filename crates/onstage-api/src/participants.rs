@@ -96,10 +96,7 @@ async fn publish(
 ) -> Response {
     let (token, offer) = match whip_request(&request_headers, &body) {
         Ok(parts) => parts,
-        Err((status, message)) if status == StatusCode::UNAUTHORIZED => {
-            return unauthorized(message);
-        }
-        Err((status, message)) => return plain(status, message),
+        Err(refusal) => return whip_refused(refusal),
     };
     let outcome = live
         .publish(token, offer, user_agent(&request_headers))
@@ -115,10 +112,7 @@ async fn publish_as(
 ) -> Response {
     let (token, offer) = match whip_request(&request_headers, &body) {
         Ok(parts) => parts,
-        Err((status, message)) if status == StatusCode::UNAUTHORIZED => {
-            return unauthorized(message);
-        }
-        Err((status, message)) => return plain(status, message),
+        Err(refusal) => return whip_refused(refusal),
     };
     let outcome = live
         .publish_as(token, participant_id, offer, user_agent(&request_headers))
@@ -134,10 +128,7 @@ async fn subscribe(
 ) -> Response {
     let (token, offer) = match whip_request(&request_headers, &body) {
         Ok(parts) => parts,
-        Err((status, message)) if status == StatusCode::UNAUTHORIZED => {
-            return unauthorized(message);
-        }
-        Err((status, message)) => return plain(status, message),
+        Err(refusal) => return whip_refused(refusal),
     };
     let outcome = live
         .subscribe(token, publisher_id, offer, user_agent(&request_headers))
@@ -494,6 +485,16 @@ fn close_frame(why: &EventsClose) -> (CloseFrame, &'static str) {
 }
 
 // ----- HTTP plumbing ----------------------------------------------------------
+
+/// The answer refusing a WHIP POST ([`whip_request`]): `401` carries a
+/// `WWW-Authenticate` challenge.
+fn whip_refused((status, message): (StatusCode, &'static str)) -> Response {
+    if status == StatusCode::UNAUTHORIZED {
+        unauthorized(message)
+    } else {
+        plain(status, message)
+    }
+}
 
 /// The token and the offer of a WHIP POST, or the status and reason refusing it.
 fn whip_request(
