@@ -107,18 +107,20 @@ async fn revoking_a_token_closes_its_connections_and_refuses_it_after_a_restart(
         .send()
         .await
         .expect("RevokeConnectionToken");
-    let goodbye = next_json(&mut socket, Duration::from_secs(1))
+    let goodbye = next_json(&mut socket, Duration::from_secs(5))
         .await
         .expect("aws:ivs:DISCONNECT before the close");
     assert_eq!(goodbye["type"], "aws:ivs:DISCONNECT", "{goodbye}");
     assert_eq!(goodbye["reason"], "TOKEN_REVOKED", "{goodbye}");
     assert!(
-        next_json(&mut socket, Duration::from_secs(1))
+        next_json(&mut socket, Duration::from_secs(5))
             .await
             .is_none(),
         "the socket closes after DISCONNECT"
     );
-    assert!(started.elapsed() < Duration::from_secs(1));
+    // Closed by the revocation itself, not by any of the socket's timeouts (the
+    // shortest, the keep-alive's, is 45 s); how fast is measured elsewhere.
+    assert!(started.elapsed() < Duration::from_secs(20));
 
     // The other participant hears that the revoked one left, and stays.
     loop {
