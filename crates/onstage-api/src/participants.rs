@@ -26,9 +26,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -36,6 +36,7 @@ use onstage_stage::LivePlane;
 use onstage_stage::live::{
     Accepted, EventsClose, EventsSubscription, EventsUpdate, Refusal, StageState,
 };
+use onstage_stage::token;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -80,7 +81,6 @@ pub fn participant_router(live: Arc<LivePlane>) -> Router {
         .route("/whip/resource/{resource_id}", delete(end_connection))
         .route("/events", get(events_by_query))
         .route("/events/{topic}", get(events))
-        .layer(DefaultBodyLimit::max(MAX_OFFER_BYTES))
         .with_state(live)
         .layer(headers::cors(&STAGES_REQUEST_HEADERS))
         .layer(axum::middleware::from_fn_with_state(
@@ -92,9 +92,9 @@ pub fn participant_router(live: Arc<LivePlane>) -> Router {
 async fn publish(
     State(live): State<Arc<LivePlane>>,
     request_headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let (token, offer) = match whip_request(&request_headers, &body) {
+    let (token, offer) = match whip_request(&request_headers, body).await {
         Ok(parts) => parts,
         Err(refusal) => return whip_refused(refusal),
     };
@@ -108,9 +108,9 @@ async fn publish_as(
     State(live): State<Arc<LivePlane>>,
     Path(participant_id): Path<String>,
     request_headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let (token, offer) = match whip_request(&request_headers, &body) {
+    let (token, offer) = match whip_request(&request_headers, body).await {
         Ok(parts) => parts,
         Err(refusal) => return whip_refused(refusal),
     };
@@ -124,9 +124,9 @@ async fn subscribe(
     State(live): State<Arc<LivePlane>>,
     Path(publisher_id): Path<String>,
     request_headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    let (token, offer) = match whip_request(&request_headers, &body) {
+    let (token, offer) = match whip_request(&request_headers, body).await {
         Ok(parts) => parts,
         Err(refusal) => return whip_refused(refusal),
     };
@@ -488,23 +488,32 @@ fn close_frame(why: &EventsClose) -> (CloseFrame, &'static str) {
 
 /// The answer refusing a WHIP POST ([`whip_request`]): `401` carries a
 /// `WWW-Authenticate` challenge.
-fn whip_refused((status, message): (StatusCode, &'static str)) -> Response {
+fn whip_refused((status, message): (StatusCode, String)) -> Response {
     if status == StatusCode::UNAUTHORIZED {
-        unauthorized(message)
+        unauthorized(&message)
     } else {
-        plain(status, message)
+        plain(status, &message)
     }
 }
 
 /// The token and the offer of a WHIP POST, or the status and reason refusing it.
-fn whip_request(
+///
+/// Everything the headers can decide is decided before the body is read: a missing
+/// bearer token, one that is not a decodable ES384 JWT, a wrong content type or a
+/// declared length over [`MAX_OFFER_BYTES`] are answered with the body unread, so an
+/// unauthenticated client cannot make the server hold its offer (SECURITY.md). The
+/// token's signature is checked by the live plane, as before.
+async fn whip_request(
     request_headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(String, String), (StatusCode, &'static str)> {
+    body: Body,
+) -> Result<(String, String), (StatusCode, String)> {
     let token = bearer_token(request_headers).ok_or((
         StatusCode::UNAUTHORIZED,
-        "a participant token is required: Authorization: Bearer <token>",
+        "a participant token is required: Authorization: Bearer <token>".to_owned(),
     ))?;
+    if let Err(rejection) = token::inspect(&token) {
+        return Err((StatusCode::UNAUTHORIZED, rejection.to_string()));
+    }
     let content_type = request_headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -518,16 +527,67 @@ fn whip_request(
     if content_type.as_deref() != Some("application/sdp") {
         return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/sdp",
+            "Content-Type must be application/sdp".to_owned(),
         ));
     }
-    let offer = std::str::from_utf8(body)
-        .map_err(|_| (StatusCode::BAD_REQUEST, "the SDP offer is not UTF-8 text"))?
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the SDP offer is larger than {MAX_OFFER_BYTES} bytes"),
+        )
+    };
+    let declared = request_headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_OFFER_BYTES as u64) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, MAX_OFFER_BYTES)
+        .await
+        .map_err(|e| {
+            let e: &(dyn std::error::Error + 'static) = &e;
+            if crate::server::is_deadline_error(e) {
+                (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the SDP offer did not arrive in time".to_owned(),
+                )
+            } else if is_length_limit(e) {
+                too_large()
+            } else {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "the SDP offer could not be read".to_owned(),
+                )
+            }
+        })?;
+    let offer = std::str::from_utf8(&bytes)
+        .map_err(|_| {
+            (
+                StatusCode::BAD_REQUEST,
+                "the SDP offer is not UTF-8 text".to_owned(),
+            )
+        })?
         .to_owned();
     if offer.trim().is_empty() {
-        return Err((StatusCode::BAD_REQUEST, "the request has no SDP offer"));
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "the request has no SDP offer".to_owned(),
+        ));
     }
     Ok((token, offer))
+}
+
+/// Whether a body error is the reader's length limit.
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(e) = current {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 fn bearer_token(request_headers: &HeaderMap) -> Option<String> {

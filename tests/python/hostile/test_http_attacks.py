@@ -151,3 +151,39 @@ def test_forged_signatures_under_a_known_key_id_hold_little(target):
     health.assert_memory()
     health.report("forged-signature-known-key", connections=BODY_CONNECTIONS, body_bytes_each=BODY_BYTES,
                   bytes_the_server_took=sent, media_round_trip_seconds=f"{health.last_media_seconds:.2f}")
+
+
+def test_whip_offers_without_a_token_are_refused_before_they_are_read(target):
+    """A WHIP POST is answered from its headers when it carries no bearer token, or
+    one that is not a decodable ES384 JWT: the offer is never read (the client sent
+    only the head, announcing a full 64 KiB offer)."""
+    health = Health(target)
+    offer_bytes = 64 * 1024
+    cases = {
+        "no token": "",
+        "not a JWT": "Authorization: Bearer not-a-jwt\r\n",
+        "JWT of another algorithm": "Authorization: Bearer eyJhbGciOiJub25lIn0.e30.\r\n",
+    }
+    socks = []
+    with held(socks):
+        for _ in range(BODY_CONNECTIONS // len(cases)):
+            for auth in cases.values():
+                s = connect(target.port)
+                s.sendall((f"POST /whip HTTP/1.1\r\nHost: 127.0.0.1:{target.port}\r\n{auth}"
+                           f"Content-Type: application/sdp\r\nContent-Length: {offer_bytes}\r\n\r\n").encode())
+                socks.append(s)
+        answered = 0
+        for s in socks:
+            s.settimeout(5)
+            try:
+                if s.recv(64).startswith(b"HTTP/1.1 401"):
+                    answered += 1
+            except OSError:
+                pass
+        health.sample()
+        health.check()
+    health.check()
+    health.assert_memory()
+    assert answered == len(socks), f"{answered} of {len(socks)} answered 401 from their headers"
+    health.report("whip-offer-before-token", connections=len(socks), declared_offer_bytes=offer_bytes,
+                  answered_401=answered)
