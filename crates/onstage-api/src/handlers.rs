@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use onstage_stage::Account;
-use onstage_stage::model::{Page, ParticipantFilter, ParticipantState, Tags};
+use onstage_stage::model::{Page, ParticipantFilter, ParticipantState, RecordingState, Tags};
 use onstage_stage::service::{NewStage, ReplicationRequest, TokenRequest};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -485,7 +485,13 @@ async fn list_participants(state: &ApiState, account: &Account, doc: Value) -> R
         filters.push(ParticipantFilter::State(s));
     }
     if let Some(r) = i.filter_by_recording_state {
-        filters.push(ParticipantFilter::RecordingState(r));
+        let state = RecordingState::parse(&r).ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::Validation,
+                "filterByRecordingState: not a participant recording state",
+            )
+        })?;
+        filters.push(ParticipantFilter::RecordingState(state));
     }
     if filters.len() > 1 {
         return Err(ApiError::new(

@@ -258,7 +258,7 @@ fn participant_common(p: &Participant) -> Map<String, Value> {
     m.insert("state".into(), json!(p.state.as_str()));
     m.insert("firstJoinTime".into(), json!(iso8601(p.first_join_time)));
     m.insert("published".into(), json!(p.published));
-    m.insert("recordingState".into(), json!(p.recording_state));
+    m.insert("recordingState".into(), json!(p.recording_state.as_str()));
     m.insert("replicationType".into(), json!(p.replication_type.as_str()));
     put(
         &mut m,
@@ -282,6 +282,10 @@ pub fn participant(p: &Participant) -> Value {
     let mut m = participant_common(p);
     m.insert("attributes".into(), json!(p.attributes));
     m.insert("protocol".into(), json!(p.protocol));
+    if let Some(place) = &p.recording {
+        m.insert("recordingS3BucketName".into(), json!(place.bucket));
+        m.insert("recordingS3Prefix".into(), json!(place.prefix));
+    }
     let c = &p.client;
     put(&mut m, "ispName", c.isp_name.as_ref().map(|v| json!(v)));
     put(&mut m, "osName", c.os_name.as_ref().map(|v| json!(v)));

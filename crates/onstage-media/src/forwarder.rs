@@ -118,6 +118,12 @@ pub(crate) enum Control {
     /// From the source's home shard: a new publisher feeds the source, so its
     /// subscribers' video waits for that publisher's first keyframe.
     Restart(SourceId),
+    /// To the source's home shard: its packets go to the loop's tap too
+    /// ([`Output::Tap`]) or no longer do.
+    Tap {
+        source: SourceId,
+        on: bool,
+    },
 }
 
 /// What a forwarder asks its loop to do.
@@ -133,6 +139,10 @@ pub(crate) enum Output {
     },
     /// A control message for shard `shard` (never shed).
     Control { shard: usize, control: Control },
+    /// A packet of a tapped source, for the loop's tap (a recorder).
+    Tap { source: SourceId, packet: Packet },
+    /// The tapped source closed: the loop drops its tap.
+    Untap(SourceId),
     /// For the live plane.
     Signal(MediaSignal),
     /// A peer accepted a connectivity check from `remote` (its `Rtc` verified
@@ -180,6 +190,8 @@ struct Source {
     /// Other shards with subscribers of this source (home shard only).
     attached: Vec<usize>,
     pacer: KeyframePacer,
+    /// The loop taps its packets (home shard only).
+    tapped: bool,
 }
 
 /// Work produced while draining a peer's output, done after the drain.
@@ -371,6 +383,14 @@ impl Forwarder {
                 }
             }
             Control::Restart(source) => self.await_keyframe(source),
+            Control::Tap { source, on } => {
+                if let Some(s) = self.sources.get_mut(&source) {
+                    s.tapped = on;
+                } else if on {
+                    // Closed before the tap arrived: the loop lets go of it.
+                    self.out.push_back(Output::Untap(source));
+                }
+            }
         }
         self.do_work(now);
     }
@@ -580,6 +600,9 @@ impl Forwarder {
         let Some(s) = self.sources.remove(&source) else {
             return;
         };
+        if s.tapped {
+            self.out.push_back(Output::Untap(source));
+        }
         if let Some(feeder) = s.feeder {
             self.close_peer(feeder, CloseCause::Requested);
         }
@@ -754,6 +777,12 @@ impl Forwarder {
             for &shard in &s.attached {
                 self.out.push_back(Output::Packet {
                     shard,
+                    source,
+                    packet: packet.clone(),
+                });
+            }
+            if s.tapped {
+                self.out.push_back(Output::Tap {
                     source,
                     packet: packet.clone(),
                 });

@@ -25,6 +25,7 @@ mod producer;
 mod rewrite;
 mod sdp_check;
 mod shard;
+mod tap;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -41,6 +42,7 @@ use str0m::{Candidate, Rtc, RtcConfig};
 use tokio::sync::{mpsc, oneshot};
 
 pub use sdp_check::{OfferSummary, check_offer};
+pub use tap::{MediaPacket, TapCodec};
 
 use forwarder::{Control, NewRole, Timeouts};
 use shard::{ShardInput, ShardLoad};
@@ -141,6 +143,17 @@ pub enum StartError {
 }
 
 impl MediaServer {
+    /// Taps a source: its packets, as its home shard forwards them, go to the
+    /// returned channel too (at most `capacity` waiting; more are dropped, never
+    /// waited for). The channel closes when the source closes; dropping the
+    /// receiver removes the tap. A new tap on a source replaces the old one.
+    pub fn tap(&self, source: SourceId, capacity: usize) -> mpsc::Receiver<MediaPacket> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let home = placement::home_of(source, self.inner.shards.len());
+        let _ = self.inner.shards[home].send(ShardInput::Tap { source, tx });
+        rx
+    }
+
     /// Binds the socket and starts the receive loop and the forwarding shards on
     /// their own threads. Signals about peers go to `signals`.
     pub fn start(

@@ -14,6 +14,7 @@
 //! batch (see [`crate::forwarder::KICK_EVERY`]), which encrypts and sends
 //! everything they have queued in one go.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::{SocketAddr, UdpSocket};
 use std::pin::Pin;
@@ -30,6 +31,7 @@ use crate::forwarder::{Control, Forwarder, NewRole, Output, Timeouts};
 use crate::ingress::Routing;
 use crate::outbox::Outbox;
 use crate::producer::Packet;
+use crate::tap::MediaPacket;
 
 /// Datagrams and forwarded packets a shard may have queued. A shard that cannot keep up
 /// sheds what arrives beyond this, as a network card drops what overflows its
@@ -65,6 +67,12 @@ pub(crate) enum ShardInput {
         reply: oneshot::Sender<Result<(), MediaRefusal>>,
     },
     Control(Control),
+    /// A recorder's tap on a source whose home is this shard: its packets go
+    /// to `tx` too, dropped (and counted) when `tx` is full.
+    Tap {
+        source: SourceId,
+        tx: mpsc::Sender<MediaPacket>,
+    },
     /// The media plane is being dropped.
     Stop,
 }
@@ -133,6 +141,10 @@ struct Shard {
     packets_shed: u64,
     /// Peers on this shard as last published in its [`ShardLoad`].
     peers: usize,
+    /// Recorders' taps on this shard's sources.
+    taps: HashMap<SourceId, mpsc::Sender<MediaPacket>>,
+    /// Packets a full tap did not take.
+    tap_shed: u64,
 }
 
 impl Shard {
@@ -150,6 +162,8 @@ impl Shard {
             links,
             packets_shed: 0,
             peers: 0,
+            taps: HashMap::new(),
+            tap_shed: 0,
         }
     }
 
@@ -229,6 +243,28 @@ impl Shard {
                         let _ = tx.send(ShardInput::Control(control));
                     }
                 }
+                Output::Tap { source, packet } => {
+                    // The recorder never holds forwarding up: a full tap drops.
+                    let gone = match self.taps.get(&source) {
+                        Some(tx) => match tx.try_send(MediaPacket::from_forwarded(&packet)) {
+                            Ok(()) => false,
+                            Err(mpsc::error::TrySendError::Full(_)) => {
+                                self.tap_shed += 1;
+                                false
+                            }
+                            Err(mpsc::error::TrySendError::Closed(_)) => true,
+                        },
+                        None => true,
+                    };
+                    if gone {
+                        self.taps.remove(&source);
+                        self.forwarder
+                            .control(Instant::now(), Control::Tap { source, on: false });
+                    }
+                }
+                Output::Untap(source) => {
+                    self.taps.remove(&source);
+                }
                 Output::Signal(signal) => {
                     let _ = self.links.signals.send(signal);
                 }
@@ -303,6 +339,11 @@ impl Shard {
                 let _ = reply.send(result);
             }
             ShardInput::Control(control) => self.forwarder.control(now, control),
+            ShardInput::Tap { source, tx } => {
+                self.taps.insert(source, tx);
+                self.forwarder
+                    .control(now, Control::Tap { source, on: true });
+            }
             ShardInput::Stop => {}
         }
         self.carry_out();
@@ -316,6 +357,8 @@ impl Shard {
         metrics::counter!("onstage_media_bytes_forwarded_total").increment(c.bytes_forwarded);
         metrics::counter!("onstage_media_packets_shed_total")
             .increment(std::mem::take(&mut self.packets_shed));
+        metrics::counter!("onstage_media_tap_packets_shed_total")
+            .increment(std::mem::take(&mut self.tap_shed));
         metrics::counter!("onstage_media_datagrams_sent_total")
             .increment(std::mem::take(&mut self.outbox.sent));
         metrics::counter!("onstage_media_datagrams_dropped_total")

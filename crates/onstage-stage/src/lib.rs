@@ -12,6 +12,7 @@ pub mod ids;
 pub mod live;
 pub mod media;
 pub mod model;
+pub mod recording;
 pub mod service;
 pub mod store;
 pub mod time_fmt;

@@ -67,7 +67,7 @@ pub struct Stage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AutoParticipantRecording {
     pub storage_configuration_arn: String,
-    pub media_types: Vec<String>,
+    pub media_types: Vec<RecordingMediaType>,
     pub thumbnail: ThumbnailSettings,
     pub recording_reconnect_window_seconds: i64,
     pub hls_target_segment_duration_seconds: i64,
@@ -77,18 +77,84 @@ pub struct AutoParticipantRecording {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThumbnailSettings {
     pub target_interval_seconds: i64,
-    pub storage: Vec<String>,
-    pub recording_mode: String,
+    pub storage: Vec<ThumbnailStorage>,
+    pub recording_mode: ThumbnailRecordingMode,
 }
 
 impl Default for ThumbnailSettings {
     fn default() -> Self {
         ThumbnailSettings {
             target_interval_seconds: 60,
-            storage: vec!["SEQUENTIAL".into()],
-            recording_mode: "DISABLED".into(),
+            storage: vec![ThumbnailStorage::Sequential],
+            recording_mode: ThumbnailRecordingMode::Disabled,
         }
     }
+}
+
+/// A `named!` enum kept in stored documents by its name.
+macro_rules! serde_by_name {
+    ($name:ident) => {
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                $name::parse(&s).ok_or_else(|| {
+                    serde::de::Error::custom(format!("unknown {} {s:?}", stringify!($name)))
+                })
+            }
+        }
+    };
+}
+
+named! {
+    /// `ParticipantRecordingMediaType`: what a participant's recording keeps.
+    RecordingMediaType {
+        AudioVideo => "AUDIO_VIDEO",
+        AudioOnly => "AUDIO_ONLY",
+        None => "NONE",
+    }
+}
+serde_by_name!(RecordingMediaType);
+
+named! {
+    /// `ThumbnailRecordingMode`.
+    ThumbnailRecordingMode {
+        Interval => "INTERVAL",
+        Disabled => "DISABLED",
+    }
+}
+serde_by_name!(ThumbnailRecordingMode);
+
+named! {
+    /// `ThumbnailStorageType`: numbered thumbnails, the latest one, or both.
+    ThumbnailStorage {
+        Sequential => "SEQUENTIAL",
+        Latest => "LATEST",
+    }
+}
+serde_by_name!(ThumbnailStorage);
+
+named! {
+    /// `ParticipantRecordingState`: where a participant's recording is.
+    RecordingState {
+        Starting => "STARTING",
+        Active => "ACTIVE",
+        Stopping => "STOPPING",
+        Stopped => "STOPPED",
+        Failed => "FAILED",
+        Disabled => "DISABLED",
+    }
+}
+
+/// Where a participant's recording goes: a bucket and a key prefix in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordingPlace {
+    pub bucket: String,
+    pub prefix: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,7 +240,9 @@ pub struct Participant {
     pub attributes: Attributes,
     pub published: bool,
     pub client: ClientAttributes,
-    pub recording_state: String,
+    pub recording_state: RecordingState,
+    /// Set once the participant's recording has started (kept after it ends).
+    pub recording: Option<RecordingPlace>,
     pub protocol: String,
     pub replication_type: ReplicationType,
     pub replication_state: Option<ReplicationState>,
@@ -238,7 +306,7 @@ pub enum ParticipantFilter {
     UserId(String),
     Published(bool),
     State(ParticipantState),
-    RecordingState(String),
+    RecordingState(RecordingState),
 }
 
 named! {

@@ -15,8 +15,8 @@ use crate::error::{DomainError, StoreError};
 use crate::ids::{Account, Arn, IdSource, RandomIds, ResourceKind};
 use crate::model::{
     Attributes, AutoParticipantRecording, EncoderConfiguration, Page, Participant,
-    ParticipantEvent, ParticipantFilter, ParticipantReplica, PublicKey, Stage, StageEndpoints,
-    StageSession, StorageConfiguration, Tags, ThumbnailSettings, Video,
+    ParticipantEvent, ParticipantFilter, ParticipantReplica, PublicKey, RecordingMediaType, Stage,
+    StageEndpoints, StageSession, StorageConfiguration, Tags, ThumbnailSettings, Video,
 };
 use crate::store::{DeleteOutcome, InsertOutcome, ResourceRecord, Store, TagOutcome};
 use crate::time_fmt::UnixMillis;
@@ -448,6 +448,29 @@ impl ControlPlane {
         })
     }
 
+    /// A stage's automatic participant recording and its storage configuration's
+    /// bucket, when the stage records (and the storage configuration still exists).
+    pub(crate) async fn recording_target(
+        &self,
+        stage: &Arn,
+    ) -> Result<Option<(AutoParticipantRecording, String)>, DomainError> {
+        let Some(record) = self.store.get_resource(stage).await? else {
+            return Ok(None);
+        };
+        let doc: StageDoc = from_doc(&record.body)?;
+        let Some(recording) = doc.auto_participant_recording else {
+            return Ok(None);
+        };
+        let Some(storage_arn) = Arn::parse(&recording.storage_configuration_arn) else {
+            return Ok(None);
+        };
+        let Some(storage) = self.store.get_resource(&storage_arn).await? else {
+            return Ok(None);
+        };
+        let storage: StorageDoc = from_doc(&storage.body)?;
+        Ok(Some((recording, storage.s3_bucket_name)))
+    }
+
     fn stage_from(&self, r: ResourceRecord) -> Result<Stage, DomainError> {
         let doc: StageDoc = from_doc(&r.body)?;
         Ok(Stage {
@@ -489,21 +512,29 @@ impl ControlPlane {
         let default_thumbnail = ThumbnailSettings::default();
         Ok(Some(AutoParticipantRecording {
             storage_configuration_arn: arn.to_string(),
-            media_types: r
-                .media_types
-                .filter(|m| !m.is_empty())
-                .unwrap_or_else(|| vec!["AUDIO_VIDEO".into()]),
+            media_types: match r.media_types.filter(|m| !m.is_empty()) {
+                Some(m) => parse_all(&m, "autoParticipantRecordingConfiguration.mediaTypes")?,
+                None => vec![RecordingMediaType::AudioVideo],
+            },
             thumbnail: ThumbnailSettings {
                 target_interval_seconds: r
                     .thumbnail_target_interval_seconds
                     .unwrap_or(default_thumbnail.target_interval_seconds),
-                storage: r
-                    .thumbnail_storage
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or(default_thumbnail.storage),
-                recording_mode: r
-                    .thumbnail_recording_mode
-                    .unwrap_or(default_thumbnail.recording_mode),
+                storage: match r.thumbnail_storage.filter(|s| !s.is_empty()) {
+                    Some(s) => parse_all(
+                        &s,
+                        "autoParticipantRecordingConfiguration.thumbnailConfiguration.storage",
+                    )?,
+                    None => default_thumbnail.storage,
+                },
+                recording_mode: match r.thumbnail_recording_mode {
+                    Some(m) => parse_all(
+                        std::slice::from_ref(&m),
+                        "autoParticipantRecordingConfiguration.thumbnailConfiguration.recordingMode",
+                    )?
+                    .remove(0),
+                    None => default_thumbnail.recording_mode,
+                },
             },
             recording_reconnect_window_seconds: r.recording_reconnect_window_seconds.unwrap_or(0),
             hls_target_segment_duration_seconds: r.hls_target_segment_duration_seconds.unwrap_or(6),
@@ -1357,3 +1388,46 @@ fn encoder_from(r: ResourceRecord) -> Result<EncoderConfiguration, DomainError> 
         tags: r.tags,
     })
 }
+
+/// Reads each of a list of names as one of a `named!` enum, or says which field
+/// holds what is not one.
+fn parse_all<T: Copy + std::fmt::Display>(
+    names: &[String],
+    field: &str,
+) -> Result<Vec<T>, DomainError>
+where
+    T: ParseName,
+{
+    names
+        .iter()
+        .map(|n| {
+            T::parse_name(n).ok_or_else(|| {
+                DomainError::Validation(format!("{field}: {n:?} is not one of {}", T::names()))
+            })
+        })
+        .collect()
+}
+
+/// The `named!` enums a request may name.
+trait ParseName: Sized {
+    fn parse_name(s: &str) -> Option<Self>;
+    fn names() -> String;
+}
+
+macro_rules! parse_name {
+    ($($t:ty),*) => {$(
+        impl ParseName for $t {
+            fn parse_name(s: &str) -> Option<Self> {
+                <$t>::parse(s)
+            }
+            fn names() -> String {
+                <$t>::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", ")
+            }
+        }
+    )*};
+}
+parse_name!(
+    RecordingMediaType,
+    crate::model::ThumbnailStorage,
+    crate::model::ThumbnailRecordingMode
+);

@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use crate::error::StoreError;
 use crate::ids::{Account, Arn, ResourceKind};
 use crate::model::{
-    Page, Participant, ParticipantEvent, ParticipantFilter, ParticipantReplica, ReplicationState,
-    ReplicationType, StageSession, StopReason, Tags,
+    Page, Participant, ParticipantEvent, ParticipantFilter, ParticipantReplica, RecordingPlace,
+    RecordingState, ReplicationState, ReplicationType, StageSession, StopReason, Tags,
 };
 use crate::time_fmt::UnixMillis;
 
@@ -55,10 +55,19 @@ pub enum LiveWrite {
     },
     /// Inserts the participant's record in the session, or updates the one there:
     /// the stored `first_join_time` is kept and `published` never turns back to
-    /// false; every other field is overwritten.
+    /// false; the recording fields are left as they are (only `SetRecording`
+    /// writes them); every other field is overwritten.
     UpsertParticipant {
         session_id: String,
         participant: Box<Participant>,
+    },
+    /// The participant's recording state, and where it records (set once it
+    /// started). The participant's record exists.
+    SetRecording {
+        session_id: String,
+        participant_id: String,
+        state: RecordingState,
+        place: Option<RecordingPlace>,
     },
     /// Appends an event to the session.
     AppendEvent {

@@ -9,8 +9,8 @@ use onstage_stage::StoreError;
 use onstage_stage::ids::Arn;
 use onstage_stage::model::{
     Attributes, ClientAttributes, EventErrorCode, EventName, Page, Participant, ParticipantEvent,
-    ParticipantFilter, ParticipantReplica, ParticipantState, ReplicationState, ReplicationType,
-    StageSession,
+    ParticipantFilter, ParticipantReplica, ParticipantState, RecordingPlace, RecordingState,
+    ReplicationState, ReplicationType, StageSession,
 };
 use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
@@ -53,7 +53,7 @@ pub(crate) async fn get_session(
 macro_rules! participant_columns {
     () => {
         "seq, participant_id, user_id, state, first_join_time, attributes, published, client,
-         recording_state, protocol, replication_type, replication_state, source_stage_arn, source_session_id"
+         recording_state, recording_s3_bucket_name, recording_s3_prefix, protocol, replication_type, replication_state, source_stage_arn, source_session_id"
     };
 }
 
@@ -214,7 +214,16 @@ fn decode_participant(row: &SqliteRow) -> Result<Participant, StoreError> {
         attributes,
         published: row.try_get("published").map_err(backend)?,
         client,
-        recording_state: row.try_get("recording_state").map_err(backend)?,
+        recording_state: named(row, "recording_state", RecordingState::parse)?,
+        recording: match (
+            row.try_get::<Option<String>, _>("recording_s3_bucket_name")
+                .map_err(backend)?,
+            row.try_get::<Option<String>, _>("recording_s3_prefix")
+                .map_err(backend)?,
+        ) {
+            (Some(bucket), Some(prefix)) => Some(RecordingPlace { bucket, prefix }),
+            _ => None,
+        },
         protocol: row.try_get("protocol").map_err(backend)?,
         replication_type: named(row, "replication_type", ReplicationType::parse)?,
         replication_state: optional_named(row, "replication_state", ReplicationState::parse)?,

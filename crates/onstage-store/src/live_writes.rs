@@ -142,6 +142,28 @@ async fn apply(
             .await
             .map_err(backend)?;
         }
+        LiveWrite::SetRecording {
+            session_id,
+            participant_id,
+            state,
+            place,
+        } => {
+            sqlx::query(
+                "UPDATE participants SET recording_state = ?4,
+                     recording_s3_bucket_name = coalesce(?5, recording_s3_bucket_name),
+                     recording_s3_prefix = coalesce(?6, recording_s3_prefix)
+                 WHERE stage_arn = ?1 AND session_id = ?2 AND participant_id = ?3",
+            )
+            .bind(stage_arn)
+            .bind(session_id)
+            .bind(participant_id)
+            .bind(state.as_str())
+            .bind(place.as_ref().map(|p| p.bucket.as_str()))
+            .bind(place.as_ref().map(|p| p.prefix.as_str()))
+            .execute(&mut **tx)
+            .await
+            .map_err(backend)?;
+        }
         LiveWrite::SetReplicationState {
             session_id,
             participant_id,
@@ -184,7 +206,6 @@ async fn upsert_participant(
              attributes = excluded.attributes,
              published = participants.published OR excluded.published,
              client = excluded.client,
-             recording_state = excluded.recording_state,
              protocol = excluded.protocol,
              replication_type = excluded.replication_type,
              replication_state = excluded.replication_state,
@@ -200,7 +221,7 @@ async fn upsert_participant(
     .bind(&attributes)
     .bind(p.published)
     .bind(&client)
-    .bind(&p.recording_state)
+    .bind(p.recording_state.as_str())
     .bind(&p.protocol)
     .bind(p.replication_type.as_str())
     .bind(p.replication_state.map(ReplicationState::as_str))
@@ -320,6 +341,14 @@ pub(crate) async fn close_interrupted(
         .await
         .map_err(backend)?
         .rows_affected();
+    // A recording the previous process was writing ended with it (BEHAVIOUR §9).
+    sqlx::query(
+        "UPDATE participants SET recording_state = 'FAILED'
+         WHERE recording_state IN ('STARTING', 'ACTIVE', 'STOPPING')",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(backend)?;
     // Also a source participant that had left inside its reconnect window.
     sqlx::query(
         "UPDATE participants SET replication_state = 'STOPPED' WHERE replication_state = 'ACTIVE'",

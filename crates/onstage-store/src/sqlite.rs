@@ -63,6 +63,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "token revocations",
         include_str!("../migrations/0004_token_revocations.sql"),
     ),
+    (
+        5,
+        "participant recording",
+        include_str!("../migrations/0005_participant_recording.sql"),
+    ),
 ];
 
 /// The [`Store`] on SQLite. Cheap to clone: clones share the pools.

@@ -85,7 +85,7 @@ async fn insert_participant(store: &SqliteStore, stage: &Arn, session_id: &str, 
     .bind(serde_json::to_string(&p.attributes).unwrap())
     .bind(p.published)
     .bind(serde_json::to_string(&p.client).unwrap())
-    .bind(&p.recording_state)
+    .bind(p.recording_state.as_str())
     .bind(&p.protocol)
     .bind(p.replication_type.as_str())
     .bind(p.replication_state.map(ReplicationState::as_str))
@@ -738,7 +738,8 @@ async fn participants_are_listed_oldest_first_with_filters() {
     let replica = Participant {
         user_id: Some("alice".into()),
         published: true,
-        recording_state: "ACTIVE".into(),
+        recording_state: onstage_stage::model::RecordingState::Active,
+        recording: None,
         replication_type: ReplicationType::Replica,
         replication_state: Some(ReplicationState::Active),
         source_stage_arn: Some("arn:aws:ivs:us-east-1:000000000000:stage/source000001".into()),
@@ -833,9 +834,13 @@ async fn participants_are_listed_oldest_first_with_filters() {
     );
     assert_eq!(
         pids(
-            &list(ParticipantFilter::RecordingState("ACTIVE".into()), None, 10)
-                .await
-                .items
+            &list(
+                ParticipantFilter::RecordingState(onstage_stage::model::RecordingState::Active),
+                None,
+                10
+            )
+            .await
+            .items
         ),
         ["p3"]
     );

@@ -5,7 +5,7 @@
 use onstage_stage::ids::{Account, Arn, ResourceKind};
 use onstage_stage::model::{
     Attributes, ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantReplica,
-    ParticipantState, ReplicationState, ReplicationType, Tags,
+    ParticipantState, RecordingState, ReplicationState, ReplicationType, Tags,
 };
 use onstage_stage::store::ResourceRecord;
 use serde_json::json;
@@ -52,7 +52,8 @@ pub fn participant(participant_id: &str) -> Participant {
         attributes: Attributes::new(),
         published: false,
         client: ClientAttributes::default(),
-        recording_state: "DISABLED".into(),
+        recording_state: RecordingState::Disabled,
+        recording: None,
         protocol: "WHIP".into(),
         replication_type: ReplicationType::None,
         replication_state: None,

@@ -144,6 +144,33 @@ pub struct FileConfig {
     /// Further access keys, each mapped to an account.
     #[serde(default)]
     pub access_keys: Vec<AccessKeyConfig>,
+    /// Where storage configurations' buckets are: an S3-compatible service.
+    /// Without it each bucket is a directory under `<data_dir>/buckets/`.
+    pub s3: Option<S3Config>,
+}
+
+/// `[s3]`: the S3-compatible service recordings go to.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// `http(s)://host:port`; AWS's endpoint for the region when absent.
+    pub endpoint: Option<String>,
+    #[serde(default = "default_s3_region")]
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Bucket in the path (`endpoint/bucket/key`), as most self-hosted services
+    /// want; false for virtual-hosted buckets (`bucket.endpoint/key`).
+    #[serde(default = "default_path_style")]
+    pub path_style: bool,
+}
+
+fn default_s3_region() -> String {
+    DEFAULT_REGION.to_owned()
+}
+
+fn default_path_style() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -178,9 +205,16 @@ pub struct Settings {
     pub max_connections: usize,
     pub http_header_timeout: std::time::Duration,
     pub http_body_timeout: std::time::Duration,
+    /// Where recordings go; None: `<data_dir>/buckets/<bucket>/`.
+    pub s3: Option<S3Config>,
 }
 
 impl Settings {
+    /// The directory local buckets are in (without `[s3]`).
+    pub fn buckets_dir(&self) -> PathBuf {
+        self.data_dir.join("buckets")
+    }
+
     pub fn resolve(args: ServeArgs) -> anyhow::Result<Settings> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
@@ -259,7 +293,15 @@ impl Settings {
         if max_connections == 0 {
             bail!("--max-connections must be at least 1");
         }
+        if let Some(s3) = &file.s3
+            && let Some(endpoint) = &s3.endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            bail!("s3.endpoint must start with http:// or https://, got {endpoint}");
+        }
+        let s3 = file.s3.clone();
         Ok(Settings {
+            s3,
             listen,
             media_port: args
                 .media_port

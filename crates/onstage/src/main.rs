@@ -11,6 +11,7 @@ use clap::Parser;
 use onstage_api::server::HttpLimits;
 use onstage_api::{AccessKey, ApiState, Credentials};
 use onstage_media::{MediaConfig, MediaServer};
+use onstage_record::{Buckets, MediaRecorder, S3Settings, StorageSettings};
 use onstage_stage::live::{LiveConfig, LivePlane};
 use onstage_stage::{ControlPlane, ControlPlaneConfig};
 use onstage_store::SqliteStore;
@@ -73,9 +74,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     )
     .context("starting the media plane")?;
     let media_candidate = media.candidate_addr();
+    let media = Arc::new(media);
     let live = LivePlane::open(
         control.clone(),
-        Arc::new(media),
+        media.clone(),
         LiveConfig {
             max_subscribers: settings.max_subscribers,
             ..LiveConfig::default()
@@ -84,6 +86,28 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     .await
     .context("starting the live plane")?;
     live.spawn_media_signals(signal_receiver);
+    let storage = match &settings.s3 {
+        Some(s3) => StorageSettings::S3(S3Settings {
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            access_key_id: s3.access_key_id.clone(),
+            secret_access_key: s3.secret_access_key.clone(),
+            path_style: s3.path_style,
+        }),
+        None => StorageSettings::Local {
+            root: settings.buckets_dir(),
+        },
+    };
+    let (recording_signals, recording_receiver) = tokio::sync::mpsc::unbounded_channel();
+    live.attach_recorder(
+        MediaRecorder::new(
+            media,
+            Arc::new(Buckets::new(storage)),
+            control.clock().clone(),
+            recording_signals,
+        ),
+        recording_receiver,
+    );
     let live_for_shutdown = live.clone();
 
     let mut credentials = Credentials::new();
@@ -178,6 +202,16 @@ fn print_banner(
         );
     }
     println!("  data directory  {}", settings.data_dir.display());
+    match &settings.s3 {
+        Some(s3) => println!(
+            "  recordings      S3 {}",
+            s3.endpoint.as_deref().unwrap_or("(AWS)")
+        ),
+        None => println!(
+            "  recordings      {}/<bucket>/",
+            settings.buckets_dir().display()
+        ),
+    }
     println!("  media (UDP)     {media}  (ICE host candidate)");
     println!("  join page       {api}/join?token=<participant token>");
     println!("  JWKS            {api}/.well-known/jwks.json   metrics {api}/metrics");

@@ -42,7 +42,7 @@ use crate::ids::{Arn, IdSource};
 use crate::media::{CloseCause, PeerId, SourceId};
 use crate::model::{
     Attributes, ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantState,
-    ReplicationState, ReplicationType, StopReason,
+    RecordingState, ReplicationState, ReplicationType, StopReason,
 };
 use crate::store::LiveWrite;
 use crate::time_fmt::UnixMillis;
@@ -403,6 +403,15 @@ impl StageMachine {
     }
 
     /// Whether the participant is a replica on this stage.
+    /// The media source the participant publishes to now (its own, or for a
+    /// replica the source it reads), if it publishes.
+    pub fn publishing_source(&self, participant_id: &str) -> Option<SourceId> {
+        let p = self.participants.get(participant_id)?;
+        p.publish
+            .map(|publishing| publishing.source)
+            .or_else(|| p.replica.as_ref().map(|r| r.source))
+    }
+
     pub fn is_replica(&self, participant_id: &str) -> bool {
         self.participants
             .get(participant_id)
@@ -1489,7 +1498,8 @@ impl StageMachine {
                 attributes: p.attributes.clone(),
                 published: p.published,
                 client: p.client.clone(),
-                recording_state: "DISABLED".into(),
+                recording_state: RecordingState::Disabled,
+                recording: None,
                 protocol: "WHIP".into(),
                 replication_type,
                 replication_state,

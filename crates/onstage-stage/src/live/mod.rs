@@ -31,6 +31,7 @@
 pub mod client;
 pub mod machine;
 mod plane;
+mod recording;
 pub mod refusals;
 pub mod replication;
 

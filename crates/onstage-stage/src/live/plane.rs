@@ -24,7 +24,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex as SyncMutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex as SyncMutex, MutexGuard, OnceLock, PoisonError, Weak};
 
 use async_trait::async_trait;
 use rand::Rng;
@@ -35,6 +35,8 @@ use crate::clock::Clock;
 use crate::error::{DomainError, StoreError};
 use crate::ids::{Account, Arn, IdSource};
 use crate::media::{CloseCause, MediaPlane, MediaSignal, PeerId};
+use crate::model::EventName;
+use crate::recording::{Recorder, RecordingSignal};
 use crate::service::{
     ControlPlane, LiveStages, ReplicationStart, SignatureCheck, TokenVerificationError,
     VerifiedToken,
@@ -48,6 +50,7 @@ use super::machine::{
     self, Admission, ConnectionId, CrossStage, Effects, EventsClose, ReplicaJoin, StageLimits,
     StageMachine,
 };
+use super::recording::Recordings;
 use super::refusals::{ForgeryLog, RefusalBudget, RefusalRecord};
 use super::replication::{FeedOrigin, LocalReplicaFeeds, ReplicaFeeds};
 use super::{
@@ -256,6 +259,8 @@ pub struct LivePlane {
     refusal_budget: SyncMutex<RefusalBudget>,
     /// When forged tokens were last logged (`refusals`).
     forgery_log: SyncMutex<ForgeryLog>,
+    /// Who is recorded (`recording`), once a recorder is attached.
+    recordings: OnceLock<Arc<Recordings>>,
 }
 
 fn lock<T>(m: &SyncMutex<T>) -> MutexGuard<'_, T> {
@@ -311,10 +316,24 @@ impl LivePlane {
             active_replications: AtomicI64::new(0),
             refusal_budget: SyncMutex::new(RefusalBudget::default()),
             forgery_log: SyncMutex::new(ForgeryLog::default()),
+            recordings: OnceLock::new(),
         });
         let hook: Weak<LivePlane> = Arc::downgrade(&live);
         control.attach_live_stages(hook);
         Ok(live)
+    }
+
+    /// Records participants of stages with automatic participant recording from
+    /// now on, through `recorder`, whose signals come in on `signals`. Without it
+    /// the settings are kept but nothing is recorded. Attached once.
+    pub fn attach_recorder(
+        &self,
+        recorder: Arc<dyn Recorder>,
+        signals: mpsc::UnboundedReceiver<RecordingSignal>,
+    ) {
+        let _ = self
+            .recordings
+            .set(Recordings::new(self.control.clone(), recorder, signals));
     }
 
     /// Feeds the media plane's signals in until the channel closes. Each signal is
@@ -1325,6 +1344,8 @@ impl LivePlane {
         };
         if let Err(e) = &stored {
             tracing::error!(stage = %inner.machine.stage(), error = %e, writes = ?fx.writes, "could not record what happened on a stage");
+        } else if let Some(recordings) = self.recordings.get() {
+            self.recording_effects(recordings, inner, &fx.writes).await;
         }
         let snapshot = inner.machine.snapshot();
         slot.state.send_if_modified(|current| {
@@ -1336,6 +1357,37 @@ impl LivePlane {
             }
         });
         stored
+    }
+}
+
+impl LivePlane {
+    /// Publishes that started and stopped, for the recordings (after the store has
+    /// the participants' records).
+    async fn recording_effects(
+        &self,
+        recordings: &Recordings,
+        inner: &StageInner,
+        writes: &[LiveWrite],
+    ) {
+        let stage = inner.machine.stage();
+        for write in writes {
+            let LiveWrite::AppendEvent { session_id, event } = write else {
+                continue;
+            };
+            let pid = &event.participant_id;
+            match event.name {
+                EventName::PublishStarted => {
+                    if let Some(source) = inner.machine.publishing_source(pid) {
+                        let replica = inner.machine.is_replica(pid);
+                        recordings
+                            .publish_started(stage, session_id, pid, source, replica)
+                            .await;
+                    }
+                }
+                EventName::PublishStopped => recordings.publish_stopped(stage, pid),
+                _ => {}
+            }
+        }
     }
 }
 

@@ -1,0 +1,73 @@
+//! The recording's event files, `events/recording-started.json`,
+//! `recording-ended.json` and `recording-failed.json`, in IVS's layout.
+
+use onstage_stage::recording::RecordingJob;
+use onstage_stage::time_fmt::{UnixMillis, iso8601};
+use serde_json::{Value, json};
+
+use crate::hls::{HlsWriter, RENDITION};
+
+/// `recording_status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndStatus {
+    Started,
+    Ended,
+    Failed,
+}
+
+impl EndStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndStatus::Started => "RECORDING_STARTED",
+            EndStatus::Ended => "RECORDING_ENDED",
+            EndStatus::Failed => "RECORDING_ENDED_WITH_FAILURE",
+        }
+    }
+}
+
+/// The document for one of the event files; `writer` gives the media's duration
+/// and size once there is some.
+pub fn document(
+    job: &RecordingJob,
+    ended_at: Option<UnixMillis>,
+    status: EndStatus,
+    message: &str,
+    writer: Option<&HlsWriter>,
+) -> Vec<u8> {
+    let size = writer.and_then(HlsWriter::video_size);
+    let rendition = |path: &str, playlist: Option<&str>| {
+        let mut r = json!({ "path": path });
+        if let Some(p) = playlist {
+            r["playlist"] = json!(p);
+        }
+        if let Some((w, h)) = size {
+            r["resolution_width"] = json!(w);
+            r["resolution_height"] = json!(h);
+        }
+        r
+    };
+    let duration_ms = writer
+        .map(|w| (w.recorded_seconds() * 1000.0).round() as u64)
+        .unwrap_or(0);
+    let media = json!({
+        "hls": {
+            "duration_ms": duration_ms,
+            "path": "media/hls",
+            "playlist": "multivariant.m3u8",
+            "renditions": [rendition(RENDITION, Some("playlist.m3u8"))],
+        }
+    });
+    // Thumbnails are not written yet, so the files name none (DECISIONS: Recording).
+    let doc: Value = json!({
+        "version": "v1",
+        "stage_arn": job.stage_arn,
+        "session_id": job.session_id,
+        "participant_id": job.participant_id,
+        "recording_started_at": iso8601(job.started_at),
+        "recording_ended_at": ended_at.map(iso8601).unwrap_or_default(),
+        "recording_status": status.as_str(),
+        "recording_status_message": message,
+        "media": media,
+    });
+    serde_json::to_vec_pretty(&doc).unwrap_or_default()
+}

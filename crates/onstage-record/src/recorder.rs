@@ -1,0 +1,303 @@
+//! The recorder: one task per recording, fed by a tap on the participant's media
+//! source, writing its objects into the bucket in order.
+//!
+//! A recording's task takes packets from the tap (a bounded channel the
+//! forwarding shard fills with `try_send`, so a slow store makes the tap drop
+//! packets, never the forwarder wait), turns them into frames
+//! (`depacketize.rs`) and the frames into HLS objects (`hls.rs`), and stores each
+//! object before the next (a segment before the playlist naming it). It runs on
+//! the server's runtime, never on a forwarding thread.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use onstage_media::{MediaPacket, MediaServer, TapCodec};
+use onstage_stage::Clock;
+use onstage_stage::media::{MediaPlane, SourceId};
+use onstage_stage::model::RecordingMediaType;
+use onstage_stage::recording::{Recorder, RecordingId, RecordingJob, RecordingSignal};
+use onstage_stage::time_fmt::UnixMillis;
+use tokio::sync::mpsc;
+
+use crate::depacketize::{VideoCodec, VideoDepacketizer};
+use crate::events::{self, EndStatus};
+use crate::hls::{HlsWriter, Object, Tracks};
+use crate::storage::{Bucket, Buckets, StorageError};
+
+/// Packets a tap holds before it drops (about three seconds of a 2.5 Mbit/s
+/// stream and its audio).
+pub const TAP_CAPACITY: usize = 1024;
+
+/// How often the recorder asks for a keyframe while it waits for one.
+const KEYFRAME_ASK_EVERY: Duration = Duration::from_secs(1);
+
+enum Command {
+    Resume(SourceId),
+    Finish(UnixMillis),
+}
+
+/// Records sources into buckets ([`Recorder`] for the live plane).
+pub struct MediaRecorder {
+    media: Arc<MediaServer>,
+    buckets: Arc<Buckets>,
+    clock: Arc<dyn Clock>,
+    signals: mpsc::UnboundedSender<RecordingSignal>,
+    /// Each running recording's commands (its task removes it when it ends).
+    running: Arc<Running>,
+}
+
+impl MediaRecorder {
+    pub fn new(
+        media: Arc<MediaServer>,
+        buckets: Arc<Buckets>,
+        clock: Arc<dyn Clock>,
+        signals: mpsc::UnboundedSender<RecordingSignal>,
+    ) -> Arc<Self> {
+        Arc::new(MediaRecorder {
+            media,
+            buckets,
+            clock,
+            signals,
+            running: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    fn send(&self, id: RecordingId, command: Command) {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(tx) = running.get(&id) {
+            let _ = tx.send(command);
+        }
+    }
+}
+
+impl Recorder for MediaRecorder {
+    fn start(&self, id: RecordingId, job: RecordingJob, source: SourceId) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, tx);
+        let task = Recording {
+            id,
+            media: self.media.clone(),
+            clock: self.clock.clone(),
+            signals: self.signals.clone(),
+            job,
+        };
+        let buckets = self.buckets.clone();
+        let me = Arc::downgrade(&self.running);
+        tokio::spawn(async move {
+            task.run(&buckets, source, rx).await;
+            if let Some(running) = me.upgrade() {
+                running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&id);
+            }
+        });
+    }
+
+    fn resume(&self, id: RecordingId, source: SourceId) {
+        self.send(id, Command::Resume(source));
+    }
+
+    fn finish(&self, id: RecordingId, at: UnixMillis) {
+        self.send(id, Command::Finish(at));
+    }
+}
+
+type Running = Mutex<HashMap<RecordingId, mpsc::UnboundedSender<Command>>>;
+
+struct Recording {
+    id: RecordingId,
+    media: Arc<MediaServer>,
+    clock: Arc<dyn Clock>,
+    signals: mpsc::UnboundedSender<RecordingSignal>,
+    job: RecordingJob,
+}
+
+/// A recording's media as it goes: the writer and the depacketizer of the
+/// current video feed.
+struct Media {
+    writer: HlsWriter,
+    video: Option<(u64, VideoDepacketizer)>,
+    last_video_seq: Option<(u64, u64)>,
+    out: Vec<Object>,
+    asked: Option<Instant>,
+}
+
+impl Recording {
+    async fn run(
+        self,
+        buckets: &Buckets,
+        mut source: SourceId,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+    ) {
+        let bucket = match buckets.bucket(&self.job.place.bucket) {
+            Ok(b) => b,
+            Err(e) => return self.fail_early(e).await,
+        };
+        let started = events::document(&self.job, None, EndStatus::Started, "", None);
+        if let Err(e) = self
+            .put(&bucket, "events/recording-started.json", started)
+            .await
+        {
+            return self.fail_early(e).await;
+        }
+        let types = &self.job.settings.media_types;
+        let tracks = Tracks {
+            video: types.contains(&RecordingMediaType::AudioVideo),
+            audio: types.contains(&RecordingMediaType::AudioVideo)
+                || types.contains(&RecordingMediaType::AudioOnly),
+        };
+        let target = self
+            .job
+            .settings
+            .hls_target_segment_duration_seconds
+            .clamp(2, 10) as u32;
+        let mut media = Media {
+            writer: HlsWriter::new(tracks, target),
+            video: None,
+            last_video_seq: None,
+            out: Vec::new(),
+            asked: None,
+        };
+        let mut packets = Some(self.media.tap(source, TAP_CAPACITY));
+        self.media.request_keyframe(source);
+        let mut active = false;
+        let ended_at = loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Resume(s)) => {
+                        source = s;
+                        packets = Some(self.media.tap(source, TAP_CAPACITY));
+                        media.writer.video_lost();
+                        self.media.request_keyframe(source);
+                    }
+                    Some(Command::Finish(at)) => break Some(at),
+                    None => break None,
+                },
+                packet = async {
+                    match packets.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => match packet {
+                    Some(p) => self.packet(&mut media, source, p),
+                    // The source closed: wait to be resumed or finished.
+                    None => packets = None,
+                },
+            }
+            if !media.out.is_empty() {
+                let objects = std::mem::take(&mut media.out);
+                for o in objects {
+                    let key = format!("media/hls/{}", o.path);
+                    if let Err(e) = self.put(&bucket, &key, o.bytes).await {
+                        return self.fail(&bucket, &media, e).await;
+                    }
+                }
+                if !active && media.writer.started() {
+                    active = true;
+                    let _ = self.signals.send(RecordingSignal::Active(self.id));
+                }
+            }
+        };
+        drop(packets);
+        media.writer.finish(&mut media.out);
+        for o in std::mem::take(&mut media.out) {
+            let key = format!("media/hls/{}", o.path);
+            if let Err(e) = self.put(&bucket, &key, o.bytes).await {
+                return self.fail(&bucket, &media, e).await;
+            }
+        }
+        let at = ended_at.unwrap_or_else(|| self.clock.now());
+        let ended = events::document(
+            &self.job,
+            Some(at),
+            EndStatus::Ended,
+            "",
+            Some(&media.writer),
+        );
+        match self
+            .put(&bucket, "events/recording-ended.json", ended)
+            .await
+        {
+            Ok(()) => {
+                let _ = self.signals.send(RecordingSignal::Ended(self.id));
+            }
+            Err(e) => {
+                let _ = self
+                    .signals
+                    .send(RecordingSignal::Failed(self.id, e.to_string()));
+            }
+        }
+    }
+
+    fn packet(&self, media: &mut Media, source: SourceId, p: MediaPacket) {
+        match p.codec {
+            TapCodec::Opus => media
+                .writer
+                .audio(p.feed, p.time, &p.payload, &mut media.out),
+            TapCodec::H264 | TapCodec::Vp8 if p.video => {
+                let codec = if p.codec == TapCodec::H264 {
+                    VideoCodec::H264
+                } else {
+                    VideoCodec::Vp8
+                };
+                if media
+                    .last_video_seq
+                    .is_some_and(|(feed, seq)| feed == p.feed && p.seq != seq + 1)
+                {
+                    media.writer.video_lost();
+                }
+                media.last_video_seq = Some((p.feed, p.seq));
+                let depacketizer = match &mut media.video {
+                    Some((feed, d)) if *feed == p.feed && d.codec() == codec => d,
+                    slot => &mut slot.insert((p.feed, VideoDepacketizer::new(codec))).1,
+                };
+                if let Some(frame) = depacketizer.push(p.seq, p.time, p.marker, &p.payload) {
+                    media.writer.video(p.feed, codec, frame, &mut media.out);
+                }
+                if media.writer.wants_keyframe()
+                    && media
+                        .asked
+                        .is_none_or(|at| at.elapsed() >= KEYFRAME_ASK_EVERY)
+                {
+                    media.asked = Some(Instant::now());
+                    self.media.request_keyframe(source);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    async fn put(&self, bucket: &Bucket, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        bucket
+            .put(&format!("{}/{key}", self.job.place.prefix), bytes)
+            .await
+    }
+
+    /// Nothing could be stored at all.
+    async fn fail_early(&self, e: StorageError) {
+        tracing::warn!(recording = self.id.0, error = %e, "recording could not start");
+        let _ = self
+            .signals
+            .send(RecordingSignal::Failed(self.id, e.to_string()));
+    }
+
+    /// The store failed mid-recording: what was stored stays; the failure is
+    /// written down if the store takes that still.
+    async fn fail(&self, bucket: &Bucket, media: &Media, e: StorageError) {
+        let message = e.to_string();
+        let doc = events::document(
+            &self.job,
+            Some(self.clock.now()),
+            EndStatus::Failed,
+            &message,
+            Some(&media.writer),
+        );
+        let _ = self.put(bucket, "events/recording-failed.json", doc).await;
+        let _ = self.signals.send(RecordingSignal::Failed(self.id, message));
+    }
+}

@@ -1,0 +1,198 @@
+//! Where recordings go: a storage configuration's bucket, as a directory under the
+//! data directory (the default: nothing to set up) or a bucket of any
+//! S3-compatible service. Both are an `object_store::ObjectStore`; an upload is
+//! retried before the recording gives up.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutOptions, PutPayload};
+
+/// An S3-compatible service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Settings {
+    /// `http(s)://host:port`; AWS's own endpoint for the region when absent.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// `endpoint/bucket/key` rather than `bucket.endpoint/key` (most
+    /// self-hosted services want this).
+    pub path_style: bool,
+}
+
+/// Where buckets are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageSettings {
+    /// Each bucket is the directory `root/<bucket>`.
+    Local {
+        root: PathBuf,
+    },
+    S3(S3Settings),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("bucket name {0:?} cannot name a directory")]
+    BadBucketName(String),
+    #[error("bucket {bucket}: {message}")]
+    Open { bucket: String, message: String },
+    #[error("could not store {key} in bucket {bucket} after {attempts} attempts: {message}")]
+    Put {
+        bucket: String,
+        key: String,
+        attempts: u32,
+        message: String,
+    },
+}
+
+/// How often an upload is tried, and the waits between tries.
+const ATTEMPTS: u32 = 4;
+const BACKOFF: [Duration; 3] = [
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+];
+
+/// The buckets recordings write to, opened once each.
+pub struct Buckets {
+    settings: StorageSettings,
+    open: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl Buckets {
+    pub fn new(settings: StorageSettings) -> Self {
+        Buckets {
+            settings,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &StorageSettings {
+        &self.settings
+    }
+
+    /// The bucket `name`, opened (a local one is created).
+    pub fn bucket(&self, name: &str) -> Result<Bucket, StorageError> {
+        if let Some(store) = self
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+        {
+            return Ok(Bucket {
+                name: name.to_owned(),
+                store: store.clone(),
+            });
+        }
+        let open_error = |e: &dyn std::fmt::Display| StorageError::Open {
+            bucket: name.to_owned(),
+            message: e.to_string(),
+        };
+        let store: Arc<dyn ObjectStore> = match &self.settings {
+            StorageSettings::Local { root } => {
+                // The API's bucket name pattern allows no '/', but '.' is allowed.
+                if name.is_empty()
+                    || name.starts_with('.')
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+                {
+                    return Err(StorageError::BadBucketName(name.to_owned()));
+                }
+                let dir = root.join(name);
+                std::fs::create_dir_all(&dir).map_err(|e| open_error(&e))?;
+                Arc::new(LocalFileSystem::new_with_prefix(&dir).map_err(|e| open_error(&e))?)
+            }
+            StorageSettings::S3(s3) => {
+                let mut b = AmazonS3Builder::new()
+                    .with_bucket_name(name)
+                    .with_region(&s3.region)
+                    .with_access_key_id(&s3.access_key_id)
+                    .with_secret_access_key(&s3.secret_access_key)
+                    .with_virtual_hosted_style_request(!s3.path_style);
+                if let Some(endpoint) = &s3.endpoint {
+                    b = b
+                        .with_endpoint(endpoint)
+                        .with_allow_http(endpoint.starts_with("http://"));
+                }
+                Arc::new(b.build().map_err(|e| open_error(&e))?)
+            }
+        };
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned(), store.clone());
+        Ok(Bucket {
+            name: name.to_owned(),
+            store,
+        })
+    }
+}
+
+/// One open bucket.
+#[derive(Clone)]
+pub struct Bucket {
+    name: String,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Bucket {
+    /// Stores `bytes` at `key`, trying again after a failure.
+    pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        let path = Path::from(key);
+        let payload = PutPayload::from(bytes);
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            match self
+                .store
+                .put_opts(&path, payload.clone(), PutOptions::default())
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    last = e.to_string();
+                    tracing::debug!(bucket = %self.name, key, attempt, error = %e, "upload failed");
+                    if let Some(wait) = BACKOFF.get(attempt as usize) {
+                        tokio::time::sleep(*wait).await;
+                    }
+                }
+            }
+        }
+        Err(StorageError::Put {
+            bucket: self.name.clone(),
+            key: key.to_owned(),
+            attempts: ATTEMPTS,
+            message: last,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_local_bucket_is_a_directory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let buckets = Buckets::new(StorageSettings::Local {
+            root: dir.path().to_owned(),
+        });
+        let bucket = buckets.bucket("my-bucket").expect("opens");
+        bucket
+            .put("a/b/c.json", b"{}".to_vec())
+            .await
+            .expect("stored");
+        let read = std::fs::read(dir.path().join("my-bucket/a/b/c.json")).expect("file");
+        assert_eq!(read, b"{}");
+        assert!(matches!(
+            buckets.bucket(".."),
+            Err(StorageError::BadBucketName(_))
+        ));
+    }
+}

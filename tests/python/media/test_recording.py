@@ -1,0 +1,278 @@
+"""Individual participant recording (BEHAVIOUR §9) with real parts: boto3 configures,
+an aiortc publisher publishes, onstage records into a bucket (a directory under its
+data dir by default, or an S3-protocol server process), and Debian's ffmpeg decodes
+what it wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from media_peers import Publisher
+
+_n = itertools.count()
+
+PREFIX = re.compile(r"^(?P<stage>[A-Za-z0-9]+)/(?P<session>st-[A-Za-z0-9]+|[A-Za-z0-9-]+)/"
+                    r"(?P<participant>[A-Za-z0-9]+)/\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ$")
+
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
+                                  reason="Debian ffmpeg is installed by scripts/test")
+
+
+def recording_stage(ivs, bucket: str, **recording) -> dict:
+    storage = ivs.create_storage_configuration(name=f"rec-{next(_n)}", s3={"bucketName": bucket})
+    cfg = {"storageConfigurationArn": storage["storageConfiguration"]["arn"],
+           "hlsConfiguration": {"targetSegmentDurationSeconds": 2}}
+    cfg.update(recording)
+    return ivs.create_stage(name=f"rec-{next(_n)}", autoParticipantRecordingConfiguration=cfg)["stage"]
+
+
+async def publish_for(stage: dict, token: str, seconds: float, codec: str = "H264",
+                      colour=(220, 40, 40)) -> Publisher:
+    pub = Publisher(f"recorded {codec}", colour=colour, tone=440.0, video_codec=f"video/{codec}")
+    resp = await pub.publish(stage["endpoints"]["whip"], token)
+    assert resp.status_code == 201, resp.text
+    await pub.wait_connected(10)
+    await asyncio.sleep(seconds)  # the length of the recording, not a wait for a timeout
+    await pub.delete()
+    await pub.close()
+    return pub
+
+
+def wait_recording_state(ivs, stage: dict, pid: str, want: str, timeout: float = 30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        sessions = ivs.list_stage_sessions(stageArn=stage["arn"])["stageSessions"]
+        for s in sessions:
+            try:
+                p = ivs.get_participant(stageArn=stage["arn"], sessionId=s["sessionId"],
+                                        participantId=pid)["participant"]
+            except ivs.exceptions.ResourceNotFoundException:
+                continue
+            last = p
+            if p.get("recordingState") == want:
+                return p
+        time.sleep(0.2)
+    raise AssertionError(f"participant never reached recordingState {want}: {last}")
+
+
+def ffprobe_duration(playlist: Path) -> float:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration",
+                          "-of", "default=nw=1:nk=1", str(playlist)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return float(out.stdout.strip())
+
+
+def check_recording(root: Path, stage: dict, participant: dict, seconds: float,
+                    video_codec: str = "h264") -> dict:
+    """Every object and JSON field of one recording under `root` (its prefix); returns
+    the end document."""
+    prefix = participant["recordingS3Prefix"]
+    m = PREFIX.match(prefix)
+    assert m, prefix
+    assert m["stage"] == stage["arn"].split("/")[-1]
+    assert m["participant"] == participant["participantId"]
+    base = root / prefix
+    started = json.loads((base / "events/recording-started.json").read_text())
+    ended = json.loads((base / "events/recording-ended.json").read_text())
+    for doc, status in ((started, "RECORDING_STARTED"), (ended, "RECORDING_ENDED")):
+        assert doc["version"] == "v1"
+        assert doc["stage_arn"] == stage["arn"]
+        assert doc["session_id"] == m["session"]
+        assert doc["participant_id"] == participant["participantId"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", doc["recording_started_at"])
+        assert doc["recording_status"] == status
+        assert doc["recording_status_message"] == ""
+        hls = doc["media"]["hls"]
+        assert hls["path"] == "media/hls" and hls["playlist"] == "multivariant.m3u8"
+        assert hls["renditions"][0]["path"] == "high"
+        assert hls["renditions"][0]["playlist"] == "playlist.m3u8"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ended["recording_ended_at"])
+    assert ended["recording_ended_at"] >= ended["recording_started_at"]
+    rendition = ended["media"]["hls"]["renditions"][0]
+    assert (rendition["resolution_width"], rendition["resolution_height"]) == (320, 240)
+
+    hls_dir = base / "media/hls"
+    multivariant = (hls_dir / "multivariant.m3u8").read_text()
+    assert "high/playlist.m3u8" in multivariant and "RESOLUTION=320x240" in multivariant
+    playlist = (hls_dir / "high/playlist.m3u8").read_text()
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in playlist
+    assert playlist.rstrip().endswith("#EXT-X-ENDLIST")
+    assert '#EXT-X-MAP:URI="init.mp4"' in playlist
+    segments = re.findall(r"^(\d+)\.m4s$", playlist, re.M)
+    assert segments == [str(i) for i in range(1, len(segments) + 1)]
+    assert len(segments) >= int(seconds / 2) - 2
+    for s in segments:
+        assert (hls_dir / "high" / f"{s}.m4s").stat().st_size > 0
+    assert (hls_dir / "high/init.mp4").stat().st_size > 0
+
+    # Debian's ffmpeg decodes every frame without an error...
+    dec = subprocess.run(["ffmpeg", "-v", "error", "-i", str(hls_dir / "multivariant.m3u8"),
+                          "-f", "null", "-"], capture_output=True, text=True, timeout=120)
+    assert dec.returncode == 0 and dec.stderr.strip() == "", dec.stderr[-2000:]
+    # ...the streams are the ones published...
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,width,height",
+                            "-of", "json", str(hls_dir / "high/playlist.m3u8")],
+                           capture_output=True, text=True, timeout=60)
+    codecs = {s["codec_name"] for s in json.loads(probe.stdout)["streams"]}
+    assert codecs == {video_codec, "opus"}, probe.stdout
+    # ...and lasts what the end file says, within half a second.
+    duration = ffprobe_duration(hls_dir / "high/playlist.m3u8")
+    assert abs(duration - ended["media"]["hls"]["duration_ms"] / 1000) < 0.5, (duration, ended)
+    assert abs(duration - seconds) < 3.0, duration
+    return ended
+
+
+@needs_ffmpeg
+def test_h264_publisher_recorded_under_the_data_dir(server, ivs, token_for, arun):
+    """The acceptance path on the default storage: a directory per bucket under the data dir."""
+    bucket = f"rec-local-{next(_n)}"
+    stage = recording_stage(ivs, bucket)
+    tok = token_for(stage, "recorded")
+    arun(publish_for(stage, tok["token"], 12.0), timeout=60)
+    p = wait_recording_state(ivs, stage, tok["participantId"], "STOPPED")
+    assert p["recordingS3BucketName"] == bucket
+    check_recording(server.data_dir / "buckets" / bucket, stage, p, 12.0)
+    # ListParticipants shows the state too.
+    sessions = ivs.list_stage_sessions(stageArn=stage["arn"])["stageSessions"]
+    listed = ivs.list_participants(stageArn=stage["arn"], sessionId=sessions[0]["sessionId"],
+                                   filterByRecordingState="STOPPED")["participants"]
+    assert [x["participantId"] for x in listed] == [tok["participantId"]]
+
+
+def test_stage_without_recording_records_nothing(server, ivs, token_for, arun):
+    stage = ivs.create_stage(name=f"norec-{next(_n)}")["stage"]
+    tok = token_for(stage, "not-recorded")
+    arun(publish_for(stage, tok["token"], 1.0), timeout=30)
+    sessions = ivs.list_stage_sessions(stageArn=stage["arn"])["stageSessions"]
+    p = ivs.get_participant(stageArn=stage["arn"], sessionId=sessions[0]["sessionId"],
+                            participantId=tok["participantId"])["participant"]
+    assert p["recordingState"] == "DISABLED"
+    assert "recordingS3Prefix" not in p
+
+
+class S3Server:
+    """moto's S3-protocol server, a process of its own on a free port."""
+
+    def __init__(self, root: Path):
+        import socket
+        import sys
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        exe = Path(sys.executable).parent / "moto_server"
+        if not exe.exists():
+            pytest.fail("moto_server is missing: install tests/python/requirements-media.txt")
+        self.log = open(root / f"moto-{self.port}.log", "wb")
+        self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+        import boto3
+        self.client = boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
+                                   aws_access_key_id="test", aws_secret_access_key="test")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.client.list_buckets()
+                break
+            except Exception:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise
+                time.sleep(0.1)
+
+    def download(self, bucket: str, into: Path) -> None:
+        """Every object of the bucket, as files under `into`."""
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for o in page.get("Contents", []):
+                dest = into / o["Key"]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                self.client.download_file(bucket, o["Key"], str(dest))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture
+def s3(tmp_path):
+    server = S3Server(tmp_path)
+    yield server
+    server.stop()
+
+
+S3_CONFIG = """
+[s3]
+endpoint = "{url}"
+region = "us-east-1"
+access_key_id = "test"
+secret_access_key = "test"
+path_style = true
+"""
+
+
+@needs_ffmpeg
+def test_recorded_into_an_s3_server(s3, server_factory, token_for, arun, tmp_path):
+    """The acceptance path on an S3-protocol server process: boto3 configures, aiortc
+    publishes H.264, the S3 server holds the layout, ffmpeg decodes it all."""
+    srv = server_factory(config_text=S3_CONFIG.format(url=s3.url))
+    ivs = srv.client()
+    bucket = "rec-s3"
+    s3.client.create_bucket(Bucket=bucket)
+    stage = recording_stage(ivs, bucket)
+    tok = token_for(stage, "recorded-s3", client=ivs)
+    arun(publish_for(stage, tok["token"], 20.0), timeout=90)
+    p = wait_recording_state(ivs, stage, tok["participantId"], "STOPPED")
+    assert p["recordingS3BucketName"] == bucket
+    local = tmp_path / "downloaded"
+    s3.download(bucket, local)
+    keys = sorted(str(f.relative_to(local)) for f in local.rglob("*") if f.is_file())
+    prefix = p["recordingS3Prefix"]
+    assert all(k.startswith(prefix + "/") for k in keys), keys
+    assert f"{prefix}/events/recording-started.json" in keys
+    assert not (server_dir := srv.data_dir / "buckets").exists() or not any(server_dir.iterdir())
+    check_recording(local, stage, p, 20.0)
+
+
+@needs_ffmpeg
+def test_vp8_publisher_recorded_as_vp8(server, ivs, token_for, arun):
+    bucket = f"rec-vp8-{next(_n)}"
+    stage = recording_stage(ivs, bucket)
+    tok = token_for(stage, "recorded-vp8")
+    arun(publish_for(stage, tok["token"], 8.0, codec="VP8"), timeout=60)
+    p = wait_recording_state(ivs, stage, tok["participantId"], "STOPPED")
+    check_recording(server.data_dir / "buckets" / bucket, stage, p, 8.0, video_codec="vp8")
+
+
+def test_unreachable_store_fails_the_recording_not_the_stage(server_factory, token_for, arun):
+    """A store that refuses every upload: the participant's recording is FAILED, its
+    publish worked."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    srv = server_factory(config_text=S3_CONFIG.format(url=f"http://127.0.0.1:{dead}"))
+    ivs = srv.client()
+    stage = recording_stage(ivs, "nowhere")
+    tok = token_for(stage, "unrecordable", client=ivs)
+    arun(publish_for(stage, tok["token"], 2.0), timeout=60)
+    p = wait_recording_state(ivs, stage, tok["participantId"], "FAILED", timeout=60)
+    assert p["published"] is True
+    assert p["recordingS3BucketName"] == "nowhere"
