@@ -89,7 +89,7 @@ function freeUdpPort() {
  * for /healthz. Returns { base, aws(...args), log(), stop() }: `aws` runs the venv's AWS
  * CLI against it with the development credentials and no user config and returns the
  * parsed JSON output ({} when the command prints nothing); `stop` ends the server and
- * removes the data directory.
+ * removes the data directory (`dataDir` is the server's own, inside it).
  */
 export async function startOnstage({ prefix = 'onstage-browser-' } = {}) {
   if (!existsSync(BIN)) throw new Error(`no onstage binary at ${BIN}: build it (cargo build -p onstage) or set ONSTAGE_BIN`);
@@ -156,5 +156,5 @@ export async function startOnstage({ prefix = 'onstage-browser-' } = {}) {
     }
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { base, aws, log: () => serverLog, stop };
+  return { base, aws, log: () => serverLog, stop, dataDir: path.join(dataDir, 'data') };
 }

@@ -24,8 +24,6 @@ _n = itertools.count()
 PREFIX = re.compile(r"^(?P<stage>[A-Za-z0-9]+)/(?P<session>st-[A-Za-z0-9]+|[A-Za-z0-9-]+)/"
                     r"(?P<participant>[A-Za-z0-9]+)/\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ$")
 
-needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
-                                  reason="Debian ffmpeg is installed by scripts/test")
 
 
 def recording_stage(ivs, bucket: str, **recording) -> dict:
@@ -134,7 +132,6 @@ def check_recording(root: Path, stage: dict, participant: dict, seconds: float,
     return ended
 
 
-@needs_ffmpeg
 def test_h264_publisher_recorded_under_the_data_dir(server, ivs, token_for, arun):
     """The acceptance path on the default storage: a directory per bucket under the data dir."""
     bucket = f"rec-local-{next(_n)}"
@@ -228,7 +225,6 @@ path_style = true
 """
 
 
-@needs_ffmpeg
 def test_recorded_into_an_s3_server(s3, server_factory, token_for, arun, tmp_path):
     """The acceptance path on an S3-protocol server process: boto3 configures, aiortc
     publishes H.264, the S3 server holds the layout, ffmpeg decodes it all."""
@@ -251,7 +247,6 @@ def test_recorded_into_an_s3_server(s3, server_factory, token_for, arun, tmp_pat
     check_recording(local, stage, p, 20.0)
 
 
-@needs_ffmpeg
 def test_vp8_publisher_recorded_as_vp8(server, ivs, token_for, arun):
     bucket = f"rec-vp8-{next(_n)}"
     stage = recording_stage(ivs, bucket)
