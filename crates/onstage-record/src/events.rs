@@ -71,3 +71,31 @@ pub fn document(
     });
     serde_json::to_vec_pretty(&doc).unwrap_or_default()
 }
+
+/// What the previous process did not write for a recording it left running: its
+/// start file turned into a failure file, ended `at`, with `seconds` of media.
+pub fn interrupted(started: &[u8], at: UnixMillis, seconds: f64) -> Vec<u8> {
+    let mut doc: Value = serde_json::from_slice(started).unwrap_or_else(|_| json!({}));
+    doc["recording_ended_at"] = json!(iso8601(at));
+    doc["recording_status"] = json!(EndStatus::Failed.as_str());
+    doc["recording_status_message"] = json!("onstage stopped while recording");
+    doc["media"]["hls"]["duration_ms"] = json!((seconds * 1000.0).round() as u64);
+    serde_json::to_vec_pretty(&doc).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_interrupted_recording_fails_with_what_it_stored() {
+        let started = br#"{"version":"v1","recording_status":"RECORDING_STARTED","recording_ended_at":"","media":{"hls":{"duration_ms":0,"path":"media/hls"}}}"#;
+        let doc: Value =
+            serde_json::from_slice(&interrupted(started, 1_704_110_455_000, 12.5)).expect("json");
+        assert_eq!(doc["recording_status"], "RECORDING_ENDED_WITH_FAILURE");
+        assert_eq!(doc["recording_ended_at"], "2024-01-01T12:00:55Z");
+        assert_eq!(doc["media"]["hls"]["duration_ms"], 12_500);
+        assert_eq!(doc["media"]["hls"]["path"], "media/hls");
+        assert_eq!(doc["version"], "v1");
+    }
+}

@@ -422,6 +422,15 @@ impl HlsWriter {
     }
 }
 
+/// The total of a media playlist's `#EXTINF` durations, in seconds.
+pub fn playlist_seconds(playlist: &str) -> f64 {
+    playlist
+        .lines()
+        .filter_map(|l| l.strip_prefix("#EXTINF:"))
+        .filter_map(|l| l.split(',').next()?.trim().parse::<f64>().ok())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +485,7 @@ mod tests {
         assert!(playlist.contains("#EXTINF:1.000,\n3.m4s"), "{playlist}");
         assert!(playlist.ends_with("#EXT-X-ENDLIST\n"));
         assert!((w.recorded_seconds() - 5.0).abs() < 1e-9);
+        assert!((playlist_seconds(&playlist) - 5.0).abs() < 1e-9);
     }
 
     #[test]

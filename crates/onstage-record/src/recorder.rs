@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use onstage_media::{MediaPacket, MediaServer, TapCodec};
 use onstage_stage::Clock;
 use onstage_stage::media::{MediaPlane, SourceId};
-use onstage_stage::model::RecordingMediaType;
+use onstage_stage::model::{RecordingMediaType, RecordingPlace};
 use onstage_stage::recording::{Recorder, RecordingId, RecordingJob, RecordingSignal};
 use onstage_stage::time_fmt::UnixMillis;
 use tokio::sync::mpsc;
@@ -105,6 +105,44 @@ impl Recorder for MediaRecorder {
     fn finish(&self, id: RecordingId, at: UnixMillis) {
         self.send(id, Command::Finish(at));
     }
+
+    fn end_interrupted(&self, place: RecordingPlace) {
+        let buckets = self.buckets.clone();
+        let now = self.clock.now();
+        tokio::spawn(async move {
+            if let Err(e) = end_interrupted(&buckets, &place, now).await {
+                tracing::warn!(bucket = %place.bucket, prefix = %place.prefix, error = %e,
+                    "could not end a recording the previous run left");
+            }
+        });
+    }
+}
+
+/// Ends a recording a previous process left: the playlist gets its end (so
+/// players stop at its last stored segment rather than wait for more) and
+/// `events/recording-failed.json` is written from the start file.
+async fn end_interrupted(
+    buckets: &Buckets,
+    place: &RecordingPlace,
+    now: UnixMillis,
+) -> Result<(), StorageError> {
+    let bucket = buckets.bucket(&place.bucket)?;
+    let key = |k: &str| format!("{}/{k}", place.prefix);
+    let playlist_key = key("media/hls/high/playlist.m3u8");
+    let mut seconds = 0.0;
+    if let Some(playlist) = bucket.get(&playlist_key).await? {
+        let mut text = String::from_utf8_lossy(&playlist).into_owned();
+        seconds = crate::hls::playlist_seconds(&text);
+        if !text.contains("#EXT-X-ENDLIST") {
+            text.push_str("#EXT-X-ENDLIST\n");
+            bucket.put(&playlist_key, text.into_bytes()).await?;
+        }
+    }
+    let Some(started) = bucket.get(&key("events/recording-started.json")).await? else {
+        return Ok(());
+    };
+    let doc = events::interrupted(&started, now, seconds);
+    bucket.put(&key("events/recording-failed.json"), doc).await
 }
 
 type Running = Mutex<HashMap<RecordingId, mpsc::UnboundedSender<Command>>>;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, PutOptions, PutPayload};
+use object_store::{GetOptions, ObjectStore, PutOptions, PutPayload};
 
 /// An S3-compatible service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +42,12 @@ pub enum StorageError {
     BadBucketName(String),
     #[error("bucket {bucket}: {message}")]
     Open { bucket: String, message: String },
+    #[error("could not read {key} in bucket {bucket}: {message}")]
+    Get {
+        bucket: String,
+        key: String,
+        message: String,
+    },
     #[error("could not store {key} in bucket {bucket} after {attempts} attempts: {message}")]
     Put {
         bucket: String,
@@ -143,6 +149,24 @@ pub struct Bucket {
 }
 
 impl Bucket {
+    /// The object at `key`; None when there is none.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let error = |e: object_store::Error| StorageError::Get {
+            bucket: self.name.clone(),
+            key: key.to_owned(),
+            message: e.to_string(),
+        };
+        match self
+            .store
+            .get_opts(&Path::from(key), GetOptions::default())
+            .await
+        {
+            Ok(found) => Ok(Some(found.bytes().await.map_err(error)?.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(error(e)),
+        }
+    }
+
     /// Stores `bytes` at `key`, trying again after a failure.
     pub async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
         let path = Path::from(key);

@@ -46,6 +46,9 @@ pub trait Recorder: Send + Sync + 'static {
     /// Ends the recording at `at`: the last segment, the playlist's end and
     /// `events/recording-ended.json`.
     fn finish(&self, id: RecordingId, at: UnixMillis);
+    /// A recording a previous process left running (BEHAVIOUR §9.7): end what it
+    /// stored (its playlist's end, `events/recording-failed.json`) so it plays.
+    fn end_interrupted(&self, _place: RecordingPlace) {}
 }
 
 /// Records nothing (recording settings stay bookkeeping): for tests and for a

@@ -108,11 +108,13 @@ pub enum LiveWrite {
 }
 
 /// What [`Store::close_interrupted_sessions`] found and closed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InterruptedSessions {
     pub sessions: u64,
     pub participants: u64,
     pub replications: u64,
+    /// Recordings that were running (now `FAILED`), each once.
+    pub recordings: Vec<RecordingPlace>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -251,7 +253,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<UnixMillis>, StoreError>;
     /// At start-up: whatever a previous process left running is over. Ends running
     /// sessions at `at`, marks their connected participants DISCONNECTED with a
-    /// `LEFT` event, and stops active replications.
+    /// `LEFT` event, stops active replications, and marks running recordings
+    /// FAILED (returning where they were).
     async fn close_interrupted_sessions(
         &self,
         at: UnixMillis,

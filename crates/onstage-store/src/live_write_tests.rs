@@ -340,7 +340,8 @@ async fn start_up_closes_what_a_crash_left_open() {
         InterruptedSessions {
             sessions: 1,
             participants: 1,
-            replications: 1
+            replications: 1,
+            recordings: vec![],
         }
     );
     assert_eq!(

@@ -6,8 +6,8 @@
 use onstage_stage::StoreError;
 use onstage_stage::ids::{Account, Arn};
 use onstage_stage::model::{
-    EventErrorCode, EventName, Participant, ParticipantEvent, ParticipantState, ReplicationState,
-    StopReason,
+    EventErrorCode, EventName, Participant, ParticipantEvent, ParticipantState, RecordingPlace,
+    ReplicationState, StopReason,
 };
 use onstage_stage::store::{InterruptedSessions, LiveWrite};
 use onstage_stage::time_fmt::UnixMillis;
@@ -341,7 +341,23 @@ pub(crate) async fn close_interrupted(
         .await
         .map_err(backend)?
         .rows_affected();
-    // A recording the previous process was writing ended with it (BEHAVIOUR §9).
+    // A recording the previous process was writing ended with it (BEHAVIOUR §9.7).
+    let running = sqlx::query(
+        "SELECT DISTINCT recording_s3_bucket_name AS bucket, recording_s3_prefix AS prefix
+         FROM participants
+         WHERE recording_state IN ('STARTING', 'ACTIVE', 'STOPPING')
+           AND recording_s3_bucket_name IS NOT NULL AND recording_s3_prefix IS NOT NULL",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(backend)?;
+    let mut recordings = Vec::with_capacity(running.len());
+    for row in &running {
+        recordings.push(RecordingPlace {
+            bucket: sqlx::Row::try_get(row, "bucket").map_err(backend)?,
+            prefix: sqlx::Row::try_get(row, "prefix").map_err(backend)?,
+        });
+    }
     sqlx::query(
         "UPDATE participants SET recording_state = 'FAILED'
          WHERE recording_state IN ('STARTING', 'ACTIVE', 'STOPPING')",
@@ -377,5 +393,6 @@ pub(crate) async fn close_interrupted(
         sessions,
         participants,
         replications,
+        recordings,
     })
 }

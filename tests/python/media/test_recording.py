@@ -271,3 +271,66 @@ def test_unreachable_store_fails_the_recording_not_the_stage(server_factory, tok
     p = wait_recording_state(ivs, stage, tok["participantId"], "FAILED", timeout=60)
     assert p["published"] is True
     assert p["recordingS3BucketName"] == "nowhere"
+
+
+def test_back_within_the_window_continues_the_prefix_and_a_restart_fails_it(server_factory, token_for, arun):
+    """A publisher back within recordingReconnectWindowSeconds records into the same
+    prefix (the window's end, and a new prefix after it, are tested in virtual time in
+    crates/onstage-stage/tests/recording.rs). A restart of onstage mid-recording leaves
+    the recording FAILED and what was uploaded playable."""
+    srv = server_factory()
+    ivs = srv.client()
+    bucket = "rec-window"
+    stage = recording_stage(ivs, bucket, recordingReconnectWindowSeconds=300)
+    tok = token_for(stage, "comes-back", client=ivs)
+    arun(publish_for(stage, tok["token"], 5.0), timeout=60)
+    first = wait_recording_state(ivs, stage, tok["participantId"], "ACTIVE")
+
+    async def back():
+        pub = Publisher("back", colour=(40, 40, 220), tone=660.0, video_codec="video/H264")
+        resp = await pub.publish(stage["endpoints"]["whip"], tok["token"])
+        assert resp.status_code == 201, resp.text
+        await pub.wait_connected(10)
+        await asyncio.sleep(5.0)
+        return pub
+
+    loop = asyncio.new_event_loop()
+    try:
+        pub = loop.run_until_complete(asyncio.wait_for(back(), 60))
+        sessions = ivs.list_stage_sessions(stageArn=stage["arn"])["stageSessions"]
+        latest = ivs.get_participant(stageArn=stage["arn"], sessionId=sessions[0]["sessionId"],
+                                     participantId=tok["participantId"])["participant"]
+        assert latest["recordingS3Prefix"] == first["recordingS3Prefix"]
+        assert latest["recordingState"] == "ACTIVE"
+        srv.restart()
+        loop.run_until_complete(pub.close())
+    finally:
+        loop.close()
+
+    for s in ivs.list_stage_sessions(stageArn=stage["arn"])["stageSessions"]:
+        p = ivs.get_participant(stageArn=stage["arn"], sessionId=s["sessionId"],
+                                participantId=tok["participantId"])["participant"]
+        assert p["recordingState"] == "FAILED", p
+    base = srv.data_dir / "buckets" / bucket / first["recordingS3Prefix"]
+    failed_file = base / "events/recording-failed.json"
+    deadline = time.monotonic() + 30
+    while not failed_file.exists():
+        assert time.monotonic() < deadline, "no recording-failed.json after the restart"
+        time.sleep(0.1)
+    failed = json.loads(failed_file.read_text())
+    assert failed["recording_status"] == "RECORDING_ENDED_WITH_FAILURE"
+    assert failed["recording_status_message"] != ""
+    assert failed["participant_id"] == tok["participantId"]
+    assert failed["recording_ended_at"] >= failed["recording_started_at"]
+    hls = base / "media/hls"
+    playlist = (hls / "high/playlist.m3u8").read_text()
+    assert playlist.rstrip().endswith("#EXT-X-ENDLIST")
+    segments = re.findall(r"^(\d+)\.m4s$", playlist, re.M)
+    assert len(segments) >= 3, playlist
+    dec = subprocess.run(["ffmpeg", "-v", "error", "-i", str(hls / "multivariant.m3u8"), "-f", "null", "-"],
+                         capture_output=True, text=True, timeout=120)
+    assert dec.returncode == 0 and dec.stderr.strip() == "", dec.stderr[-2000:]
+    # Both publishers' media are in it, one after the other, as far as it was stored.
+    duration = ffprobe_duration(hls / "high/playlist.m3u8")
+    assert duration > 6.0, duration
+    assert abs(duration - failed["media"]["hls"]["duration_ms"] / 1000) < 0.5, (duration, failed)

@@ -35,7 +35,7 @@ use crate::clock::Clock;
 use crate::error::{DomainError, StoreError};
 use crate::ids::{Account, Arn, IdSource};
 use crate::media::{CloseCause, MediaPlane, MediaSignal, PeerId};
-use crate::model::EventName;
+use crate::model::{EventName, RecordingPlace};
 use crate::recording::{Recorder, RecordingSignal};
 use crate::service::{
     ControlPlane, LiveStages, ReplicationStart, SignatureCheck, TokenVerificationError,
@@ -261,6 +261,8 @@ pub struct LivePlane {
     forgery_log: SyncMutex<ForgeryLog>,
     /// Who is recorded (`recording`), once a recorder is attached.
     recordings: OnceLock<Arc<Recordings>>,
+    /// Recordings the previous process left running, for the recorder to end.
+    interrupted_recordings: SyncMutex<Vec<RecordingPlace>>,
 }
 
 fn lock<T>(m: &SyncMutex<T>) -> MutexGuard<'_, T> {
@@ -291,11 +293,16 @@ impl LivePlane {
             .store()
             .close_interrupted_sessions(control.clock().now())
             .await?;
-        if closed.sessions > 0 || closed.participants > 0 || closed.replications > 0 {
+        if closed.sessions > 0
+            || closed.participants > 0
+            || closed.replications > 0
+            || !closed.recordings.is_empty()
+        {
             tracing::info!(
                 sessions = closed.sessions,
                 participants = closed.participants,
                 replications = closed.replications,
+                recordings = closed.recordings.len(),
                 "ended what the previous run left open"
             );
         }
@@ -317,6 +324,7 @@ impl LivePlane {
             refusal_budget: SyncMutex::new(RefusalBudget::default()),
             forgery_log: SyncMutex::new(ForgeryLog::default()),
             recordings: OnceLock::new(),
+            interrupted_recordings: SyncMutex::new(closed.recordings),
         });
         let hook: Weak<LivePlane> = Arc::downgrade(&live);
         control.attach_live_stages(hook);
@@ -331,6 +339,9 @@ impl LivePlane {
         recorder: Arc<dyn Recorder>,
         signals: mpsc::UnboundedReceiver<RecordingSignal>,
     ) {
+        for place in std::mem::take(&mut *lock(&self.interrupted_recordings)) {
+            recorder.end_interrupted(place);
+        }
         let _ = self
             .recordings
             .set(Recordings::new(self.control.clone(), recorder, signals));
