@@ -1391,13 +1391,7 @@ fn encoder_from(r: ResourceRecord) -> Result<EncoderConfiguration, DomainError> 
 
 /// Reads each of a list of names as one of a `named!` enum, or says which field
 /// holds what is not one.
-fn parse_all<T: Copy + std::fmt::Display>(
-    names: &[String],
-    field: &str,
-) -> Result<Vec<T>, DomainError>
-where
-    T: ParseName,
-{
+fn parse_all<T: ParseName>(names: &[String], field: &str) -> Result<Vec<T>, DomainError> {
     names
         .iter()
         .map(|n| {

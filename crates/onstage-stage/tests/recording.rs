@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Call {
-    Start(RecordingId, RecordingJob, SourceId),
+    Start(RecordingId, Box<RecordingJob>, SourceId),
     Resume(RecordingId, SourceId),
     Finish(RecordingId, UnixMillis),
 }
@@ -39,7 +39,7 @@ impl Recorder for LoggingRecorder {
         self.calls
             .lock()
             .unwrap()
-            .push(Call::Start(id, job, source));
+            .push(Call::Start(id, Box::new(job), source));
         let _ = self.signals.send(RecordingSignal::Active(id));
     }
     fn resume(&self, id: RecordingId, source: SourceId) {

@@ -334,3 +334,80 @@ def test_back_within_the_window_continues_the_prefix_and_a_restart_fails_it(serv
     duration = ffprobe_duration(hls / "high/playlist.m3u8")
     assert duration > 6.0, duration
     assert abs(duration - failed["media"]["hls"]["duration_ms"] / 1000) < 0.5, (duration, failed)
+
+
+async def inbound_loss(pc) -> tuple[int, int]:
+    """(packets lost, packets received) over a peer's incoming RTP streams."""
+    lost = received = 0
+    for s in (await pc.getStats()).values():
+        if getattr(s, "type", "") == "inbound-rtp":
+            lost += max(0, s.packetsLost)
+            received += s.packetsReceived
+    return lost, received
+
+
+def test_ten_publishers_recorded_at_once(server_factory, token_for, arun):
+    """Ten aiortc publishers on one recording stage, each watched by a subscriber:
+    every recording decodes whole and the subscribers' loss stays under 1%, and the
+    recorder's taps dropped nothing."""
+    from media_peers import Subscriber
+    srv = server_factory()
+    ivs = srv.client()
+    bucket = "rec-ten"
+    stage = recording_stage(ivs, bucket)
+    publishers = [token_for(stage, f"pub-{i}", client=ivs) for i in range(10)]
+    watchers = [token_for(stage, f"sub-{i}", caps=("SUBSCRIBE",), client=ivs) for i in range(10)]
+    whip = stage["endpoints"]["whip"]
+
+    async def run():
+        pubs, subs = [], []
+        try:
+            for i, tok in enumerate(publishers):
+                p = Publisher(f"pub {i}", colour=(20 * i, 100, 200 - 15 * i), tone=300.0 + 40 * i,
+                              video_codec="video/H264")
+                pubs.append(p)
+                resp = await p.publish(whip, tok["token"])
+                assert resp.status_code == 201, resp.text
+            await asyncio.gather(*(p.wait_connected(20) for p in pubs))
+            for i, (tok, pub_tok) in enumerate(zip(watchers, publishers)):
+                s = Subscriber(f"sub {i}")
+                subs.append(s)
+                resp = await s.subscribe(whip, pub_tok["participantId"], tok["token"])
+                assert resp.status_code == 201, resp.text
+            await asyncio.gather(*(s.wait_video(5, timeout=30) for s in subs))
+            await asyncio.sleep(12.0)  # the length of the recordings
+            totals = [await inbound_loss(s.pc) for s in subs]
+            for p in pubs:
+                await p.delete()
+            return totals
+        finally:
+            for peer in subs + pubs:
+                await peer.close()
+
+    totals = arun(run(), timeout=180)
+    lost = sum(t[0] for t in totals)
+    received = sum(t[1] for t in totals)
+    assert received > 0
+    loss = lost / (lost + received)
+    print(f"ten recorded publishers: subscribers lost {lost} of {lost + received} packets ({loss:.3%})")
+    assert loss < 0.01, totals
+
+    metrics = __import__("requests").get(f"{srv.url}/metrics", timeout=5).text
+    shed = [l for l in metrics.splitlines() if l.startswith("onstage_media_tap_packets_shed_total")]
+    assert all(float(l.split()[-1]) == 0 for l in shed), shed
+
+    durations = []
+    for tok in publishers:
+        p = wait_recording_state(ivs, stage, tok["participantId"], "STOPPED", timeout=60)
+        hls = srv.data_dir / "buckets" / bucket / p["recordingS3Prefix"] / "media/hls"
+        dec = subprocess.run(["ffmpeg", "-v", "error", "-i", str(hls / "multivariant.m3u8"), "-f", "null", "-"],
+                             capture_output=True, text=True, timeout=120)
+        assert dec.returncode == 0 and dec.stderr.strip() == "", dec.stderr[-2000:]
+        ended = json.loads((hls.parent.parent / "events/recording-ended.json").read_text())
+        duration = ffprobe_duration(hls / "high/playlist.m3u8")
+        assert abs(duration - ended["media"]["hls"]["duration_ms"] / 1000) < 0.5
+        durations.append(round(duration, 1))
+    print(f"recording durations (s): {durations}")
+    # Each holds most of the 12 s published (it starts at the publisher's first
+    # keyframe, which ten aiortc encoders on a loaded machine are slow to send).
+    assert min(durations) > 5.0, durations

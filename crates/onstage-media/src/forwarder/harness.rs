@@ -67,6 +67,9 @@ pub(super) struct Net {
     pub(super) learned: Vec<(PeerId, SocketAddr)>,
     /// Packets passed from one shard to another.
     pub(super) packets_between_shards: usize,
+    /// Packets output for a source's tap, and the sources whose taps were let go.
+    pub(super) tapped: Vec<(SourceId, bool)>,
+    pub(super) untapped: Vec<SourceId>,
     next_peer: u64,
     /// Datagrams from clients, on their way to the forwarders.
     up: VecDeque<(usize, Vec<u8>)>,
@@ -104,6 +107,8 @@ impl Net {
             forwarders,
             clients: Vec::new(),
             signals: Vec::new(),
+            tapped: Vec::new(),
+            untapped: Vec::new(),
             forgotten: Vec::new(),
             learned: Vec::new(),
             packets_between_shards: 0,
@@ -325,6 +330,8 @@ impl Net {
             Output::Signal(signal) => self.signals.push(signal),
             Output::Learned { peer, remote } => self.learned.push((peer, remote)),
             Output::Forget { ufrag, .. } => self.forgotten.push(ufrag),
+            Output::Tap { source, packet } => self.tapped.push((source, packet.keyframe_start)),
+            Output::Untap(source) => self.untapped.push(source),
         }
     }
 

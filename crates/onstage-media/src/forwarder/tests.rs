@@ -480,3 +480,34 @@ fn a_peer_is_learned_at_a_bounded_number_of_addresses() {
     }
     assert_eq!(net.learned.len(), MAX_ADDRESSES_PER_PEER as usize);
 }
+
+#[test]
+fn a_tapped_source_outputs_each_packet_once_more_until_it_closes() {
+    let mut net = Net::new(2);
+    let publisher = net.publish(SourceId(1));
+    let subscriber = net.subscribe(SourceId(1), 1);
+    net.connect();
+    let home = crate::placement::home_of(SourceId(1), 2);
+    net.video_frame(publisher, true, 3);
+    assert!(
+        net.tapped.is_empty(),
+        "an untapped source outputs nothing for a tap"
+    );
+    net.control(
+        home,
+        Control::Tap {
+            source: SourceId(1),
+            on: true,
+        },
+    );
+    net.video_frame(publisher, true, 3);
+    net.video_frame(publisher, false, 2);
+    net.audio_packet(publisher);
+    assert_eq!(net.tapped.len(), 6);
+    assert!(net.tapped.iter().all(|(s, _)| *s == SourceId(1)));
+    assert!(net.tapped[0].1, "the keyframe's start is marked");
+    // The subscriber on the other shard got the same video.
+    assert_eq!(net.video_received(subscriber).len(), 3 + 3 + 2);
+    net.control(home, Control::CloseSource(SourceId(1)));
+    assert_eq!(net.untapped, [SourceId(1)]);
+}
