@@ -113,3 +113,25 @@ def test_bad_credentials_are_reported(cli, aws_cli, server):
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode in (254, 255)
     assert "UnrecognizedClientException" in p.stderr
+
+
+def test_ingest_configuration_lifecycle(cli):
+    stage = cli("create-stage", "--name", "cli-ingest")["stage"]
+    ic = cli("create-ingest-configuration", "--ingest-protocol", "RTMPS", "--stage-arn", stage["arn"],
+             "--name", "cli-encoder", "--user-id", "obs", "--attributes", "role=host",
+             "--tags", "team=video")["ingestConfiguration"]
+    assert arn_re("ingest-configuration").fullmatch(ic["arn"])
+    assert (ic["ingestProtocol"], ic["stageArn"], ic["userId"], ic["state"]) == ("RTMPS", stage["arn"], "obs", "INACTIVE")
+    assert ic["attributes"] == {"role": "host"} and ic["tags"] == {"team": "video"}
+    assert cli("get-ingest-configuration", "--arn", ic["arn"])["ingestConfiguration"] == ic
+    listed = cli("list-ingest-configurations", "--filter-by-stage-arn", stage["arn"],
+                 "--filter-by-state", "INACTIVE")["ingestConfigurations"]
+    assert [x["arn"] for x in listed] == [ic["arn"]]
+    updated = cli("update-ingest-configuration", "--arn", ic["arn"], "--stage-arn", "")["ingestConfiguration"]
+    assert updated["stageArn"] == ""
+    p = cli("create-ingest-configuration", "--ingest-protocol", "SRT", expect_ok=False)
+    assert p.returncode != 0 and ("ingestProtocol" in p.stderr or "ingest-protocol" in p.stderr)
+    cli("delete-ingest-configuration", "--arn", ic["arn"], "--force")
+    p = cli("get-ingest-configuration", "--arn", ic["arn"], expect_ok=False)
+    assert p.returncode != 0 and "ResourceNotFoundException" in p.stderr
+    cli("delete-stage", "--arn", stage["arn"])

@@ -220,9 +220,6 @@ def test_replication_response_headers_on_error(server, stage):
 
 # --- not built yet -------------------------------------------------------------------------------
 NOT_IMPLEMENTED = [
-    ("CreateIngestConfiguration", {"ingestProtocol": "RTMP"}),
-    ("GetIngestConfiguration", {"arn": "arn:aws:ivs:us-east-1:000000000000:ingest-configuration/abcdefabcdef"}),
-    ("ListIngestConfigurations", {}),
     ("StartComposition", {"stageArn": "arn:aws:ivs:us-east-1:000000000000:stage/abcdefabcdef",
                           "destinations": [{"channel": {"channelArn": "arn:aws:ivs:us-east-1:000000000000:channel/abcdefabcdef"}}]}),
     ("ListCompositions", {}),
@@ -239,8 +236,6 @@ def test_not_implemented_raw(server, op, payload):
 
 
 def test_not_implemented_boto3(ivs):
-    with client_error("NotImplementedException", status=501):
-        ivs.create_ingest_configuration(ingestProtocol="RTMP")
     with client_error("NotImplementedException", status=501):
         ivs.list_compositions()
 

@@ -4,8 +4,11 @@
 use std::collections::BTreeMap;
 
 use onstage_stage::Account;
-use onstage_stage::model::{Page, ParticipantFilter, ParticipantState, RecordingState, Tags};
-use onstage_stage::service::{NewStage, ReplicationRequest, TokenRequest};
+use onstage_stage::model::{
+    IngestProtocol, IngestState, Page, ParticipantFilter, ParticipantState, RecordingState, Tags,
+};
+use onstage_stage::service::{NewIngestConfiguration, NewStage, ReplicationRequest, TokenRequest};
+use onstage_stage::store::IngestFilter;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -40,6 +43,11 @@ pub async fn dispatch(state: &ApiState, account: &Account, name: &str, doc: Valu
         "GetEncoderConfiguration" => get_encoder_configuration(state, account, doc).await,
         "DeleteEncoderConfiguration" => delete_encoder_configuration(state, account, doc).await,
         "ListEncoderConfigurations" => list_encoder_configurations(state, account, doc).await,
+        "CreateIngestConfiguration" => create_ingest_configuration(state, account, doc).await,
+        "GetIngestConfiguration" => get_ingest_configuration(state, account, doc).await,
+        "UpdateIngestConfiguration" => update_ingest_configuration(state, account, doc).await,
+        "DeleteIngestConfiguration" => delete_ingest_configuration(state, account, doc).await,
+        "ListIngestConfigurations" => list_ingest_configurations(state, account, doc).await,
         "GetStageSession" => get_stage_session(state, account, doc).await,
         "ListStageSessions" => list_stage_sessions(state, account, doc).await,
         "GetParticipant" => get_participant(state, account, doc).await,
@@ -351,6 +359,109 @@ async fn list_storage_configurations(state: &ApiState, account: &Account, doc: V
         .list_storage_configurations(account, after, limit)
         .await?;
     paging.reply("storageConfigurations", page, wire::storage_configuration)
+}
+
+// ----- ingest configurations ---------------------------------------------------
+
+async fn create_ingest_configuration(state: &ApiState, account: &Account, doc: Value) -> Reply {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct In {
+        name: Option<String>,
+        stage_arn: Option<String>,
+        user_id: Option<String>,
+        attributes: Option<BTreeMap<String, String>>,
+        ingest_protocol: String,
+        insecure_ingest: Option<bool>,
+        redundant_ingest: Option<bool>,
+        tags: Option<Tags>,
+    }
+    let i: In = input(doc)?;
+    let c = state
+        .control
+        .create_ingest_configuration(
+            account,
+            NewIngestConfiguration {
+                name: i.name,
+                stage_arn: i.stage_arn,
+                user_id: i.user_id,
+                attributes: i.attributes,
+                // The model's enum has been enforced.
+                ingest_protocol: IngestProtocol::parse(&i.ingest_protocol),
+                insecure_ingest: i.insecure_ingest,
+                redundant_ingest: i.redundant_ingest,
+                tags: i.tags.unwrap_or_default(),
+            },
+        )
+        .await?;
+    Ok(json!({ "ingestConfiguration": wire::ingest_configuration(&c) }))
+}
+
+async fn get_ingest_configuration(state: &ApiState, account: &Account, doc: Value) -> Reply {
+    let i: ByArn = input(doc)?;
+    let c = state
+        .control
+        .get_ingest_configuration(account, &i.arn)
+        .await?;
+    Ok(json!({ "ingestConfiguration": wire::ingest_configuration(&c) }))
+}
+
+async fn update_ingest_configuration(state: &ApiState, account: &Account, doc: Value) -> Reply {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct In {
+        arn: String,
+        stage_arn: Option<String>,
+        redundant_ingest: Option<bool>,
+    }
+    let i: In = input(doc)?;
+    let c = state
+        .control
+        .update_ingest_configuration(account, &i.arn, i.stage_arn, i.redundant_ingest)
+        .await?;
+    Ok(json!({ "ingestConfiguration": wire::ingest_configuration(&c) }))
+}
+
+async fn delete_ingest_configuration(state: &ApiState, account: &Account, doc: Value) -> Reply {
+    #[derive(Deserialize)]
+    struct In {
+        arn: String,
+        force: Option<bool>,
+    }
+    let i: In = input(doc)?;
+    state
+        .control
+        .delete_ingest_configuration(account, &i.arn, i.force.unwrap_or(false))
+        .await?;
+    Ok(json!({}))
+}
+
+async fn list_ingest_configurations(state: &ApiState, account: &Account, doc: Value) -> Reply {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct In {
+        filter_by_stage_arn: Option<String>,
+        filter_by_state: Option<String>,
+        #[serde(flatten)]
+        page: PageIn,
+    }
+    let i: In = input(doc)?;
+    let paging = Paging::new(state, "ListIngestConfigurations", account);
+    let (after, limit) = paging.request(&i.page, 50)?;
+    let filter = IngestFilter {
+        stage_arn: i.filter_by_stage_arn,
+        // The model's enum has been enforced.
+        state: i.filter_by_state.as_deref().and_then(IngestState::parse),
+    };
+    let page = state
+        .control
+        .list_ingest_configurations(account, filter, after, limit)
+        .await?;
+    paging.reply(
+        "ingestConfigurations",
+        page,
+        wire::ingest_configuration_summary,
+    )
 }
 
 async fn create_encoder_configuration(state: &ApiState, account: &Account, doc: Value) -> Reply {

@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 
 use onstage_stage::model::{
-    AutoParticipantRecording, EncoderConfiguration, Participant, ParticipantEvent,
-    ParticipantReplica, PublicKey, Stage, StageSession, StorageConfiguration, Tags,
+    AutoParticipantRecording, EncoderConfiguration, IngestConfiguration, Participant,
+    ParticipantEvent, ParticipantReplica, PublicKey, Stage, StageEndpoints, StageSession,
+    StorageConfiguration, Tags,
 };
 use onstage_stage::service::{
     AutoRecordingRequest, Capability, IssuedToken, TokenRequest, VideoRequest,
@@ -158,10 +159,16 @@ pub fn stage(s: &Stage) -> Value {
         "autoParticipantRecordingConfiguration",
         s.auto_participant_recording.as_ref().map(auto_recording),
     );
-    m.insert(
-        "endpoints".into(),
-        json!({ "whip": s.endpoints.whip, "events": s.endpoints.events }),
-    );
+    m.insert("endpoints".into(), endpoints(&s.endpoints));
+    Value::Object(m)
+}
+
+fn endpoints(e: &StageEndpoints) -> Value {
+    let mut m = Map::new();
+    m.insert("whip".into(), json!(e.whip));
+    m.insert("events".into(), json!(e.events));
+    put(&mut m, "rtmp", e.rtmp.as_ref().map(|v| json!(v)));
+    put(&mut m, "rtmps", e.rtmps.as_ref().map(|v| json!(v)));
     Value::Object(m)
 }
 
@@ -243,6 +250,35 @@ pub fn encoder_configuration_summary(e: &EncoderConfiguration) -> Value {
     json!({ "arn": e.arn.to_string(), "name": e.name, "tags": tags(&e.tags) })
 }
 
+fn ingest_common(c: &IngestConfiguration) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("arn".into(), json!(c.arn.to_string()));
+    m.insert("name".into(), json!(c.name));
+    m.insert("ingestProtocol".into(), json!(c.ingest_protocol.as_str()));
+    // Required by the model: a configuration without a stage says so with "".
+    m.insert(
+        "stageArn".into(),
+        json!(c.stage_arn.as_deref().unwrap_or_default()),
+    );
+    m.insert("participantId".into(), json!(c.participant_id));
+    m.insert("state".into(), json!(c.state.as_str()));
+    put(&mut m, "userId", c.user_id.as_ref().map(|v| json!(v)));
+    m.insert("redundantIngest".into(), json!(false));
+    m
+}
+
+pub fn ingest_configuration(c: &IngestConfiguration) -> Value {
+    let mut m = ingest_common(c);
+    m.insert("streamKey".into(), json!(c.stream_key));
+    m.insert("attributes".into(), json!(c.attributes));
+    m.insert("tags".into(), tags(&c.tags));
+    Value::Object(m)
+}
+
+pub fn ingest_configuration_summary(c: &IngestConfiguration) -> Value {
+    Value::Object(ingest_common(c))
+}
+
 pub fn stage_session(s: &StageSession) -> Value {
     let mut m = Map::new();
     m.insert("sessionId".into(), json!(s.session_id));
@@ -281,11 +317,16 @@ fn participant_common(p: &Participant) -> Map<String, Value> {
 pub fn participant(p: &Participant) -> Value {
     let mut m = participant_common(p);
     m.insert("attributes".into(), json!(p.attributes));
-    m.insert("protocol".into(), json!(p.protocol));
+    m.insert("protocol".into(), json!(p.protocol.as_str()));
     if let Some(place) = &p.recording {
         m.insert("recordingS3BucketName".into(), json!(place.bucket));
         m.insert("recordingS3Prefix".into(), json!(place.prefix));
     }
+    put(
+        &mut m,
+        "ingestConfigurationArn",
+        p.ingest_configuration_arn.as_ref().map(|v| json!(v)),
+    );
     let c = &p.client;
     put(&mut m, "ispName", c.isp_name.as_ref().map(|v| json!(v)));
     put(&mut m, "osName", c.os_name.as_ref().map(|v| json!(v)));

@@ -295,6 +295,8 @@ async fn api() -> axum::Router {
         ControlPlaneConfig {
             whip_url: format!("http://{HOST}/whip"),
             events_url: format!("ws://{HOST}/events"),
+            rtmp_url: None,
+            rtmps_url: None,
         },
     )
     .await

@@ -39,6 +39,8 @@ async fn server() -> Server {
     let config = ControlPlaneConfig {
         whip_url: format!("http://{addr}/whip"),
         events_url: format!("ws://{addr}/events"),
+        rtmp_url: None,
+        rtmps_url: None,
     };
     let control = Arc::new(ControlPlane::open(Arc::new(store), config).await.unwrap());
     let media = Arc::new(FakeMedia::default());
@@ -223,7 +225,7 @@ async fn whip_publish_answers_201_and_delete_leaves() {
         .unwrap();
     assert_eq!(participant.state, ParticipantState::Connected);
     assert!(participant.published);
-    assert_eq!(participant.protocol, "WHIP");
+    assert_eq!(participant.protocol.as_str(), "WHIP");
     assert_eq!(participant.user_id.as_deref(), Some("viewer"));
     assert_eq!(participant.client.browser_name.as_deref(), Some("Python"));
 

@@ -125,6 +125,12 @@ impl fmt::Display for Arn {
     }
 }
 
+/// The secret part of an ingest stream key: 32 alphanumerics (190 bits), always at
+/// random, whatever the [`IdSource`]: a key must never be guessable.
+pub fn new_stream_key_secret() -> String {
+    alphanumeric(32)
+}
+
 fn alphanumeric(n: usize) -> String {
     rand::rng()
         .sample_iter(&Alphanumeric)

@@ -49,6 +49,10 @@ pub type Attributes = BTreeMap<String, String>;
 pub struct StageEndpoints {
     pub whip: String,
     pub events: String,
+    /// Where an RTMP encoder connects (`rtmp://host:port/app/`), when ingest runs.
+    pub rtmp: Option<String>,
+    /// Where an RTMPS encoder connects, when ingest over TLS runs.
+    pub rtmps: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -174,6 +178,25 @@ pub struct StorageConfiguration {
     pub tags: Tags,
 }
 
+/// An RTMP(S) encoder's way into a stage (BEHAVIOUR §9).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestConfiguration {
+    pub arn: Arn,
+    pub name: String,
+    pub ingest_protocol: IngestProtocol,
+    /// The secret an encoder presents: `rt_{account}_{region}_{id}_{secret}`.
+    pub stream_key: String,
+    /// The stage an encoder's stream joins; `None` refuses every stream.
+    pub stage_arn: Option<String>,
+    /// The participant id every stream of this configuration has.
+    pub participant_id: String,
+    pub state: IngestState,
+    pub user_id: Option<String>,
+    pub attributes: Attributes,
+    pub insecure_ingest: bool,
+    pub tags: Tags,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct EncoderConfiguration {
     pub arn: Arn,
@@ -243,7 +266,9 @@ pub struct Participant {
     pub recording_state: RecordingState,
     /// Set once the participant's recording has started (kept after it ends).
     pub recording: Option<RecordingPlace>,
-    pub protocol: String,
+    pub protocol: ParticipantProtocol,
+    /// For a participant published by an RTMP(S) encoder: its ingest configuration.
+    pub ingest_configuration_arn: Option<String>,
     pub replication_type: ReplicationType,
     pub replication_state: Option<ReplicationState>,
     pub source_stage_arn: Option<String>,
@@ -344,6 +369,42 @@ named! {
         BFramePresent => "B_FRAME_PRESENT",
         InvalidInput => "INVALID_INPUT",
         InternalServerException => "INTERNAL_SERVER_EXCEPTION",
+    }
+}
+
+named! {
+    /// `ParticipantProtocol` of the model: how a participant reached the stage.
+    ParticipantProtocol {
+        Unknown => "UNKNOWN",
+        Whip => "WHIP",
+        Rtmp => "RTMP",
+        Rtmps => "RTMPS",
+    }
+}
+
+named! {
+    /// `IngestProtocol` of the model: what an ingest configuration's encoder speaks.
+    IngestProtocol {
+        Rtmp => "RTMP",
+        Rtmps => "RTMPS",
+    }
+}
+
+impl IngestProtocol {
+    /// The participant protocol of a stream that arrived this way.
+    pub fn participant_protocol(self) -> ParticipantProtocol {
+        match self {
+            IngestProtocol::Rtmp => ParticipantProtocol::Rtmp,
+            IngestProtocol::Rtmps => ParticipantProtocol::Rtmps,
+        }
+    }
+}
+
+named! {
+    /// `IngestConfigurationState` of the model: ACTIVE while a stream is live.
+    IngestState {
+        Active => "ACTIVE",
+        Inactive => "INACTIVE",
     }
 }
 

@@ -10,6 +10,10 @@ use std::sync::{Arc, OnceLock, Weak};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+mod ingest;
+
+pub use ingest::{NewIngestConfiguration, StreamKeyRefusal};
+
 use crate::clock::{Clock, SystemClock};
 use crate::error::{DomainError, StoreError};
 use crate::ids::{Account, Arn, IdSource, RandomIds, ResourceKind};
@@ -43,6 +47,10 @@ pub struct ControlPlaneConfig {
     pub whip_url: String,
     /// `endpoints.events` of every stage, and the `events_url` claim.
     pub events_url: String,
+    /// `endpoints.rtmp` of every stage (`rtmp://host:port/app/`), when RTMP ingest runs.
+    pub rtmp_url: Option<String>,
+    /// `endpoints.rtmps` of every stage, when RTMPS ingest runs.
+    pub rtmps_url: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,6 +323,8 @@ impl ControlPlane {
         StageEndpoints {
             whip: self.config.whip_url.clone(),
             events: self.config.events_url.clone(),
+            rtmp: self.config.rtmp_url.clone(),
+            rtmps: self.config.rtmps_url.clone(),
         }
     }
 
@@ -403,15 +413,26 @@ impl ControlPlane {
     }
 
     /// Disconnects everyone in the stage first (BEHAVIOUR §5), then deletes it with its
-    /// sessions, participants and events.
+    /// sessions, participants and events; its ingest configurations keep no stage
+    /// (BEHAVIOUR §9).
     pub async fn delete_stage(&self, account: &Account, arn: &str) -> Result<(), DomainError> {
         let arn = parse_arn(account, "arn", arn, ResourceKind::Stage)?;
         let Some(live) = self.live() else {
+            self.store
+                .release_references(&arn, ResourceKind::IngestConfiguration)
+                .await?;
             return self.delete(&arn).await;
         };
         self.load(&arn).await?;
         live.stage_deletion_started(&arn).await;
-        let deleted = self.delete(&arn).await;
+        let deleted = match self
+            .store
+            .release_references(&arn, ResourceKind::IngestConfiguration)
+            .await
+        {
+            Ok(_) => self.delete(&arn).await,
+            Err(e) => Err(e.into()),
+        };
         live.stage_deletion_finished(&arn).await;
         deleted
     }
@@ -1065,7 +1086,8 @@ impl ControlPlane {
             None => false,
         };
         if disconnected {
-            Ok(())
+            self.detach_ingest_participant(account, &arn, participant_id)
+                .await
         } else {
             Err(DomainError::NotFound(format!(
                 "participant {participant_id} is not connected to stage {arn}"

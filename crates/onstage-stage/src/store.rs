@@ -17,8 +17,9 @@ use async_trait::async_trait;
 use crate::error::StoreError;
 use crate::ids::{Account, Arn, ResourceKind};
 use crate::model::{
-    Page, Participant, ParticipantEvent, ParticipantFilter, ParticipantReplica, RecordingPlace,
-    RecordingState, ReplicationState, ReplicationType, StageSession, StopReason, Tags,
+    IngestState, Page, Participant, ParticipantEvent, ParticipantFilter, ParticipantReplica,
+    RecordingPlace, RecordingState, ReplicationState, ReplicationType, StageSession, StopReason,
+    Tags,
 };
 use crate::time_fmt::UnixMillis;
 
@@ -35,8 +36,17 @@ pub struct ResourceRecord {
     /// The ARN of a resource this one depends on; that resource cannot be deleted
     /// while the reference stands.
     pub refers_to: Option<String>,
-    /// For stages: the session running now. Filled in by the store on reads.
+    /// For stages: the session running now. For ingest configurations: the
+    /// session their stream is live in. Filled in by the store on reads.
     pub active_session_id: Option<String>,
+}
+
+/// The filters of ListIngestConfigurations, both optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngestFilter {
+    /// Only configurations whose stage (`refers_to`) is this one.
+    pub stage_arn: Option<String>,
+    pub state: Option<IngestState>,
 }
 
 /// One change to the record of what happens on a stage.
@@ -170,6 +180,27 @@ pub trait Store: Send + Sync + 'static {
         after: Option<i64>,
         limit: u32,
     ) -> Result<Page<ResourceRecord>, StoreError>;
+    /// Ingest configurations of the account in creation order, filtered.
+    async fn list_ingest_configurations(
+        &self,
+        account: &Account,
+        filter: &IngestFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<ResourceRecord>, StoreError>;
+    /// Drops every reference of resources of `kind` to `target` (DeleteStage
+    /// detaching its ingest configurations); returns how many were dropped.
+    async fn release_references(&self, target: &Arn, kind: ResourceKind)
+    -> Result<u64, StoreError>;
+    /// Records an ingest configuration's stream as live in a stage session
+    /// (`Some`) or over (`None`). Deleted with the configuration; cleared at
+    /// start-up by [`Store::close_interrupted_sessions`].
+    async fn set_ingest_stream(
+        &self,
+        arn: &Arn,
+        live: Option<(&Arn, &str)>,
+        at: UnixMillis,
+    ) -> Result<(), StoreError>;
     /// Adds or overwrites `add`, then removes `remove`, refusing to leave more than
     /// `max_tags`.
     async fn change_tags(
@@ -253,8 +284,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<UnixMillis>, StoreError>;
     /// At start-up: whatever a previous process left running is over. Ends running
     /// sessions at `at`, marks their connected participants DISCONNECTED with a
-    /// `LEFT` event, stops active replications, and marks running recordings
-    /// FAILED (returning where they were).
+    /// `LEFT` event, stops active replications, marks running recordings FAILED
+    /// (returning where they were), and forgets live ingest streams.
     async fn close_interrupted_sessions(
         &self,
         at: UnixMillis,

@@ -30,6 +30,8 @@ fn fixture() -> &'static Fixture {
         let endpoints = StageEndpoints {
             whip: "http://127.0.0.1:7700/whip".into(),
             events: "ws://127.0.0.1:7700/events".into(),
+            rtmp: None,
+            rtmps: None,
         };
         let claims = ParticipantClaims {
             exp: NOW + 3600,

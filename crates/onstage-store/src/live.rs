@@ -9,8 +9,8 @@ use onstage_stage::StoreError;
 use onstage_stage::ids::Arn;
 use onstage_stage::model::{
     Attributes, ClientAttributes, EventErrorCode, EventName, Page, Participant, ParticipantEvent,
-    ParticipantFilter, ParticipantReplica, ParticipantState, RecordingPlace, RecordingState,
-    ReplicationState, ReplicationType, StageSession,
+    ParticipantFilter, ParticipantProtocol, ParticipantReplica, ParticipantState, RecordingPlace,
+    RecordingState, ReplicationState, ReplicationType, StageSession,
 };
 use sqlx::Row;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
@@ -53,7 +53,8 @@ pub(crate) async fn get_session(
 macro_rules! participant_columns {
     () => {
         "seq, participant_id, user_id, state, first_join_time, attributes, published, client,
-         recording_state, recording_s3_bucket_name, recording_s3_prefix, protocol, replication_type, replication_state, source_stage_arn, source_session_id"
+         recording_state, recording_s3_bucket_name, recording_s3_prefix, protocol, replication_type,
+         replication_state, source_stage_arn, source_session_id, ingest_configuration_arn"
     };
 }
 
@@ -224,7 +225,8 @@ fn decode_participant(row: &SqliteRow) -> Result<Participant, StoreError> {
             (Some(bucket), Some(prefix)) => Some(RecordingPlace { bucket, prefix }),
             _ => None,
         },
-        protocol: row.try_get("protocol").map_err(backend)?,
+        protocol: named(row, "protocol", ParticipantProtocol::parse)?,
+        ingest_configuration_arn: row.try_get("ingest_configuration_arn").map_err(backend)?,
         replication_type: named(row, "replication_type", ReplicationType::parse)?,
         replication_state: optional_named(row, "replication_state", ReplicationState::parse)?,
         source_stage_arn: row.try_get("source_stage_arn").map_err(backend)?,

@@ -198,8 +198,9 @@ async fn upsert_participant(
     sqlx::query(
         "INSERT INTO participants (stage_arn, session_id, participant_id, user_id, state, first_join_time,
                                    attributes, published, client, recording_state, protocol,
-                                   replication_type, replication_state, source_stage_arn, source_session_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                                   replication_type, replication_state, source_stage_arn, source_session_id,
+                                   ingest_configuration_arn)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
          ON CONFLICT (stage_arn, session_id, participant_id) DO UPDATE SET
              user_id = excluded.user_id,
              state = excluded.state,
@@ -210,7 +211,8 @@ async fn upsert_participant(
              replication_type = excluded.replication_type,
              replication_state = excluded.replication_state,
              source_stage_arn = excluded.source_stage_arn,
-             source_session_id = excluded.source_session_id",
+             source_session_id = excluded.source_session_id,
+             ingest_configuration_arn = excluded.ingest_configuration_arn",
     )
     .bind(stage_arn)
     .bind(session_id)
@@ -222,11 +224,12 @@ async fn upsert_participant(
     .bind(p.published)
     .bind(&client)
     .bind(p.recording_state.as_str())
-    .bind(&p.protocol)
+    .bind(p.protocol.as_str())
     .bind(p.replication_type.as_str())
     .bind(p.replication_state.map(ReplicationState::as_str))
     .bind(p.source_stage_arn.as_deref())
     .bind(p.source_session_id.as_deref())
+    .bind(p.ingest_configuration_arn.as_deref())
     .execute(&mut **tx)
     .await
     .map_err(backend)?;
@@ -388,6 +391,11 @@ pub(crate) async fn close_interrupted(
     .await
     .map_err(backend)?
     .rows_affected();
+    // No encoder is connected either.
+    sqlx::query("DELETE FROM ingest_streams")
+        .execute(&mut *tx)
+        .await
+        .map_err(backend)?;
     tx.commit().await.map_err(backend)?;
     Ok(InterruptedSessions {
         sessions,

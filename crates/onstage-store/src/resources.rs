@@ -7,20 +7,27 @@
 
 use onstage_stage::StoreError;
 use onstage_stage::ids::{Account, Arn, ResourceKind};
-use onstage_stage::model::{Page, Tags};
-use onstage_stage::store::{DeleteOutcome, InsertOutcome, ResourceRecord, TagOutcome};
+use onstage_stage::model::{IngestState, Page, Tags};
+use onstage_stage::store::{
+    DeleteOutcome, IngestFilter, InsertOutcome, ResourceRecord, TagOutcome,
+};
+use onstage_stage::time_fmt::UnixMillis;
 use sqlx::Row;
 use sqlx::error::ErrorKind;
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 
 use crate::sqlite::{backend, fetch_limit, page};
 
-/// The columns `decode` reads. The running session is looked up only for stages.
+/// The columns `decode` reads. The running session is looked up only for stages,
+/// the session a live stream is in only for ingest configurations.
 macro_rules! resource_columns {
     () => {
         "r.seq, r.arn, r.tags, r.created_at, r.body, r.unique_key, r.refers_to,
-         CASE WHEN r.kind = 'stage' THEN
-             (SELECT s.session_id FROM stage_sessions s WHERE s.stage_arn = r.arn AND s.end_time IS NULL)
+         CASE r.kind
+             WHEN 'stage' THEN
+                 (SELECT s.session_id FROM stage_sessions s WHERE s.stage_arn = r.arn AND s.end_time IS NULL)
+             WHEN 'ingest-configuration' THEN
+                 (SELECT i.session_id FROM ingest_streams i WHERE i.arn = r.arn)
          END AS active_session_id"
     };
 }
@@ -175,6 +182,86 @@ pub(crate) async fn list(
         .map(|row| Ok((row.try_get("seq").map_err(backend)?, decode(row)?)))
         .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(page(rows, limit))
+}
+
+pub(crate) async fn list_ingest(
+    reader: &SqlitePool,
+    account: &Account,
+    filter: &IngestFilter,
+    after: Option<i64>,
+    limit: u32,
+) -> Result<Page<ResourceRecord>, StoreError> {
+    let live = filter.state.map(|s| s == IngestState::Active);
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        resource_columns!(),
+        " FROM resources r
+          WHERE r.account = ?1 AND r.region = ?2 AND r.kind = ?3 AND r.seq > ?4
+            AND (?6 IS NULL OR r.refers_to = ?6)
+            AND (?7 IS NULL OR EXISTS (SELECT 1 FROM ingest_streams i WHERE i.arn = r.arn) = ?7)
+          ORDER BY r.seq LIMIT ?5"
+    ))
+    .bind(&account.id)
+    .bind(&account.region)
+    .bind(ResourceKind::IngestConfiguration.arn_segment())
+    .bind(after.unwrap_or(0))
+    .bind(fetch_limit(limit))
+    .bind(filter.stage_arn.as_deref())
+    .bind(live)
+    .fetch_all(reader)
+    .await
+    .map_err(backend)?;
+    let rows = rows
+        .iter()
+        .map(|row| Ok((row.try_get("seq").map_err(backend)?, decode(row)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(page(rows, limit))
+}
+
+pub(crate) async fn release_references(
+    writer: &SqlitePool,
+    target: &Arn,
+    kind: ResourceKind,
+) -> Result<u64, StoreError> {
+    let done =
+        sqlx::query("UPDATE resources SET refers_to = NULL WHERE refers_to = ?1 AND kind = ?2")
+            .bind(target.to_string())
+            .bind(kind.arn_segment())
+            .execute(writer)
+            .await
+            .map_err(backend)?;
+    Ok(done.rows_affected())
+}
+
+pub(crate) async fn set_ingest_stream(
+    writer: &SqlitePool,
+    arn: &Arn,
+    live: Option<(&Arn, &str)>,
+    at: UnixMillis,
+) -> Result<(), StoreError> {
+    let arn = arn.to_string();
+    match live {
+        // A configuration deleted meanwhile has no row to refer to: nothing to record.
+        Some((stage, session_id)) => sqlx::query(
+            "INSERT INTO ingest_streams (arn, stage_arn, session_id, started_at)
+             SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM resources WHERE arn = ?1)
+             ON CONFLICT (arn) DO UPDATE SET stage_arn = excluded.stage_arn,
+                 session_id = excluded.session_id, started_at = excluded.started_at",
+        )
+        .bind(&arn)
+        .bind(stage.to_string())
+        .bind(session_id)
+        .bind(at)
+        .execute(writer)
+        .await
+        .map_err(backend)?,
+        None => sqlx::query("DELETE FROM ingest_streams WHERE arn = ?1")
+            .bind(&arn)
+            .execute(writer)
+            .await
+            .map_err(backend)?,
+    };
+    Ok(())
 }
 
 pub(crate) async fn change_tags(

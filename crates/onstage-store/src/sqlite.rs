@@ -18,7 +18,8 @@ use onstage_stage::model::{
     Page, Participant, ParticipantEvent, ParticipantFilter, ParticipantReplica, StageSession, Tags,
 };
 use onstage_stage::store::{
-    DeleteOutcome, InsertOutcome, InterruptedSessions, LiveWrite, ResourceRecord, Store, TagOutcome,
+    DeleteOutcome, IngestFilter, InsertOutcome, InterruptedSessions, LiveWrite, ResourceRecord,
+    Store, TagOutcome,
 };
 use onstage_stage::time_fmt::UnixMillis;
 use sqlx::SqlSafeStr;
@@ -67,6 +68,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         5,
         "participant recording",
         include_str!("../migrations/0005_participant_recording.sql"),
+    ),
+    (
+        6,
+        "ingest configurations",
+        include_str!("../migrations/0006_ingest.sql"),
     ),
 ];
 
@@ -192,6 +198,33 @@ impl Store for SqliteStore {
 
     async fn get_resource(&self, arn: &Arn) -> Result<Option<ResourceRecord>, StoreError> {
         resources::get(&self.reader, arn).await
+    }
+
+    async fn list_ingest_configurations(
+        &self,
+        account: &Account,
+        filter: &IngestFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<ResourceRecord>, StoreError> {
+        resources::list_ingest(&self.reader, account, filter, after, limit).await
+    }
+
+    async fn release_references(
+        &self,
+        target: &Arn,
+        kind: ResourceKind,
+    ) -> Result<u64, StoreError> {
+        resources::release_references(&self.writer, target, kind).await
+    }
+
+    async fn set_ingest_stream(
+        &self,
+        arn: &Arn,
+        live: Option<(&Arn, &str)>,
+        at: UnixMillis,
+    ) -> Result<(), StoreError> {
+        resources::set_ingest_stream(&self.writer, arn, live, at).await
     }
 
     async fn update_resource(

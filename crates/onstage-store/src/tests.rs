@@ -6,11 +6,14 @@ use std::sync::Arc;
 
 use onstage_stage::StoreError;
 use onstage_stage::ids::{Account, Arn, ResourceKind};
+use onstage_stage::model::IngestState;
 use onstage_stage::model::{
     ClientAttributes, EventErrorCode, Participant, ParticipantEvent, ParticipantFilter,
     ParticipantReplica, ParticipantState, ReplicationState, ReplicationType, StageSession, Tags,
 };
-use onstage_stage::store::{DeleteOutcome, InsertOutcome, ResourceRecord, Store, TagOutcome};
+use onstage_stage::store::{
+    DeleteOutcome, IngestFilter, InsertOutcome, ResourceRecord, Store, TagOutcome,
+};
 use serde_json::json;
 
 use crate::SqliteStore;
@@ -86,7 +89,7 @@ async fn insert_participant(store: &SqliteStore, stage: &Arn, session_id: &str, 
     .bind(p.published)
     .bind(serde_json::to_string(&p.client).unwrap())
     .bind(p.recording_state.as_str())
-    .bind(&p.protocol)
+    .bind(p.protocol.as_str())
     .bind(p.replication_type.as_str())
     .bind(p.replication_state.map(ReplicationState::as_str))
     .bind(&p.source_stage_arn)
@@ -1138,4 +1141,91 @@ async fn get_resource_throughput() {
         TASKS * CALLS,
         (TASKS * CALLS) as f64 / elapsed.as_secs_f64()
     );
+}
+
+// ----- ingest configurations ------------------------------------------------------------
+
+#[tokio::test]
+async fn ingest_configurations_filter_by_stage_and_live_stream() {
+    let store = SqliteStore::open_in_memory().await.unwrap();
+    let s1 = stage(&store, "s1").await;
+    let s2 = stage(&store, "s2").await;
+    let mut on1 = record(&home(), ResourceKind::IngestConfiguration, "i1");
+    on1.refers_to = Some(s1.to_string());
+    let mut on2 = record(&home(), ResourceKind::IngestConfiguration, "i2");
+    on2.refers_to = Some(s2.to_string());
+    let loose = record(&home(), ResourceKind::IngestConfiguration, "i3");
+    let foreign = record(
+        &account("111111111111", "us-east-1"),
+        ResourceKind::IngestConfiguration,
+        "i4",
+    );
+    for r in [&on1, &on2, &loose, &foreign] {
+        insert(&store, r).await;
+    }
+    let list = |stage: Option<&Arn>, state: Option<IngestState>| {
+        let store = store.clone();
+        let filter = IngestFilter {
+            stage_arn: stage.map(|s| s.to_string()),
+            state,
+        };
+        async move {
+            store
+                .list_ingest_configurations(&home(), &filter, None, 10)
+                .await
+                .unwrap()
+                .items
+        }
+    };
+    assert_eq!(ids(&list(None, None).await), ["i1", "i2", "i3"]);
+    assert_eq!(ids(&list(Some(&s1), None).await), ["i1"]);
+    assert!(list(None, Some(IngestState::Active)).await.is_empty());
+
+    // A live stream: ACTIVE, with the session it is in.
+    store
+        .set_ingest_stream(&on2.arn, Some((&s2, "st-live")), 5)
+        .await
+        .unwrap();
+    let active = list(None, Some(IngestState::Active)).await;
+    assert_eq!(ids(&active), ["i2"]);
+    assert_eq!(active[0].active_session_id.as_deref(), Some("st-live"));
+    assert_eq!(
+        ids(&list(None, Some(IngestState::Inactive)).await),
+        ["i1", "i3"]
+    );
+    // A stage is not "in use" by its configurations once they let go of it.
+    assert!(matches!(
+        store.delete_resource(&s1).await.unwrap(),
+        DeleteOutcome::InUseBy(_)
+    ));
+    assert_eq!(
+        store
+            .release_references(&s1, ResourceKind::IngestConfiguration)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store.delete_resource(&s1).await.unwrap(),
+        DeleteOutcome::Deleted
+    );
+    let got = store.get_resource(&on1.arn).await.unwrap().unwrap();
+    assert_eq!(got.refers_to, None);
+
+    // A restart forgets every live stream; so does the stream's end.
+    store.close_interrupted_sessions(10).await.unwrap();
+    assert!(list(None, Some(IngestState::Active)).await.is_empty());
+    store
+        .set_ingest_stream(&on2.arn, Some((&s2, "st-2")), 11)
+        .await
+        .unwrap();
+    store.set_ingest_stream(&on2.arn, None, 12).await.unwrap();
+    assert!(list(None, Some(IngestState::Active)).await.is_empty());
+    // A deleted configuration cannot go live.
+    store.delete_resource(&loose.arn).await.unwrap();
+    store
+        .set_ingest_stream(&loose.arn, Some((&s2, "st-3")), 13)
+        .await
+        .unwrap();
+    assert!(list(None, Some(IngestState::Active)).await.is_empty());
 }

@@ -4,8 +4,8 @@
 
 use onstage_stage::ids::{Account, Arn, ResourceKind};
 use onstage_stage::model::{
-    Attributes, ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantReplica,
-    ParticipantState, RecordingState, ReplicationState, ReplicationType, Tags,
+    Attributes, ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantProtocol,
+    ParticipantReplica, ParticipantState, RecordingState, ReplicationState, ReplicationType, Tags,
 };
 use onstage_stage::store::ResourceRecord;
 use serde_json::json;
@@ -54,7 +54,8 @@ pub fn participant(participant_id: &str) -> Participant {
         client: ClientAttributes::default(),
         recording_state: RecordingState::Disabled,
         recording: None,
-        protocol: "WHIP".into(),
+        protocol: ParticipantProtocol::Whip,
+        ingest_configuration_arn: None,
         replication_type: ReplicationType::None,
         replication_state: None,
         source_stage_arn: None,

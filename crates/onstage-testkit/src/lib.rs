@@ -57,6 +57,8 @@ pub fn config() -> ControlPlaneConfig {
     ControlPlaneConfig {
         whip_url: WHIP_URL.into(),
         events_url: EVENTS_URL.into(),
+        rtmp_url: None,
+        rtmps_url: None,
     }
 }
 

@@ -11,7 +11,8 @@ use onstage_stage::model::{
     StopReason, Tags,
 };
 use onstage_stage::store::{
-    DeleteOutcome, InsertOutcome, InterruptedSessions, LiveWrite, ResourceRecord, Store, TagOutcome,
+    DeleteOutcome, IngestFilter, InsertOutcome, InterruptedSessions, LiveWrite, ResourceRecord,
+    Store, TagOutcome,
 };
 use onstage_stage::time_fmt::UnixMillis;
 use onstage_store::SqliteStore;
@@ -204,6 +205,35 @@ impl Store for TestStore {
 
     async fn get_resource(&self, arn: &Arn) -> Result<Option<ResourceRecord>, StoreError> {
         self.sqlite.get_resource(arn).await
+    }
+
+    async fn list_ingest_configurations(
+        &self,
+        account: &Account,
+        filter: &IngestFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Page<ResourceRecord>, StoreError> {
+        self.sqlite
+            .list_ingest_configurations(account, filter, after, limit)
+            .await
+    }
+
+    async fn release_references(
+        &self,
+        target: &Arn,
+        kind: ResourceKind,
+    ) -> Result<u64, StoreError> {
+        self.sqlite.release_references(target, kind).await
+    }
+
+    async fn set_ingest_stream(
+        &self,
+        arn: &Arn,
+        live: Option<(&Arn, &str)>,
+        at: UnixMillis,
+    ) -> Result<(), StoreError> {
+        self.sqlite.set_ingest_stream(arn, live, at).await
     }
 
     async fn update_resource(

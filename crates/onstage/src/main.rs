@@ -55,6 +55,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ControlPlaneConfig {
             whip_url: settings.whip_url(),
             events_url: settings.events_url(),
+            rtmp_url: None,
+            rtmps_url: None,
         },
     )
     .await

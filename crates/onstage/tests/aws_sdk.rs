@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aws_sdk_ivsrealtime::Client;
 use aws_sdk_ivsrealtime::types::{
     AutoParticipantRecordingConfiguration, ChannelDestinationConfiguration,
-    DestinationConfiguration, IngestProtocol, ParticipantToken, ParticipantTokenCapability,
+    DestinationConfiguration, ParticipantToken, ParticipantTokenCapability,
     ParticipantTokenConfiguration, S3StorageConfiguration, Stage, Video,
 };
 use common::{ACCOUNT_ID, Server, arn_id, is_arn, p256_public_key_pem, p384_public_key_pem};
@@ -1702,7 +1702,6 @@ async fn operations_not_built_yet_answer_501() {
     let client = server.client();
     let stage = create_stage(&client, "composed").await;
     let composition = "arn:aws:ivs:us-east-1:000000000000:composition/abcdABCD1234";
-    let ingest = "arn:aws:ivs:us-east-1:000000000000:ingest-configuration/abcdABCD1234";
     let destination = DestinationConfiguration::builder()
         .channel(
             ChannelDestinationConfiguration::builder()
@@ -1735,44 +1734,6 @@ async fn operations_not_built_yet_answer_501() {
         (
             "ListCompositions",
             expect_failure!(client.list_compositions().send().await),
-        ),
-        (
-            "CreateIngestConfiguration",
-            expect_failure!(
-                client
-                    .create_ingest_configuration()
-                    .ingest_protocol(IngestProtocol::Rtmps)
-                    .send()
-                    .await
-            ),
-        ),
-        (
-            "GetIngestConfiguration",
-            expect_failure!(client.get_ingest_configuration().arn(ingest).send().await),
-        ),
-        (
-            "UpdateIngestConfiguration",
-            expect_failure!(
-                client
-                    .update_ingest_configuration()
-                    .arn(ingest)
-                    .send()
-                    .await
-            ),
-        ),
-        (
-            "DeleteIngestConfiguration",
-            expect_failure!(
-                client
-                    .delete_ingest_configuration()
-                    .arn(ingest)
-                    .send()
-                    .await
-            ),
-        ),
-        (
-            "ListIngestConfigurations",
-            expect_failure!(client.list_ingest_configurations().send().await),
         ),
     ];
     for (operation, failure) in failures {

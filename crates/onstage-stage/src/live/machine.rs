@@ -41,8 +41,8 @@ use std::sync::Arc;
 use crate::ids::{Arn, IdSource};
 use crate::media::{CloseCause, PeerId, SourceId};
 use crate::model::{
-    Attributes, ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantState,
-    RecordingState, ReplicationState, ReplicationType, StopReason,
+    Attributes, ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantProtocol,
+    ParticipantState, RecordingState, ReplicationState, ReplicationType, StopReason,
 };
 use crate::store::LiveWrite;
 use crate::time_fmt::UnixMillis;
@@ -1500,7 +1500,8 @@ impl StageMachine {
                 client: p.client.clone(),
                 recording_state: RecordingState::Disabled,
                 recording: None,
-                protocol: "WHIP".into(),
+                protocol: ParticipantProtocol::Whip,
+                ingest_configuration_arn: None,
                 replication_type,
                 replication_state,
                 source_stage_arn,
@@ -1659,7 +1660,7 @@ mod tests {
         assert_eq!(record.state, ParticipantState::Connected);
         assert_eq!(record.first_join_time, T0);
         assert_eq!(record.user_id.as_deref(), Some("user-a"));
-        assert_eq!(record.protocol, "WHIP");
+        assert_eq!(record.protocol, ParticipantProtocol::Whip);
         assert!(!record.published);
         assert!(!m.is_idle());
         let state = m.snapshot();
