@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// UDP port of the media plane [default: 7701]
     #[arg(long, env = "ONSTAGE_MEDIA_PORT", value_name = "PORT")]
     pub media_port: Option<u16>,
+    /// TCP port of RTMP ingest (encoders publishing with an ingest configuration's
+    /// stream key, e.g. 1935); ingest is off unless set
+    #[arg(long, env = "ONSTAGE_RTMP_PORT", value_name = "PORT")]
+    pub rtmp_port: Option<u16>,
     /// Directory of the embedded database [default: ./onstage-data]
     #[arg(long, env = "ONSTAGE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -124,6 +128,7 @@ pub enum LogFormat {
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub media_port: Option<u16>,
+    pub rtmp_port: Option<u16>,
     pub data_dir: Option<PathBuf>,
     pub public_url: Option<String>,
     pub region: Option<String>,
@@ -191,6 +196,8 @@ fn default_account() -> String {
 pub struct Settings {
     pub listen: SocketAddr,
     pub media_port: u16,
+    /// RTMP ingest's port; `None`: no ingest.
+    pub rtmp_port: Option<u16>,
     pub data_dir: PathBuf,
     pub public_url: String,
     pub region: String,
@@ -307,6 +314,7 @@ impl Settings {
                 .media_port
                 .or(file.media_port)
                 .unwrap_or(DEFAULT_MEDIA_PORT),
+            rtmp_port: args.rtmp_port.or(file.rtmp_port),
             data_dir: args
                 .data_dir
                 .or(file.data_dir)
@@ -340,6 +348,30 @@ impl Settings {
     /// Where the media plane binds: the listen address's IP, the media port.
     pub fn media_bind(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::new(self.listen.ip(), self.media_port)
+    }
+
+    /// Where RTMP ingest binds: the listen address's IP, the RTMP port.
+    pub fn rtmp_bind(&self) -> Option<std::net::SocketAddr> {
+        self.rtmp_port
+            .map(|port| std::net::SocketAddr::new(self.listen.ip(), port))
+    }
+
+    /// `endpoints.rtmp` of every stage: the public URL's host, the RTMP port, the
+    /// application an encoder connects to (`rtmp://host:port/app/`).
+    pub fn rtmp_url(&self) -> Option<String> {
+        let port = self.rtmp_port?;
+        let rest = self
+            .public_url
+            .strip_prefix("https://")
+            .or_else(|| self.public_url.strip_prefix("http://"))
+            .unwrap_or(&self.public_url);
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let host = match authority.rfind(':') {
+            // Not the colon of a bracketed IPv6 address.
+            Some(i) if !authority[i..].contains(']') => &authority[..i],
+            _ => authority,
+        };
+        Some(format!("rtmp://{host}:{port}/app/"))
     }
 
     /// `endpoints.whip` of every stage.
@@ -423,6 +455,23 @@ fn seconds(name: &str, value: Option<f64>, default: f64) -> anyhow::Result<std::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rtmp_endpoint_uses_the_public_host() {
+        let mut s = Settings::resolve(ServeArgs {
+            rtmp_port: Some(1935),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(s.rtmp_url().as_deref(), Some("rtmp://127.0.0.1:1935/app/"));
+        s.public_url = "https://stage.example.com".into();
+        assert_eq!(
+            s.rtmp_url().as_deref(),
+            Some("rtmp://stage.example.com:1935/app/")
+        );
+        s.rtmp_port = None;
+        assert_eq!(s.rtmp_url(), None);
+    }
 
     #[test]
     fn defaults_need_nothing() {

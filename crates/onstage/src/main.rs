@@ -10,9 +10,11 @@ use anyhow::Context;
 use clap::Parser;
 use onstage_api::server::HttpLimits;
 use onstage_api::{AccessKey, ApiState, Credentials};
+use onstage_ingest::server::{IngestServer, IngestSettings, StreamFeed, StreamSink};
 use onstage_media::{MediaConfig, MediaServer};
 use onstage_record::{Buckets, MediaRecorder, S3Settings, StorageSettings};
 use onstage_stage::live::{LiveConfig, LivePlane};
+use onstage_stage::model::IngestConfiguration;
 use onstage_stage::{ControlPlane, ControlPlaneConfig};
 use onstage_store::SqliteStore;
 use tracing_subscriber::EnvFilter;
@@ -46,6 +48,26 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// Ingest streams are accepted, checked and repacketized, but the media plane has no
+/// feeder for them yet: their frames end here.
+struct UnforwardedStreams;
+
+impl StreamSink for UnforwardedStreams {
+    fn start(&self, config: &IngestConfiguration, _secure: bool) -> Box<dyn StreamFeed> {
+        tracing::warn!(configuration = %config.arn, "ingest media is not forwarded to subscribers yet");
+        Box::new(UnforwardedStreams)
+    }
+}
+
+impl StreamFeed for UnforwardedStreams {
+    fn video(&mut self, _frame: onstage_ingest::bridge::VideoFrame) {}
+    fn end(&mut self, error: Option<onstage_stage::model::EventErrorCode>) {
+        if let Some(code) = error {
+            tracing::info!(%code, "ingest stream cut");
+        }
+    }
+}
+
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let store = SqliteStore::open(&settings.data_dir)
         .await
@@ -55,7 +77,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         ControlPlaneConfig {
             whip_url: settings.whip_url(),
             events_url: settings.events_url(),
-            rtmp_url: None,
+            rtmp_url: settings.rtmp_url(),
             rtmps_url: None,
         },
     )
@@ -111,6 +133,19 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         recording_receiver,
     );
     let live_for_shutdown = live.clone();
+
+    if let Some(bind) = settings.rtmp_bind() {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("binding RTMP ingest to {bind}"))?;
+        let ingest = IngestServer::new(
+            control.clone(),
+            Arc::new(UnforwardedStreams),
+            IngestSettings::default(),
+        );
+        tokio::spawn(ingest.serve_plain(listener));
+        tracing::info!(%bind, "RTMP ingest listening");
+    }
 
     let mut credentials = Credentials::new();
     for k in &settings.access_keys {

@@ -1,0 +1,95 @@
+"""RTMP ingest with a real encoder (Debian's ffmpeg) against `onstage serve
+--rtmp-port` (BEHAVIOUR §9.5–§9.6): what is accepted and what is refused.
+
+Media reaching subscribers is not built yet (the media plane has no feeder for an
+ingest stream); these tests cover the RTMP server, the stream key and the limits."""
+
+import subprocess
+import time
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from encoder import push, push_args  # noqa: E402
+
+
+def test_stages_advertise_the_rtmp_endpoint(ingest):
+    stage = ingest.client.create_stage(name="rtmp-endpoint")["stage"]
+    assert stage["endpoints"]["rtmp"] == f"rtmp://127.0.0.1:{ingest.rtmp_port}/app/"
+    assert "rtmps" not in stage["endpoints"]
+
+
+def config(ingest, *, insecure=True, protocol="RTMP", with_stage=True):
+    kw = {}
+    if with_stage:
+        kw["stageArn"] = ingest.client.create_stage(name="rtmp")["stage"]["arn"]
+    return ingest.client.create_ingest_configuration(
+        ingestProtocol=protocol, insecureIngest=insecure, **kw)["ingestConfiguration"]
+
+
+def test_a_stream_with_a_valid_key_is_accepted(ingest, ffmpeg):
+    c = config(ingest)
+    p = push(ffmpeg, ingest.url(c["streamKey"]), seconds=2)
+    assert p.returncode == 0, p.stderr
+
+
+def test_a_wrong_key_is_refused(ingest, ffmpeg):
+    c = config(ingest)
+    for key in (c["streamKey"] + "x", "rt_000000000000_us-east-1_nosuchid_secret", "live_key"):
+        started = time.monotonic()
+        p = push(ffmpeg, ingest.url(key), seconds=5)
+        assert p.returncode != 0, key
+        assert time.monotonic() - started < 5, "refused at publish, not after streaming"
+
+
+def test_plain_rtmp_is_refused_unless_insecure_ingest(ingest, ffmpeg):
+    secure_only = config(ingest, insecure=False, protocol="RTMPS")
+    assert push(ffmpeg, ingest.url(secure_only["streamKey"]), seconds=2).returncode != 0
+    default = config(ingest, insecure=False)
+    assert push(ffmpeg, ingest.url(default["streamKey"]), seconds=2).returncode != 0
+
+
+def test_a_configuration_without_a_stage_is_refused(ingest, ffmpeg):
+    c = config(ingest, with_stage=False)
+    assert push(ffmpeg, ingest.url(c["streamKey"]), seconds=2).returncode != 0
+
+
+def test_b_frames_cut_the_stream(ingest, ffmpeg):
+    c = config(ingest)
+    started = time.monotonic()
+    p = push(ffmpeg, ingest.url(c["streamKey"]), seconds=10, bframes=2, profile="main")
+    assert p.returncode != 0, "a stream with B-frames must be cut"
+    assert time.monotonic() - started < 8, "cut at the first B-frame, not at the end"
+
+
+def test_more_than_720p_is_refused(ingest, ffmpeg):
+    c = config(ingest)
+    p = push(ffmpeg, ingest.url(c["streamKey"]), seconds=5, size="1920x1080", realtime=False)
+    assert p.returncode != 0
+
+
+def test_the_same_key_twice_at_once_is_refused(ingest, ffmpeg):
+    c = config(ingest)
+    first = subprocess.Popen(push_args(ffmpeg, ingest.url(c["streamKey"]), seconds=6),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # The first stream is accepted once ffmpeg has sent its first frames; a
+        # second publish with the key until then may win the race, so retry the
+        # check while the first one runs.
+        deadline = time.monotonic() + 5
+        refused = False
+        while time.monotonic() < deadline and first.poll() is None:
+            second = push(ffmpeg, ingest.url(c["streamKey"]), seconds=1, realtime=False)
+            if second.returncode != 0:
+                refused = True
+                break
+        assert refused, "a second stream with the same key was accepted"
+        assert first.wait(timeout=30) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    # Once the first stream ended, the key works again.
+    assert push(ffmpeg, ingest.url(c["streamKey"]), seconds=1, realtime=False).returncode == 0
