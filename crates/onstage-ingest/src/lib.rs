@@ -14,10 +14,13 @@
 //!   most 720p, at most 8.5 Mbps) as typed [`bridge::Violation`]s.
 //! - [`server`] is the driver: the RTMP listener (connection cap, handshake deadline,
 //!   bounded buffers), `rml_rtmp`'s handshake and session, and the stream key
-//!   checked against the control plane.
+//!   checked against the control plane; RTMPS is the same loop inside TLS.
+//! - [`tls`] makes the RTMPS acceptor from a configured certificate, or a
+//!   development certificate generated on first start.
 
 pub mod bridge;
 pub mod flv;
 pub mod packetize;
 pub mod server;
 pub mod sps;
+pub mod tls;

@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::bridge::{VideoBridge, VideoFrame, Violation};
 
@@ -117,6 +118,16 @@ impl IngestServer {
 
     /// Serves plain RTMP on `listener` until the task is dropped.
     pub async fn serve_plain(self: Arc<Self>, listener: TcpListener) {
+        self.serve(listener, None).await
+    }
+
+    /// Serves RTMPS on `listener`: the TLS handshake counts towards the handshake
+    /// deadline.
+    pub async fn serve_tls(self: Arc<Self>, listener: TcpListener, tls: TlsAcceptor) {
+        self.serve(listener, Some(tls)).await
+    }
+
+    async fn serve(self: Arc<Self>, listener: TcpListener, tls: Option<TlsAcceptor>) {
         loop {
             let (socket, peer) = match listener.accept().await {
                 Ok(accepted) => accepted,
@@ -132,8 +143,19 @@ impl IngestServer {
             };
             let _ = socket.set_nodelay(true);
             let server = self.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let result = server.connection(socket, peer, false).await;
+                let deadline = Instant::now() + server.settings.handshake_timeout;
+                let result = match tls {
+                    None => server.connection(socket, peer, false, deadline).await,
+                    Some(tls) => {
+                        match tokio::time::timeout_at(deadline, tls.accept(socket)).await {
+                            Ok(Ok(stream)) => server.connection(stream, peer, true, deadline).await,
+                            Ok(Err(e)) => Err(End::Io(e)),
+                            Err(_) => Err(End::HandshakeTimeout),
+                        }
+                    }
+                };
                 drop(slot);
                 match result {
                     Ok(()) | Err(End::Closed) => tracing::debug!(%peer, "RTMP connection ended"),
@@ -148,8 +170,8 @@ impl IngestServer {
         mut io: S,
         peer: SocketAddr,
         secure: bool,
+        deadline: Instant,
     ) -> Result<(), End> {
-        let deadline = Instant::now() + self.settings.handshake_timeout;
         let mut buf = vec![0u8; 4096];
         let mut received = 0usize;
         let mut handshake = Handshake::new(PeerType::Server);

@@ -58,6 +58,26 @@ pub struct ServeArgs {
     /// stream key, e.g. 1935); ingest is off unless set
     #[arg(long, env = "ONSTAGE_RTMP_PORT", value_name = "PORT")]
     pub rtmp_port: Option<u16>,
+    /// TCP port of RTMPS ingest (e.g. 443 or 1936); off unless set
+    #[arg(long, env = "ONSTAGE_RTMPS_PORT", value_name = "PORT")]
+    pub rtmps_port: Option<u16>,
+    /// PEM certificate chain of RTMPS [default: a self-signed development
+    /// certificate made on first start in the data directory]
+    #[arg(
+        long,
+        env = "ONSTAGE_RTMPS_CERT",
+        value_name = "FILE",
+        requires = "rtmps_key"
+    )]
+    pub rtmps_cert: Option<PathBuf>,
+    /// PEM private key of RTMPS (with --rtmps-cert)
+    #[arg(
+        long,
+        env = "ONSTAGE_RTMPS_KEY",
+        value_name = "FILE",
+        requires = "rtmps_cert"
+    )]
+    pub rtmps_key: Option<PathBuf>,
     /// Directory of the embedded database [default: ./onstage-data]
     #[arg(long, env = "ONSTAGE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -129,6 +149,9 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub media_port: Option<u16>,
     pub rtmp_port: Option<u16>,
+    pub rtmps_port: Option<u16>,
+    pub rtmps_cert: Option<PathBuf>,
+    pub rtmps_key: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub public_url: Option<String>,
     pub region: Option<String>,
@@ -196,8 +219,12 @@ fn default_account() -> String {
 pub struct Settings {
     pub listen: SocketAddr,
     pub media_port: u16,
-    /// RTMP ingest's port; `None`: no ingest.
+    /// RTMP ingest's port; `None`: no plain RTMP.
     pub rtmp_port: Option<u16>,
+    /// RTMPS ingest's port; `None`: no RTMPS.
+    pub rtmps_port: Option<u16>,
+    /// RTMPS certificate and key; `None`: the development certificate.
+    pub rtmps_tls: Option<(PathBuf, PathBuf)>,
     pub data_dir: PathBuf,
     pub public_url: String,
     pub region: String,
@@ -315,6 +342,15 @@ impl Settings {
                 .or(file.media_port)
                 .unwrap_or(DEFAULT_MEDIA_PORT),
             rtmp_port: args.rtmp_port.or(file.rtmp_port),
+            rtmps_port: args.rtmps_port.or(file.rtmps_port),
+            rtmps_tls: match (
+                args.rtmps_cert.or(file.rtmps_cert),
+                args.rtmps_key.or(file.rtmps_key),
+            ) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => bail!("rtmps_cert and rtmps_key go together: give both or neither"),
+            },
             data_dir: args
                 .data_dir
                 .or(file.data_dir)
@@ -356,22 +392,42 @@ impl Settings {
             .map(|port| std::net::SocketAddr::new(self.listen.ip(), port))
     }
 
+    pub fn rtmps_bind(&self) -> Option<std::net::SocketAddr> {
+        self.rtmps_port
+            .map(|port| std::net::SocketAddr::new(self.listen.ip(), port))
+    }
+
     /// `endpoints.rtmp` of every stage: the public URL's host, the RTMP port, the
     /// application an encoder connects to (`rtmp://host:port/app/`).
     pub fn rtmp_url(&self) -> Option<String> {
-        let port = self.rtmp_port?;
+        Some(format!(
+            "rtmp://{}:{}/app/",
+            self.public_host(),
+            self.rtmp_port?
+        ))
+    }
+
+    /// `endpoints.rtmps` of every stage.
+    pub fn rtmps_url(&self) -> Option<String> {
+        Some(format!(
+            "rtmps://{}:{}/app/",
+            self.public_host(),
+            self.rtmps_port?
+        ))
+    }
+
+    fn public_host(&self) -> &str {
         let rest = self
             .public_url
             .strip_prefix("https://")
             .or_else(|| self.public_url.strip_prefix("http://"))
             .unwrap_or(&self.public_url);
         let authority = rest.split('/').next().unwrap_or(rest);
-        let host = match authority.rfind(':') {
+        match authority.rfind(':') {
             // Not the colon of a bracketed IPv6 address.
             Some(i) if !authority[i..].contains(']') => &authority[..i],
             _ => authority,
-        };
-        Some(format!("rtmp://{host}:{port}/app/"))
+        }
     }
 
     /// `endpoints.whip` of every stage.
@@ -471,6 +527,11 @@ mod tests {
         );
         s.rtmp_port = None;
         assert_eq!(s.rtmp_url(), None);
+        s.rtmps_port = Some(1936);
+        assert_eq!(
+            s.rtmps_url().as_deref(),
+            Some("rtmps://stage.example.com:1936/app/")
+        );
     }
 
     #[test]

@@ -78,7 +78,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             whip_url: settings.whip_url(),
             events_url: settings.events_url(),
             rtmp_url: settings.rtmp_url(),
-            rtmps_url: None,
+            rtmps_url: settings.rtmps_url(),
         },
     )
     .await
@@ -134,17 +134,31 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     );
     let live_for_shutdown = live.clone();
 
+    let ingest = IngestServer::new(
+        control.clone(),
+        Arc::new(UnforwardedStreams),
+        IngestSettings::default(),
+    );
     if let Some(bind) = settings.rtmp_bind() {
         let listener = tokio::net::TcpListener::bind(bind)
             .await
             .with_context(|| format!("binding RTMP ingest to {bind}"))?;
-        let ingest = IngestServer::new(
-            control.clone(),
-            Arc::new(UnforwardedStreams),
-            IngestSettings::default(),
-        );
-        tokio::spawn(ingest.serve_plain(listener));
+        tokio::spawn(ingest.clone().serve_plain(listener));
         tracing::info!(%bind, "RTMP ingest listening");
+    }
+    if let Some(bind) = settings.rtmps_bind() {
+        let (cert, key) = match &settings.rtmps_tls {
+            Some(files) => files.clone(),
+            None => onstage_ingest::tls::development_certificate(&settings.data_dir)
+                .context("making the RTMPS development certificate")?,
+        };
+        let tls =
+            onstage_ingest::tls::acceptor(&cert, &key).context("loading RTMPS's certificate")?;
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("binding RTMPS ingest to {bind}"))?;
+        tokio::spawn(ingest.clone().serve_tls(listener, tls));
+        tracing::info!(%bind, certificate = %cert.display(), "RTMPS ingest listening");
     }
 
     let mut credentials = Credentials::new();

@@ -27,16 +27,21 @@ class Ingest:
     server: object
     client: object
     rtmp_port: int
+    rtmps_port: int
 
     def url(self, key: str) -> str:
         return f"rtmp://127.0.0.1:{self.rtmp_port}/app/{key}"
 
+    def secure_url(self, key: str) -> str:
+        return f"rtmps://127.0.0.1:{self.rtmps_port}/app/{key}"
+
 
 @pytest.fixture
 def ingest(server_factory):
-    port = free_tcp_port()
-    s = server_factory(extra_args=["--rtmp-port", str(port)])
-    return Ingest(s, s.client(DEV), port)
+    """A server with RTMP and RTMPS (its development certificate) on free ports."""
+    port, tls_port = free_tcp_port(), free_tcp_port()
+    s = server_factory(extra_args=["--rtmp-port", str(port), "--rtmps-port", str(tls_port)])
+    return Ingest(s, s.client(DEV), port, tls_port)
 
 
 @pytest.fixture(scope="session")

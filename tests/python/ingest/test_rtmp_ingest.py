@@ -18,7 +18,35 @@ from encoder import push, push_args  # noqa: E402
 def test_stages_advertise_the_rtmp_endpoint(ingest):
     stage = ingest.client.create_stage(name="rtmp-endpoint")["stage"]
     assert stage["endpoints"]["rtmp"] == f"rtmp://127.0.0.1:{ingest.rtmp_port}/app/"
-    assert "rtmps" not in stage["endpoints"]
+    assert stage["endpoints"]["rtmps"] == f"rtmps://127.0.0.1:{ingest.rtmps_port}/app/"
+
+
+def test_rtmps_with_the_development_certificate(ingest, ffmpeg):
+    c = config(ingest, insecure=False, protocol="RTMPS")
+    p = push(ffmpeg, ingest.secure_url(c["streamKey"]), seconds=2)
+    assert p.returncode == 0, p.stderr
+    # The certificate and its private key were made in the data directory.
+    key = ingest.server.data_dir / "rtmps-dev-key.pem"
+    assert (key.stat().st_mode & 0o777) == 0o600
+    assert (ingest.server.data_dir / "rtmps-dev-cert.pem").exists()
+    # A wrong key over TLS is refused as over plain RTMP.
+    assert push(ffmpeg, ingest.secure_url(c["streamKey"] + "x"), seconds=2).returncode != 0
+
+
+def test_plain_rtmp_to_the_rtmps_port_is_closed_at_once(ingest):
+    import socket
+    # An RTMP C0+C1 is not a TLS ClientHello: the server answers at most an alert
+    # and closes, without waiting for the handshake deadline.
+    with socket.create_connection(("127.0.0.1", ingest.rtmps_port), timeout=5) as s:
+        s.sendall(b"\x03" + b"\x00" * 1536)
+        s.settimeout(3)
+        received = b""
+        try:
+            while chunk := s.recv(4096):
+                received += chunk
+                assert len(received) < 64, "more than a TLS alert"
+        except ConnectionResetError:
+            pass
 
 
 def config(ingest, *, insecure=True, protocol="RTMP", with_stage=True):
