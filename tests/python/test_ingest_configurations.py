@@ -1,4 +1,4 @@
-"""Ingest configurations (BEHAVIOUR §9): the five operations, their constraints,
+"""Ingest configurations (BEHAVIOUR §10): the five operations, their constraints,
 persistence across a restart, account isolation, filters and pagination, and what
 DeleteStage does to them. Streams through them: media/test_ingest_media.py."""
 

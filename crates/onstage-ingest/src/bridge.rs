@@ -1,6 +1,6 @@
 //! One ingest stream's video path, sans IO: FLV video tags in (with the RTMP
 //! timestamp), RTP payloads with a 90 kHz timestamp out, and the limits of an
-//! ingest stream (BEHAVIOUR §9.6) checked on the way as typed [`Violation`]s.
+//! ingest stream (BEHAVIOUR §10.6) checked on the way as typed [`Violation`]s.
 
 use onstage_stage::model::EventErrorCode;
 

@@ -1,4 +1,4 @@
-//! RTMP(S) ingest (BEHAVIOUR §9): an encoder (OBS, ffmpeg, a hardware box) publishes
+//! RTMP(S) ingest (BEHAVIOUR §10): an encoder (OBS, ffmpeg, a hardware box) publishes
 //! into a stage as a participant.
 //!
 //! Split the way the media plane is, sans IO beside a thin driver:

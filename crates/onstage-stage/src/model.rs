@@ -178,7 +178,7 @@ pub struct StorageConfiguration {
     pub tags: Tags,
 }
 
-/// An RTMP(S) encoder's way into a stage (BEHAVIOUR §9).
+/// An RTMP(S) encoder's way into a stage (BEHAVIOUR §10).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IngestConfiguration {
     pub arn: Arn,

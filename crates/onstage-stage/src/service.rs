@@ -414,7 +414,7 @@ impl ControlPlane {
 
     /// Disconnects everyone in the stage first (BEHAVIOUR §5), then deletes it with its
     /// sessions, participants and events; its ingest configurations keep no stage
-    /// (BEHAVIOUR §9).
+    /// (BEHAVIOUR §10).
     pub async fn delete_stage(&self, account: &Account, arn: &str) -> Result<(), DomainError> {
         let arn = parse_arn(account, "arn", arn, ResourceKind::Stage)?;
         let Some(live) = self.live() else {

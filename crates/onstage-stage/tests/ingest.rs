@@ -1,4 +1,4 @@
-//! Ingest configurations in the domain (BEHAVIOUR §9): what a stream key opens,
+//! Ingest configurations in the domain (BEHAVIOUR §10): what a stream key opens,
 //! which refusals it gets, and the state a live stream gives its configuration.
 
 use std::sync::Arc;

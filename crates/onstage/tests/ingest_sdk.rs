@@ -1,4 +1,4 @@
-//! Ingest configurations (BEHAVIOUR §9) through aws-sdk-ivsrealtime against a real
+//! Ingest configurations (BEHAVIOUR §10) through aws-sdk-ivsrealtime against a real
 //! `onstage serve`: the five operations, the SDK's typed enums and its paginator,
 //! validation naming the field, DeleteStage detaching the configuration, and
 //! persistence across a restart.

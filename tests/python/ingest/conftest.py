@@ -1,4 +1,4 @@
-"""Fixtures of the RTMP ingest suite (BEHAVIOUR §9): a server with RTMP ingest on a
+"""Fixtures of the RTMP ingest suite (BEHAVIOUR §10): a server with RTMP ingest on a
 free port, and Debian's ffmpeg as the encoder.
 
 Builds on tests/python/conftest.py (`server_factory`); the encoder's command lines

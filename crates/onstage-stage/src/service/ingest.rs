@@ -1,4 +1,4 @@
-//! Ingest configurations (BEHAVIOUR §9): how an RTMP(S) encoder becomes a
+//! Ingest configurations (BEHAVIOUR §10): how an RTMP(S) encoder becomes a
 //! participant of a stage. The five operations, and what the ingest server asks
 //! of the control plane when an encoder connects.
 //!
@@ -47,7 +47,7 @@ struct IngestDoc {
 }
 
 /// Why a stream key was refused, each with the participant event error code the
-/// ingest server records when it can (BEHAVIOUR §9).
+/// ingest server records when it can (BEHAVIOUR §10).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StreamKeyRefusal {
     /// Not a key of any configuration, or a wrong secret.
