@@ -54,6 +54,8 @@ for i in range(count):
     s.sendmsg([checks[i % len(checks)]], [(socket.IPPROTO_IP, 8, struct.pack("I4s4s", 0, src, bytes(4)))], 0,
                ("127.0.0.1", port))
 """
+# How long a viewer may take to show video again after the flood.
+RECOVERY_SECONDS = 45.0
 
 
 def sdp_attr(sdp: str, name: str) -> str:
@@ -160,13 +162,15 @@ def test_spoofed_checks_neither_move_nor_add_a_route(server_factory, arun, shard
             sent_in = time.monotonic() - started
             # With one shard the flood (faster than a shard forwards) sheds media
             # while it lasts; a viewer's video then resumes at a keyframe.
+            # How soon depends on when the viewer's decoder asks for a keyframe and how
+            # fast this one Python process (a publisher, six viewers) decodes on a
+            # loaded machine; what matters is that the video comes back.
             t2 = time.monotonic()
             for s in viewers:
-                for _ in range(200):
-                    if s.video.frames_after(t2) >= 15:
-                        break
+                while s.video.frames_after(t2) < 15 and time.monotonic() - t2 < RECOVERY_SECONDS:
                     await asyncio.sleep(0.1)
-                assert s.video.frames_after(t2) >= 15, f"{s.label}: no video in 20 s after the flood"
+                assert s.video.frames_after(t2) >= 15, (
+                    f"{s.label}: {s.video.frames_after(t2)} frames in {RECOVERY_SECONDS} s after the flood")
             grown = rss_kib(server.proc.pid) - base_rss
             print(f"{FLOOD} checks sent in {sent_in:.1f} s; RSS grew by {grown} KiB")
             assert grown < 20 * 1024, f"RSS grew by {grown} KiB over {FLOOD} spoofed checks"
@@ -175,4 +179,4 @@ def test_spoofed_checks_neither_move_nor_add_a_route(server_factory, arun, shard
         finally:
             await c.close()
 
-    arun(go(), timeout=150)
+    arun(go(), timeout=200)

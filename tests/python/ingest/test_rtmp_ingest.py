@@ -100,20 +100,19 @@ def test_more_than_720p_is_refused(ingest, ffmpeg):
 
 def test_the_same_key_twice_at_once_is_refused(ingest, ffmpeg):
     c = config(ingest)
-    first = subprocess.Popen(push_args(ffmpeg, ingest.url(c["streamKey"]), seconds=6),
+    accepted_before = ingest.server.log().count("RTMP stream accepted")
+    first = subprocess.Popen(push_args(ffmpeg, ingest.url(c["streamKey"]), seconds=8),
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        # The first stream is accepted once ffmpeg has sent its first frames; a
-        # second publish with the key until then may win the race, so retry the
-        # check while the first one runs.
-        deadline = time.monotonic() + 5
-        refused = False
-        while time.monotonic() < deadline and first.poll() is None:
-            second = push(ffmpeg, ingest.url(c["streamKey"]), seconds=1, realtime=False)
-            if second.returncode != 0:
-                refused = True
-                break
-        assert refused, "a second stream with the same key was accepted"
+        # The second publish goes once the server has accepted the first stream
+        # (its log says so), so the two never race for the key.
+        deadline = time.monotonic() + 15
+        while (ingest.server.log().count("RTMP stream accepted") == accepted_before
+               and first.poll() is None and time.monotonic() < deadline):
+            time.sleep(0.05)
+        assert first.poll() is None, f"the first stream ended early: {first.stderr.read()}"
+        second = push(ffmpeg, ingest.url(c["streamKey"]), seconds=1, realtime=False)
+        assert second.returncode != 0, "a second stream with the same key was accepted"
         assert first.wait(timeout=30) == 0, first.stderr.read()
     finally:
         if first.poll() is None:
