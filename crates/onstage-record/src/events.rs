@@ -6,6 +6,8 @@ use onstage_stage::time_fmt::{UnixMillis, iso8601};
 use serde_json::{Value, json};
 
 use crate::hls::{HlsWriter, RENDITION};
+use crate::thumbnail::{LATEST_DIR, LATEST_NAME, Plan, SEQUENTIAL_DIR};
+use onstage_stage::model::RecordingMediaType;
 
 /// `recording_status`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,13 +28,15 @@ impl EndStatus {
 }
 
 /// The document for one of the event files; `writer` gives the media's duration
-/// and size once there is some.
+/// and size once there is some, `thumbnail_size` the size of the thumbnails
+/// written so far.
 pub fn document(
     job: &RecordingJob,
     ended_at: Option<UnixMillis>,
     status: EndStatus,
     message: &str,
     writer: Option<&HlsWriter>,
+    thumbnail_size: Option<(u32, u32)>,
 ) -> Vec<u8> {
     let size = writer.and_then(HlsWriter::video_size);
     let rendition = |path: &str, playlist: Option<&str>| {
@@ -49,15 +53,36 @@ pub fn document(
     let duration_ms = writer
         .map(|w| (w.recorded_seconds() * 1000.0).round() as u64)
         .unwrap_or(0);
-    let media = json!({
-        "hls": {
+    let mut media = json!({});
+    let types = &job.settings.media_types;
+    if types.contains(&RecordingMediaType::AudioVideo)
+        || types.contains(&RecordingMediaType::AudioOnly)
+    {
+        media["hls"] = json!({
             "duration_ms": duration_ms,
             "path": "media/hls",
             "playlist": "multivariant.m3u8",
             "renditions": [rendition(RENDITION, Some("playlist.m3u8"))],
+        });
+    }
+    if let Some(plan) = Plan::from_settings(&job.settings.thumbnail) {
+        // Named from the start; the size once a thumbnail was made.
+        let thumbnails = |path: &str| {
+            let mut r = json!({ "path": RENDITION });
+            if let Some((w, h)) = thumbnail_size {
+                r["resolution_width"] = json!(w);
+                r["resolution_height"] = json!(h);
+            }
+            json!({ "path": path, "renditions": [r] })
+        };
+        if plan.sequential {
+            media["thumbnails"] = thumbnails(SEQUENTIAL_DIR);
         }
-    });
-    // Thumbnails are not written yet, so the files name none (DECISIONS: Recording).
+        if plan.latest {
+            media["latest_thumbnail"] = thumbnails(LATEST_DIR);
+            media["latest_thumbnail"]["renditions"][0]["file"] = json!(LATEST_NAME);
+        }
+    }
     let doc: Value = json!({
         "version": "v1",
         "stage_arn": job.stage_arn,
@@ -79,7 +104,9 @@ pub fn interrupted(started: &[u8], at: UnixMillis, seconds: f64) -> Vec<u8> {
     doc["recording_ended_at"] = json!(iso8601(at));
     doc["recording_status"] = json!(EndStatus::Failed.as_str());
     doc["recording_status_message"] = json!("onstage stopped while recording");
-    doc["media"]["hls"]["duration_ms"] = json!((seconds * 1000.0).round() as u64);
+    if doc["media"].get("hls").is_some() {
+        doc["media"]["hls"]["duration_ms"] = json!((seconds * 1000.0).round() as u64);
+    }
     serde_json::to_vec_pretty(&doc).unwrap_or_default()
 }
 

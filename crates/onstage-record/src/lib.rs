@@ -14,6 +14,7 @@ pub mod fmp4;
 pub mod hls;
 pub mod recorder;
 pub mod storage;
+pub mod thumbnail;
 
 pub use recorder::MediaRecorder;
 pub use storage::{Buckets, S3Settings, StorageSettings};

@@ -24,6 +24,7 @@ use crate::depacketize::{VideoCodec, VideoDepacketizer};
 use crate::events::{self, EndStatus};
 use crate::hls::{HlsWriter, Object, Tracks};
 use crate::storage::{Bucket, Buckets, StorageError};
+use crate::thumbnail::{self, Jpeg, Keyframe, Plan, Schedule, ThumbnailError};
 
 /// Packets a tap holds before it drops (about three seconds of a 2.5 Mbit/s
 /// stream and its audio).
@@ -163,7 +164,35 @@ struct Media {
     last_video_seq: Option<(u64, u64)>,
     out: Vec<Object>,
     asked: Option<Instant>,
+    thumbs: Option<Thumbs>,
 }
+
+/// A recording's thumbnails as they go.
+struct Thumbs {
+    plan: Plan,
+    schedule: Schedule,
+    /// The recording's start on the recorder's clock; interval marks count from it.
+    since: Instant,
+    /// The stream's last H.264 parameter sets (a keyframe may come without).
+    sps: Option<Vec<u8>>,
+    pps: Option<Vec<u8>>,
+    /// A keyframe taken for a thumbnail, waiting to be handed to the encoder.
+    job: Option<Keyframe>,
+    /// A thumbnail is being encoded (one at a time).
+    busy: bool,
+    /// Numbered thumbnails stored so far (the next one's number).
+    stored: u64,
+    /// The last thumbnail's size.
+    size: Option<(u32, u32)>,
+}
+
+impl Thumbs {
+    fn due(&self) -> bool {
+        !self.busy && self.job.is_none() && self.schedule.due(self.since.elapsed())
+    }
+}
+
+type Encoding = tokio::task::JoinHandle<Result<Jpeg, ThumbnailError>>;
 
 impl Recording {
     async fn run(
@@ -176,7 +205,7 @@ impl Recording {
             Ok(b) => b,
             Err(e) => return self.fail_early(e).await,
         };
-        let started = events::document(&self.job, None, EndStatus::Started, "", None);
+        let started = events::document(&self.job, None, EndStatus::Started, "", None, None);
         if let Err(e) = self
             .put(&bucket, "events/recording-started.json", started)
             .await
@@ -200,7 +229,19 @@ impl Recording {
             last_video_seq: None,
             out: Vec::new(),
             asked: None,
+            thumbs: Plan::from_settings(&self.job.settings.thumbnail).map(|plan| Thumbs {
+                plan,
+                schedule: Schedule::new(plan.interval),
+                since: Instant::now(),
+                sps: None,
+                pps: None,
+                job: None,
+                busy: false,
+                stored: 0,
+                size: None,
+            }),
         };
+        let mut encoding: Option<Encoding> = None;
         let mut packets = Some(self.media.tap(source, TAP_CAPACITY));
         self.media.request_keyframe(source);
         let mut active = false;
@@ -226,6 +267,29 @@ impl Recording {
                     // The source closed: wait to be resumed or finished.
                     None => packets = None,
                 },
+                done = async {
+                    match encoding.as_mut() {
+                        Some(h) => h.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    encoding = None;
+                    if let Err(e) = self.thumbnail_done(&bucket, &mut media, done).await {
+                        return self.fail(&bucket, &media, e).await;
+                    }
+                    if !active {
+                        active = true;
+                        let _ = self.signals.send(RecordingSignal::Active(self.id));
+                    }
+                }
+            }
+            if let Some(t) = media.thumbs.as_mut()
+                && encoding.is_none()
+                && let Some(job) = t.job.take()
+            {
+                // Off the runtime's workers: decoding and encoding block.
+                t.busy = true;
+                encoding = Some(tokio::task::spawn_blocking(move || thumbnail::encode(&job)));
             }
             if !media.out.is_empty() {
                 let objects = std::mem::take(&mut media.out);
@@ -242,6 +306,13 @@ impl Recording {
             }
         };
         drop(packets);
+        if let Some(h) = encoding.take() {
+            // The thumbnail being made is kept (its encoding is bounded in time).
+            let done = h.await;
+            if let Err(e) = self.thumbnail_done(&bucket, &mut media, done).await {
+                return self.fail(&bucket, &media, e).await;
+            }
+        }
         media.writer.finish(&mut media.out);
         for o in std::mem::take(&mut media.out) {
             let key = format!("media/hls/{}", o.path);
@@ -256,6 +327,7 @@ impl Recording {
             EndStatus::Ended,
             "",
             Some(&media.writer),
+            media.thumbs.as_ref().and_then(|t| t.size),
         );
         match self
             .put(&bucket, "events/recording-ended.json", ended)
@@ -295,9 +367,27 @@ impl Recording {
                     slot => &mut slot.insert((p.feed, VideoDepacketizer::new(codec))).1,
                 };
                 if let Some(frame) = depacketizer.push(p.seq, p.time, p.marker, &p.payload) {
+                    if let Some(t) = media.thumbs.as_mut() {
+                        if frame.sps.is_some() {
+                            t.sps.clone_from(&frame.sps);
+                        }
+                        if frame.pps.is_some() {
+                            t.pps.clone_from(&frame.pps);
+                        }
+                        if frame.keyframe && t.due() {
+                            t.schedule.take(t.since.elapsed());
+                            t.job = Some(Keyframe::from_frame(
+                                codec,
+                                &frame,
+                                t.sps.as_deref(),
+                                t.pps.as_deref(),
+                            ));
+                        }
+                    }
                     media.writer.video(p.feed, codec, frame, &mut media.out);
                 }
-                if media.writer.wants_keyframe()
+                let thumbnail_due = media.thumbs.as_ref().is_some_and(Thumbs::due);
+                if (media.writer.wants_keyframe() || thumbnail_due)
                     && media
                         .asked
                         .is_none_or(|at| at.elapsed() >= KEYFRAME_ASK_EVERY)
@@ -308,6 +398,52 @@ impl Recording {
             }
             _ => {}
         }
+    }
+
+    /// Stores a finished thumbnail; one that could not be made is skipped (the
+    /// next interval mark tries again).
+    async fn thumbnail_done(
+        &self,
+        bucket: &Bucket,
+        media: &mut Media,
+        done: Result<Result<Jpeg, ThumbnailError>, tokio::task::JoinError>,
+    ) -> Result<(), StorageError> {
+        let Some(t) = media.thumbs.as_mut() else {
+            return Ok(());
+        };
+        t.busy = false;
+        let jpeg = match done {
+            Ok(Ok(jpeg)) => jpeg,
+            Ok(Err(e)) => {
+                tracing::warn!(recording = self.id.0, error = %e, "a thumbnail could not be made");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(recording = self.id.0, error = %e, "a thumbnail's encoder stopped");
+                return Ok(());
+            }
+        };
+        t.size = Some((jpeg.width, jpeg.height));
+        if t.plan.sequential {
+            let key = format!(
+                "{}/{}/{}.jpg",
+                thumbnail::SEQUENTIAL_DIR,
+                crate::hls::RENDITION,
+                t.stored
+            );
+            t.stored += 1;
+            self.put(bucket, &key, jpeg.bytes.clone()).await?;
+        }
+        if t.plan.latest {
+            let key = format!(
+                "{}/{}/{}",
+                thumbnail::LATEST_DIR,
+                crate::hls::RENDITION,
+                thumbnail::LATEST_NAME
+            );
+            self.put(bucket, &key, jpeg.bytes).await?;
+        }
+        Ok(())
     }
 
     async fn put(&self, bucket: &Bucket, key: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
@@ -334,6 +470,7 @@ impl Recording {
             EndStatus::Failed,
             &message,
             Some(&media.writer),
+            media.thumbs.as_ref().and_then(|t| t.size),
         );
         let _ = self.put(bucket, "events/recording-failed.json", doc).await;
         let _ = self.signals.send(RecordingSignal::Failed(self.id, message));

@@ -411,3 +411,94 @@ def test_ten_publishers_recorded_at_once(server_factory, token_for, arun):
     # Each holds most of the 12 s published (it starts at the publisher's first
     # keyframe, which ten aiortc encoders on a loaded machine are slow to send).
     assert min(durations) > 5.0, durations
+
+
+# Thumbnails (BEHAVIOUR §9): a keyframe at each interval mark, decoded and written as JPEG.
+
+def thumbnail_config(storage: list[str], interval: int = 2, mode: str = "INTERVAL") -> dict:
+    return {"thumbnailConfiguration": {"recordingMode": mode, "storage": storage,
+                                       "targetIntervalSeconds": interval}}
+
+
+def jpeg_size(path: Path) -> tuple[int, int]:
+    """ffprobe (Debian's ffmpeg) reads the file as a JPEG picture: its size."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,width,height",
+                          "-of", "json", str(path)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    stream = json.loads(out.stdout)["streams"][0]
+    assert stream["codec_name"] == "mjpeg", stream
+    data = path.read_bytes()
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"
+    return stream["width"], stream["height"]
+
+
+def recorded_prefix(server, ivs, stage: dict, tok: dict, bucket: str) -> tuple[dict, Path]:
+    p = wait_recording_state(ivs, stage, tok["participantId"], "STOPPED")
+    return p, server.data_dir / "buckets" / bucket / p["recordingS3Prefix"]
+
+
+def test_sequential_and_latest_thumbnails(server, ivs, token_for, arun):
+    """H.264 for 12 s, a thumbnail every 2 s: numbered ones from 0 and the latest one,
+    each a JPEG of the published size, named in the event files."""
+    bucket = f"rec-thumbs-{next(_n)}"
+    stage = recording_stage(ivs, bucket, **thumbnail_config(["SEQUENTIAL", "LATEST"], 2))
+    tok = token_for(stage, "thumbed")
+    arun(publish_for(stage, tok["token"], 12.0), timeout=60)
+    p, base = recorded_prefix(server, ivs, stage, tok, bucket)
+    ended = check_recording(server.data_dir / "buckets" / bucket, stage, p, 12.0)
+    numbered = sorted(int(f.stem) for f in (base / "media/thumbnails/high").glob("*.jpg"))
+    assert numbered == list(range(len(numbered))), numbered
+    assert len(numbered) >= 4, numbered
+    for n in numbered:
+        assert jpeg_size(base / f"media/thumbnails/high/{n}.jpg") == (320, 240)
+    assert jpeg_size(base / "media/latest_thumbnail/high/thumb.jpg") == (320, 240)
+    assert sorted(f.name for f in (base / "media").iterdir()) == ["hls", "latest_thumbnail", "thumbnails"]
+    thumbs = ended["media"]["thumbnails"]
+    assert thumbs["path"] == "media/thumbnails"
+    assert thumbs["renditions"] == [{"path": "high", "resolution_width": 320, "resolution_height": 240}]
+    latest = ended["media"]["latest_thumbnail"]
+    assert latest["path"] == "media/latest_thumbnail"
+    assert latest["renditions"][0]["path"] == "high" and latest["renditions"][0]["file"] == "thumb.jpg"
+    started = json.loads((base / "events/recording-started.json").read_text())
+    assert started["media"]["thumbnails"]["path"] == "media/thumbnails"
+
+
+def test_vp8_latest_thumbnail_only(server, ivs, token_for, arun):
+    bucket = f"rec-thumbs-vp8-{next(_n)}"
+    stage = recording_stage(ivs, bucket, **thumbnail_config(["LATEST"], 1))
+    tok = token_for(stage, "thumbed-vp8")
+    arun(publish_for(stage, tok["token"], 6.0, codec="VP8"), timeout=60)
+    p, base = recorded_prefix(server, ivs, stage, tok, bucket)
+    assert jpeg_size(base / "media/latest_thumbnail/high/thumb.jpg") == (320, 240)
+    assert not (base / "media/thumbnails").exists()
+    ended = json.loads((base / "events/recording-ended.json").read_text())
+    assert "thumbnails" not in ended["media"] and "latest_thumbnail" in ended["media"]
+
+
+def test_thumbnails_disabled_writes_none(server, ivs, token_for, arun):
+    bucket = f"rec-nothumbs-{next(_n)}"
+    stage = recording_stage(ivs, bucket, **thumbnail_config(["SEQUENTIAL", "LATEST"], 1, "DISABLED"))
+    tok = token_for(stage, "unthumbed")
+    arun(publish_for(stage, tok["token"], 4.0), timeout=60)
+    p, base = recorded_prefix(server, ivs, stage, tok, bucket)
+    assert sorted(f.name for f in (base / "media").iterdir()) == ["hls"]
+    ended = json.loads((base / "events/recording-ended.json").read_text())
+    assert set(ended["media"]) == {"hls"}
+
+
+def test_media_types_none_writes_thumbnails_only(server, ivs, token_for, arun):
+    """mediaTypes NONE: no HLS at all, the thumbnails and the event files."""
+    bucket = f"rec-thumbsonly-{next(_n)}"
+    stage = recording_stage(ivs, bucket, mediaTypes=["NONE"],
+                            **thumbnail_config(["SEQUENTIAL"], 2))
+    tok = token_for(stage, "thumbs-only")
+    arun(publish_for(stage, tok["token"], 8.0), timeout=60)
+    p, base = recorded_prefix(server, ivs, stage, tok, bucket)
+    assert sorted(f.name for f in (base / "media").iterdir()) == ["thumbnails"]
+    numbered = sorted(int(f.stem) for f in (base / "media/thumbnails/high").glob("*.jpg"))
+    assert numbered == list(range(len(numbered))) and len(numbered) >= 3, numbered
+    for n in numbered:
+        assert jpeg_size(base / f"media/thumbnails/high/{n}.jpg") == (320, 240)
+    ended = json.loads((base / "events/recording-ended.json").read_text())
+    assert ended["recording_status"] == "RECORDING_ENDED"
+    assert set(ended["media"]) == {"thumbnails"}
