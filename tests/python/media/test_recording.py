@@ -281,7 +281,8 @@ def test_back_within_the_window_continues_the_prefix_and_a_restart_fails_it(serv
     srv = server_factory()
     ivs = srv.client()
     bucket = "rec-window"
-    stage = recording_stage(ivs, bucket, recordingReconnectWindowSeconds=300)
+    stage = recording_stage(ivs, bucket, recordingReconnectWindowSeconds=300,
+                            **thumbnail_config(["SEQUENTIAL"], 1))
     tok = token_for(stage, "comes-back", client=ivs)
     arun(publish_for(stage, tok["token"], 5.0), timeout=60)
     first = wait_recording_state(ivs, stage, tok["participantId"], "ACTIVE")
@@ -334,6 +335,11 @@ def test_back_within_the_window_continues_the_prefix_and_a_restart_fails_it(serv
     duration = ffprobe_duration(hls / "high/playlist.m3u8")
     assert duration > 6.0, duration
     assert abs(duration - failed["media"]["hls"]["duration_ms"] / 1000) < 0.5, (duration, failed)
+    # The thumbnails' numbering carried on into the second publish (about five a publish).
+    numbered = sorted(int(f.stem) for f in (base / "media/thumbnails/high").glob("*.jpg"))
+    assert numbered == list(range(len(numbered))) and len(numbered) >= 8, numbered
+    for n in numbered:
+        assert jpeg_size(base / f"media/thumbnails/high/{n}.jpg") == (320, 240)
 
 
 async def inbound_loss(pc) -> tuple[int, int]:
