@@ -6,7 +6,8 @@
 //! `depacketize.rs` (RTP to frames), `fmp4.rs` (boxes), `hls.rs` (segments and
 //! playlists) and `events.rs` (the JSON files) are sans IO; `recorder.rs` is the
 //! task per recording that moves packets in and objects out through
-//! `storage.rs`. Nothing is transcoded.
+//! `storage.rs`. Nothing is transcoded; `thumbnail.rs` decodes one keyframe per
+//! interval into a JPEG, on a blocking thread.
 
 pub mod depacketize;
 pub mod events;
