@@ -177,6 +177,14 @@ pub(crate) async fn list(
     .fetch_all(reader)
     .await
     .map_err(backend)?;
+    resource_page(&rows, limit)
+}
+
+/// A page of resources from rows of `resource_columns!()` in `seq` order.
+fn resource_page(
+    rows: &[sqlx::sqlite::SqliteRow],
+    limit: u32,
+) -> Result<Page<ResourceRecord>, StoreError> {
     let rows = rows
         .iter()
         .map(|row| Ok((row.try_get("seq").map_err(backend)?, decode(row)?)))
@@ -211,11 +219,7 @@ pub(crate) async fn list_ingest(
     .fetch_all(reader)
     .await
     .map_err(backend)?;
-    let rows = rows
-        .iter()
-        .map(|row| Ok((row.try_get("seq").map_err(backend)?, decode(row)?)))
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(page(rows, limit))
+    resource_page(&rows, limit)
 }
 
 pub(crate) async fn release_references(
