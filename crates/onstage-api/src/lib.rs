@@ -16,6 +16,7 @@ pub mod pagination;
 pub mod participants;
 pub mod server;
 pub mod sigv4;
+pub mod trace;
 mod wire;
 
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! accepts a request altered after signing; the API answers arbitrary paths and
 //! bodies with an AWS error shape, never a panic or a 500.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials as AwsCredentials;
@@ -288,6 +288,21 @@ proptest! {
 
 // ----- the API as a whole: arbitrary paths and bodies ------------------------------
 
+/// One runtime and one router serve every case: opening a store (and running its
+/// migrations) for each case was most of this test's time, and a router that has
+/// already answered earlier cases is no easier a target than a fresh one.
+fn shared_api() -> &'static (tokio::runtime::Runtime, axum::Router) {
+    static API: OnceLock<(tokio::runtime::Runtime, axum::Router)> = OnceLock::new();
+    API.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let app = runtime.block_on(api());
+        (runtime, app)
+    })
+}
+
 async fn api() -> axum::Router {
     let store = SqliteStore::open_in_memory().await.expect("store");
     let control = ControlPlane::open(
@@ -425,9 +440,9 @@ proptest! {
         query in proptest::option::of(query_pairs()),
         body in body(),
     ) {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let (runtime, app) = shared_api();
         runtime.block_on(async {
-            let app = api().await;
+            let app = app.clone();
             let pq = match &query {
                 Some(pairs) if !pairs.is_empty() => format!("{path}?{}", pairs.iter()
                     .map(|(k, v)| format!("{}={}", encoded(k), encoded(v))).collect::<Vec<_>>().join("&")),

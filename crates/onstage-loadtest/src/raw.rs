@@ -858,8 +858,8 @@ mod tests {
         RawArgs {
             subscribers: vec![3],
             mode: vec![mode],
-            duration: Duration::from_millis(300),
-            pps: 2000,
+            duration: Duration::from_millis(100),
+            pps: 4000,
             burst: 4,
             size: 1200,
             receiver_sockets: 2,

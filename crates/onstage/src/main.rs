@@ -187,7 +187,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let app = onstage_api::router(Arc::new(state))
         .merge(onstage_api::participant_router(live.clone()))
-        .merge(onstage_api::join::join_router());
+        .merge(onstage_api::join::join_router())
+        .layer(onstage_api::trace::layer());
 
     let limits = HttpLimits {
         header_read_timeout: settings.http_header_timeout,
