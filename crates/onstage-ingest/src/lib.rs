@@ -18,8 +18,10 @@
 //! - [`tls`] makes the RTMPS acceptor from a configured certificate, or a
 //!   development certificate generated on first start.
 
+pub mod audio;
 pub mod bridge;
 pub mod flv;
+pub mod live;
 pub mod packetize;
 pub mod server;
 pub mod sps;

@@ -41,8 +41,9 @@ use std::sync::Arc;
 use crate::ids::{Arn, IdSource};
 use crate::media::{CloseCause, PeerId, SourceId};
 use crate::model::{
-    Attributes, ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantProtocol,
-    ParticipantState, RecordingState, ReplicationState, ReplicationType, StopReason,
+    Attributes, ClientAttributes, EventErrorCode, EventName, Participant, ParticipantEvent,
+    ParticipantProtocol, ParticipantState, RecordingState, ReplicationState, ReplicationType,
+    StopReason,
 };
 use crate::store::LiveWrite;
 use crate::time_fmt::UnixMillis;
@@ -291,6 +292,57 @@ pub struct StageMachine {
     next_order: u64,
     /// Set when the stage is being deleted: everything is refused.
     closed: bool,
+    /// Participants published by an RTMP(S) encoder (BEHAVIOUR §10), while on the stage.
+    ingest: HashMap<String, IngestOrigin>,
+}
+
+/// Where an ingest participant's stream comes from: its record says so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestOrigin {
+    pub protocol: ParticipantProtocol,
+    pub configuration_arn: String,
+}
+
+// ----- ingest (BEHAVIOUR §10) ------------------------------------------------------
+
+impl StageMachine {
+    /// An RTMP(S) stream accepted into the slot [`StageMachine::admit`] gave its
+    /// configuration's participant: a publish like a WHIP publisher's (`JOINED`,
+    /// `PUBLISH_STARTED`), whose feeder `peer` is not a WebRTC peer, recorded with
+    /// its protocol and configuration.
+    pub fn ingest_accepted(
+        &mut self,
+        joiner: &Joiner,
+        origin: IngestOrigin,
+        conn: ConnectionId,
+        peer: PeerId,
+        source: SourceId,
+        now: UnixMillis,
+    ) -> Effects {
+        self.ingest.insert(joiner.participant_id.clone(), origin);
+        self.publish_accepted(joiner, conn, peer, source, now)
+    }
+
+    /// An ingest stream failed or was cut with `code` (a B-frame, a limit, a key
+    /// refused): a `PUBLISH_ERROR` with the code, in the running session only (as
+    /// any refusal; on an idle stage the server's log has it).
+    pub fn ingest_error(
+        &self,
+        participant_id: &str,
+        code: EventErrorCode,
+        now: UnixMillis,
+    ) -> Effects {
+        let mut fx = Effects::default();
+        if let Some(session_id) = &self.session {
+            let mut event = self.event(participant_id, EventName::PublishError, None, now);
+            event.error_code = Some(code);
+            fx.writes.push(LiveWrite::AppendEvent {
+                session_id: session_id.clone(),
+                event,
+            });
+        }
+        fx
+    }
 }
 
 /// Checks BEHAVIOUR §6's preconditions 3–5 of StartParticipantReplication, in order, on
@@ -374,6 +426,7 @@ impl StageMachine {
             sources_in_session: BTreeSet::new(),
             next_order: 0,
             closed: false,
+            ingest: HashMap::new(),
         }
     }
 
@@ -1413,6 +1466,7 @@ impl StageMachine {
         fx.writes
             .push(self.append(&session_id, pid, EventName::Left, None, now));
         self.participants.remove(pid);
+        self.ingest.remove(pid);
         self.end_session_if_empty(now, fx);
     }
 
@@ -1500,8 +1554,11 @@ impl StageMachine {
                 client: p.client.clone(),
                 recording_state: RecordingState::Disabled,
                 recording: None,
-                protocol: ParticipantProtocol::Whip,
-                ingest_configuration_arn: None,
+                protocol: self
+                    .ingest
+                    .get(pid)
+                    .map_or(ParticipantProtocol::Whip, |i| i.protocol),
+                ingest_configuration_arn: self.ingest.get(pid).map(|i| i.configuration_arn.clone()),
                 replication_type,
                 replication_state,
                 source_stage_arn,

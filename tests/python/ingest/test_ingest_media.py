@@ -1,0 +1,163 @@
+"""RTMP(S) ingest end to end (BEHAVIOUR §10): Debian's ffmpeg pushes a solid colour
+and a 440 Hz tone; the ingest participant joins its stage and an aiortc subscriber
+decodes both through onstage; the record says RTMP/RTMPS with the configuration;
+a cut stream records its error code."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from encoder import push, push_args  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def peers_on_loopback(loopback_ice):
+    yield
+
+
+def media():
+    import media_peers
+    return media_peers
+
+
+RED = np.array([255.0, 0.0, 0.0])
+
+
+def make_config(ingest, protocol: str) -> tuple[dict, dict]:
+    stage = ingest.client.create_stage(name=f"ingest-{protocol.lower()}")["stage"]
+    config = ingest.client.create_ingest_configuration(
+        name="encoder", stageArn=stage["arn"], ingestProtocol=protocol, userId="obs-host",
+        attributes={"room": "studio"}, insecureIngest=protocol == "RTMP")["ingestConfiguration"]
+    return stage, config
+
+
+def start_encoder(ffmpeg, url: str, seconds: float) -> subprocess.Popen:
+    return subprocess.Popen(push_args(ffmpeg, url, seconds=seconds, colour="red"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        p.kill()
+    p.wait(timeout=10)
+
+
+async def wait_publishing(ivs, stage_arn: str, participant_id: str, timeout: float = 15.0) -> str:
+    """The session in which `participant_id` publishes, once it does."""
+    m = media()
+
+    def published():
+        session = m.active_session(ivs, stage_arn)
+        if session is None:
+            return None
+        p = ivs.get_participant(stageArn=stage_arn, sessionId=session,
+                                participantId=participant_id)["participant"]
+        return session if p["state"] == "CONNECTED" and p["published"] else None
+
+    return await m.wait_until(published, timeout, what=f"{participant_id} publishing")
+
+
+@pytest.mark.parametrize("protocol", ["RTMP", "RTMPS"])
+def test_an_encoder_reaches_an_aiortc_subscriber(ingest, ffmpeg, arun, protocol):
+    ivs = ingest.client
+    stage, config = make_config(ingest, protocol)
+    url = (ingest.url if protocol == "RTMP" else ingest.secure_url)(config["streamKey"])
+    pid = config["participantId"]
+    encoder = start_encoder(ffmpeg, url, seconds=30)
+    m = media()
+
+    async def run():
+        cleanup = m.Cleanup()
+        try:
+            session = await wait_publishing(ivs, stage["arn"], pid)
+            p = ivs.get_participant(stageArn=stage["arn"], sessionId=session,
+                                    participantId=pid)["participant"]
+            assert p["protocol"] == protocol
+            assert p["ingestConfigurationArn"] == config["arn"]
+            assert p["userId"] == "obs-host"
+            assert p["attributes"] == {"room": "studio"}
+            got = ivs.get_ingest_configuration(arn=config["arn"])["ingestConfiguration"]
+            assert got["state"] == "ACTIVE"
+            listed = ivs.list_ingest_configurations(filterByState="ACTIVE")["ingestConfigurations"]
+            assert config["arn"] in [c["arn"] for c in listed]
+
+            token = ivs.create_participant_token(stageArn=stage["arn"], capabilities=["SUBSCRIBE"])
+            sub = cleanup.add(m.Subscriber("viewer"))
+            resp = await sub.subscribe(stage["endpoints"]["whip"], pid,
+                                       token["participantToken"]["token"])
+            assert resp.status_code == 201, m.describe(resp)
+            assert m.first_media_codec(sub.answer_sdp, "video") == "H264"
+            await sub.wait_connected()
+            video = await sub.wait_video(30, timeout=15)
+            colour = video.mean_colour()
+            assert m.colour_distance(colour, RED) < 60, f"decoded colour {colour}"
+            audio = await sub.wait_audio(100, timeout=10)
+            freq = audio.dominant_frequency(1.0)
+            assert freq is not None and abs(freq - 440) < 15, f"dominant frequency {freq}"
+            return session
+        finally:
+            await cleanup.close()
+
+    try:
+        session = arun(run(), timeout=60)
+    finally:
+        stop(encoder)
+
+    def ended():
+        c = ivs.get_ingest_configuration(arn=config["arn"])["ingestConfiguration"]
+        return c["state"] == "INACTIVE"
+
+    arun(m.wait_until(ended, 10, what="the configuration INACTIVE"))
+    # ListParticipantEvents answers newest first.
+    names = [e["name"] for e in reversed(m.participant_events(ivs, stage["arn"], session, pid))]
+    assert names[:2] == ["JOINED", "PUBLISH_STARTED"], names
+    assert names[-2:] == ["PUBLISH_STOPPED", "LEFT"], names
+
+
+def test_b_frames_are_recorded_as_a_publish_error(ingest, ffmpeg, arun):
+    ivs = ingest.client
+    stage, config = make_config(ingest, "RTMP")
+    pid = config["participantId"]
+    # A subscriber-free stage still records the stream: B-frames come after a
+    # first keyframe, so the participant has joined by then.
+    p = push(ffmpeg, ingest.url(config["streamKey"]), seconds=10, bframes=2, profile="main")
+    assert p.returncode != 0, "a stream with B-frames must be cut"
+    m = media()
+    sessions = ivs.list_stage_sessions(stageArn=stage["arn"])["stageSessions"]
+    assert sessions, "the stream joined its stage"
+    session = sessions[0]["sessionId"]
+    arun(m.error_event(ivs, stage["arn"], session, pid, "PUBLISH_ERROR", "B_FRAME_PRESENT",
+                       timeout=10))
+    # ListParticipantEvents answers newest first.
+    names = [e["name"] for e in reversed(m.participant_events(ivs, stage["arn"], session, pid))]
+    assert names == ["JOINED", "PUBLISH_STARTED", "PUBLISH_ERROR", "PUBLISH_STOPPED", "LEFT"], names
+
+
+def test_disconnect_participant_cuts_the_encoder(ingest, ffmpeg, arun):
+    ivs = ingest.client
+    stage, config = make_config(ingest, "RTMP")
+    pid = config["participantId"]
+    encoder = start_encoder(ffmpeg, ingest.url(config["streamKey"]), seconds=30)
+    try:
+        arun(wait_publishing(ivs, stage["arn"], pid))
+        started = time.monotonic()
+        ivs.disconnect_participant(stageArn=stage["arn"], participantId=pid, reason="off air")
+        encoder.wait(timeout=10)
+        assert time.monotonic() - started < 10
+        assert encoder.returncode != 0, "ffmpeg saw its connection cut"
+    finally:
+        stop(encoder)
+    got = ivs.get_ingest_configuration(arn=config["arn"])["ingestConfiguration"]
+    assert got["stageArn"] == ""
+    m = media()
+    arun(m.wait_until(lambda: ivs.get_ingest_configuration(arn=config["arn"])
+                      ["ingestConfiguration"]["state"] == "INACTIVE", 10, what="INACTIVE"))
