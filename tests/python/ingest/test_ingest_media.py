@@ -161,3 +161,69 @@ def test_disconnect_participant_cuts_the_encoder(ingest, ffmpeg, arun):
     m = media()
     arun(m.wait_until(lambda: ivs.get_ingest_configuration(arn=config["arn"])
                       ["ingestConfiguration"]["state"] == "INACTIVE", 10, what="INACTIVE"))
+
+
+def test_the_ingest_participant_is_replicated_and_recorded(ingest, ffmpeg, arun):
+    """Replication and recording follow the source (BEHAVIOUR §6, §9): the ingest
+    participant is replicated into a second stage, where aiortc decodes it, and its
+    stage's automatic recording writes what Debian's ffmpeg decodes."""
+    ivs = ingest.client
+    bucket = "ingest-rec"
+    storage = ivs.create_storage_configuration(name="ingest-rec", s3={"bucketName": bucket})
+    stage = ivs.create_stage(name="ingest-recorded", autoParticipantRecordingConfiguration={
+        "storageConfigurationArn": storage["storageConfiguration"]["arn"],
+        "hlsConfiguration": {"targetSegmentDurationSeconds": 2}})["stage"]
+    other = ivs.create_stage(name="ingest-replica")["stage"]
+    config = ivs.create_ingest_configuration(stageArn=stage["arn"], ingestProtocol="RTMP",
+                                             insecureIngest=True)["ingestConfiguration"]
+    pid = config["participantId"]
+    encoder = start_encoder(ffmpeg, ingest.url(config["streamKey"]), seconds=30)
+    m = media()
+
+    async def run():
+        cleanup = m.Cleanup()
+        try:
+            await wait_publishing(ivs, stage["arn"], pid)
+            ivs.start_participant_replication(sourceStageArn=stage["arn"],
+                                              destinationStageArn=other["arn"], participantId=pid)
+            token = ivs.create_participant_token(stageArn=other["arn"], capabilities=["SUBSCRIBE"])
+            sub = cleanup.add(m.Subscriber("replica viewer"))
+            resp = await sub.subscribe(other["endpoints"]["whip"], pid,
+                                       token["participantToken"]["token"])
+            assert resp.status_code == 201, m.describe(resp)
+            await sub.wait_connected()
+            video = await sub.wait_video(30, timeout=15)
+            assert m.colour_distance(video.mean_colour(), RED) < 60
+            audio = await sub.wait_audio(50, timeout=10)
+            freq = audio.dominant_frequency(1.0)
+            assert freq is not None and abs(freq - 440) < 15, freq
+            # Ten seconds recorded (the recording's length, not a wait for a timeout).
+            await asyncio.sleep(8)
+        finally:
+            await cleanup.close()
+
+    try:
+        arun(run(), timeout=60)
+    finally:
+        stop(encoder)
+
+    def recorded():
+        for s in ivs.list_stage_sessions(stageArn=stage["arn"])["stageSessions"]:
+            p = ivs.get_participant(stageArn=stage["arn"], sessionId=s["sessionId"],
+                                    participantId=pid)["participant"]
+            if p.get("recordingState") == "STOPPED":
+                return p
+        return None
+
+    p = arun(m.wait_until(recorded, 30, what="the recording STOPPED"))
+    hls = ingest.server.data_dir / "buckets" / bucket / p["recordingS3Prefix"] / "media/hls"
+    dec = subprocess.run(["ffmpeg", "-v", "error", "-i", str(hls / "multivariant.m3u8"), "-f", "null", "-"],
+                         capture_output=True, text=True, timeout=120)
+    assert dec.returncode == 0 and dec.stderr.strip() == "", dec.stderr[-2000:]
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name,width,height",
+                            "-of", "json", str(hls / "high/playlist.m3u8")],
+                           capture_output=True, text=True, timeout=60)
+    import json
+    streams = json.loads(probe.stdout)["streams"]
+    assert {s["codec_name"] for s in streams} == {"h264", "opus"}, probe.stdout
+    assert any((s.get("width"), s.get("height")) == (640, 360) for s in streams), probe.stdout
