@@ -120,9 +120,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         IngestSettings::default(),
     );
     if let Some(bind) = settings.rtmp_bind() {
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("binding RTMP ingest to {bind}"))?;
+        let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| {
+            format!(
+                "binding RTMP ingest to {bind} (another port: --rtmp-port; none: --rtmp-port 0)"
+            )
+        })?;
         tokio::spawn(ingest.clone().serve_plain(listener));
         tracing::info!(%bind, "RTMP ingest listening");
     }
@@ -244,6 +246,12 @@ fn print_banner(
         ),
     }
     println!("  media (UDP)     {media}  (ICE host candidate)");
+    for url in [settings.rtmp_url(), settings.rtmps_url()]
+        .into_iter()
+        .flatten()
+    {
+        println!("  ingest          {url}<streamKey>");
+    }
     println!("  join page       {api}/join?token=<participant token>");
     println!("  JWKS            {api}/.well-known/jwks.json   metrics {api}/metrics");
     println!(
