@@ -227,3 +227,42 @@ def test_the_ingest_participant_is_replicated_and_recorded(ingest, ffmpeg, arun)
     streams = json.loads(probe.stdout)["streams"]
     assert {s["codec_name"] for s in streams} == {"h264", "opus"}, probe.stdout
     assert any((s.get("width"), s.get("height")) == (640, 360) for s in streams), probe.stdout
+
+
+def test_refusals_after_the_key_named_its_configuration_are_recorded(ingest, ffmpeg, arun):
+    """REUSE_OF_STREAM_KEY and INVALID_PROTOCOL become PUBLISH_ERROR events of the
+    configuration's participant while its stage has a running session."""
+    ivs = ingest.client
+    stage, config = make_config(ingest, "RTMPS")
+    pid = config["participantId"]
+    encoder = start_encoder(ffmpeg, ingest.secure_url(config["streamKey"]), seconds=30)
+    m = media()
+    try:
+        session = arun(wait_publishing(ivs, stage["arn"], pid))
+        again = push(ffmpeg, ingest.secure_url(config["streamKey"]), seconds=1, realtime=False)
+        assert again.returncode != 0, "a second stream with a live key was accepted"
+        arun(m.error_event(ivs, stage["arn"], session, pid, "PUBLISH_ERROR", "REUSE_OF_STREAM_KEY"))
+        plain = push(ffmpeg, ingest.url(config["streamKey"]), seconds=1, realtime=False)
+        assert plain.returncode != 0, "plain RTMP to an RTMPS configuration was accepted"
+        arun(m.error_event(ivs, stage["arn"], session, pid, "PUBLISH_ERROR", "INVALID_PROTOCOL"))
+        assert encoder.poll() is None, "the live stream went on"
+    finally:
+        stop(encoder)
+
+
+def test_delete_stage_cuts_the_encoder(ingest, ffmpeg, arun):
+    ivs = ingest.client
+    stage, config = make_config(ingest, "RTMP")
+    encoder = start_encoder(ffmpeg, ingest.url(config["streamKey"]), seconds=30)
+    try:
+        arun(wait_publishing(ivs, stage["arn"], config["participantId"]))
+        ivs.delete_stage(arn=stage["arn"])
+        encoder.wait(timeout=10)
+        assert encoder.returncode != 0, "ffmpeg saw its connection cut"
+    finally:
+        stop(encoder)
+    got = ivs.get_ingest_configuration(arn=config["arn"])["ingestConfiguration"]
+    assert got["stageArn"] == ""
+    m = media()
+    arun(m.wait_until(lambda: ivs.get_ingest_configuration(arn=config["arn"])
+                      ["ingestConfiguration"]["state"] == "INACTIVE", 10, what="INACTIVE"))
