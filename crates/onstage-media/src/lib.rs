@@ -17,6 +17,7 @@
 mod consumer;
 mod feeder;
 mod forwarder;
+pub mod h264;
 mod ingress;
 mod keyframe;
 mod outbox;
