@@ -98,7 +98,7 @@ export async function startOnstage({ prefix = 'onstage-browser-' } = {}) {
   const [port, mediaPort] = [await freeTcpPort(), await freeUdpPort()];
   const base = `http://127.0.0.1:${port}`;
   let serverLog = '';
-  const server = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--media-port', String(mediaPort), '--data-dir', path.join(dataDir, 'data')], {
+  const server = spawn(BIN, ['serve', '--listen', `127.0.0.1:${port}`, '--media-port', String(mediaPort), '--data-dir', path.join(dataDir, 'data'), '--rtmp-port', '0'], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, ONSTAGE_LOG: process.env.ONSTAGE_LOG || 'info' },
   });

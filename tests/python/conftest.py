@@ -80,6 +80,10 @@ class Server:
                 "--data-dir", str(self.data_dir)]
         if self.config_path is not None:
             args += ["--config", str(self.config_path)]
+        # RTMP ingest listens on 1935 by default: servers of the suites run side by
+        # side, so only those that ask for RTMP get it (on a free port).
+        if "--rtmp-port" not in self.extra_args:
+            args += ["--rtmp-port", "0"]
         args += self.extra_args
         env = {k: v for k, v in os.environ.items() if not k.startswith("ONSTAGE_")}
         env.update(self.env)

@@ -25,6 +25,8 @@ pub enum Violation {
     Bitrate(u64),
     #[error("unusable video: {0}")]
     Video(#[from] FlvError),
+    #[error("unusable audio: {0}")]
+    Audio(FlvError),
 }
 
 impl Violation {
@@ -35,6 +37,8 @@ impl Violation {
             Violation::Bitrate(_) => EventErrorCode::BitrateExceeded,
             Violation::Video(FlvError::NotH264(_)) => EventErrorCode::InvalidVideoCodec,
             Violation::Video(_) => EventErrorCode::InvalidInput,
+            Violation::Audio(FlvError::NotAac(_)) => EventErrorCode::InvalidAudioCodec,
+            Violation::Audio(_) => EventErrorCode::InvalidInput,
         }
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! - [`flv`] reads the FLV audio and video tags RTMP carries (AVC decoder
 //!   configuration, length-prefixed NAL units, the composition time offset).
-//! - [`sps`] reads the picture size from an H.264 sequence parameter set.
+//! - [`sps`] (the media plane's `h264` module) reads the picture size from an H.264
+//!   sequence parameter set and the slice type of a slice.
 //! - [`packetize`] turns an access unit's NAL units into RTP payloads without
 //!   transcoding: single NAL unit packets or FU-A fragments, SPS and PPS before each
 //!   IDR, the marker on the access unit's last packet.
@@ -18,9 +19,12 @@
 //! - [`tls`] makes the RTMPS acceptor from a configured certificate, or a
 //!   development certificate generated on first start.
 
+pub mod audio;
 pub mod bridge;
 pub mod flv;
+pub mod live;
 pub mod packetize;
 pub mod server;
-pub mod sps;
 pub mod tls;
+
+pub use onstage_media::h264 as sps;

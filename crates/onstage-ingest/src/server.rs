@@ -12,10 +12,13 @@
 //! allows it, and one stream per configuration at a time.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use onstage_stage::model::{EventErrorCode, IngestConfiguration};
 use onstage_stage::service::StreamKeyRefusal;
 use onstage_stage::{Arn, ControlPlane};
@@ -30,6 +33,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::bridge::{VideoBridge, VideoFrame, Violation};
+use crate::flv::{self, AudioTag};
 
 /// Bytes a client may send before its stream key is accepted: a handshake is
 /// 3,073 bytes, `connect`, `releaseStream`, `FCPublish`, `createStream` and
@@ -58,17 +62,34 @@ impl Default for IngestSettings {
     }
 }
 
-/// Where an accepted stream's video goes. The media plane's feeder implements it;
-/// tests count frames.
+/// Where an accepted stream goes: the stage (`live.rs`: its participant joins and
+/// its media feeds a source); tests count frames.
+#[async_trait]
 pub trait StreamSink: Send + Sync + 'static {
     /// A stream of `config` was accepted; frames follow through the returned feed.
-    fn start(&self, config: &IngestConfiguration, secure: bool) -> Box<dyn StreamFeed>;
+    /// Refused (the stage's publisher quota, the participant disconnected) with
+    /// the reason.
+    async fn start(
+        &self,
+        config: &IngestConfiguration,
+        secure: bool,
+    ) -> Result<Box<dyn StreamFeed>, String>;
+    /// An encoder was refused with `code` after its key named `configuration`
+    /// (plain RTMP where RTMPS is required, a key already live).
+    async fn refused(&self, _configuration: &Arn, _code: EventErrorCode) {}
 }
 
-pub trait StreamFeed: Send {
+pub trait StreamFeed: Send + Sync {
     fn video(&mut self, frame: VideoFrame);
+    /// An AAC message: the AudioSpecificConfig or a raw frame, with its RTMP time.
+    fn audio(&mut self, _timestamp_ms: u32, _tag: AudioTag<'_>) {}
     /// The stream ended: `None` when the encoder stopped, else why it was cut.
     fn end(&mut self, error: Option<EventErrorCode>);
+    /// Resolves when the stage lets go of the stream (DisconnectParticipant,
+    /// DeleteStage): the connection is closed.
+    fn closed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// Why a connection ended, for the log.
@@ -90,6 +111,10 @@ enum End {
     Refused(String),
     #[error("stream cut: {0}")]
     Violation(#[from] Violation),
+    #[error(
+        "the stage let go of the stream (the participant was disconnected or the stage deleted)"
+    )]
+    Released,
 }
 
 pub struct IngestServer {
@@ -213,11 +238,15 @@ impl IngestServer {
                 .map_err(|e| End::Rtmp(format!("{e:?}")))?;
             stream.handle(&mut io, &mut session, results).await?;
             loop {
-                let n = if stream.publishing.is_some() {
-                    match tokio::time::timeout(self.settings.idle_timeout, io.read(&mut buf)).await
-                    {
-                        Ok(n) => n?,
-                        Err(_) => return Err(End::Idle),
+                let n = if let Some(p) = &stream.publishing {
+                    tokio::select! {
+                        read = tokio::time::timeout(self.settings.idle_timeout, io.read(&mut buf)) => {
+                            match read {
+                                Ok(n) => n?,
+                                Err(_) => return Err(End::Idle),
+                            }
+                        }
+                        _ = p.feed.closed() => return Err(End::Released),
                     }
                 } else {
                     let n = read_until(&mut io, &mut buf, deadline).await?;
@@ -345,6 +374,12 @@ impl Stream<'_> {
                     Ok(Ok(config)) => config,
                     Ok(Err(refusal)) => {
                         reject(io, session, request_id, "NetStream.Publish.BadName").await?;
+                        if let StreamKeyRefusal::InsecureRefused(arn) = &refusal {
+                            self.server
+                                .sink
+                                .refused(arn, EventErrorCode::InvalidProtocol)
+                                .await;
+                        }
                         return Err(End::Refused(refusal_text(&refusal)));
                     }
                     Err(e) => {
@@ -354,14 +389,25 @@ impl Stream<'_> {
                 };
                 if !self.server.claim(&config.arn) {
                     reject(io, session, request_id, "NetStream.Publish.BadName").await?;
+                    self.server
+                        .sink
+                        .refused(&config.arn, EventErrorCode::ReuseOfStreamKey)
+                        .await;
                     return Err(End::Refused(format!(
                         "{}: {} already has a live stream",
                         EventErrorCode::ReuseOfStreamKey,
                         config.arn
                     )));
                 }
+                let feed = match self.server.sink.start(&config, self.secure).await {
+                    Ok(feed) => feed,
+                    Err(reason) => {
+                        self.server.release(&config.arn);
+                        reject(io, session, request_id, "NetStream.Publish.Failed").await?;
+                        return Err(End::Refused(reason));
+                    }
+                };
                 tracing::info!(peer = %self.peer, configuration = %config.arn, "RTMP stream accepted");
-                let feed = self.server.sink.start(&config, self.secure);
                 self.publishing = Some(Publishing {
                     arn: config.arn,
                     feed,
@@ -382,6 +428,10 @@ impl Stream<'_> {
                 data, timestamp, ..
             } => {
                 self.bridge.on_audio_bytes(timestamp.value, data.len())?;
+                if let Some(p) = &mut self.publishing {
+                    let tag = flv::audio_tag(&data).map_err(Violation::Audio)?;
+                    p.feed.audio(timestamp.value, tag);
+                }
                 Ok(Vec::new())
             }
             ServerSessionEvent::PublishStreamFinished { .. } => Err(End::Closed),

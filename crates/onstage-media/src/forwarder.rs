@@ -30,13 +30,15 @@ mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use onstage_stage::media::{CloseCause, MediaRefusal, MediaSignal, PeerId, SourceId};
+use onstage_stage::media::{CloseCause, FedPacket, MediaRefusal, MediaSignal, PeerId, SourceId};
 use str0m::net::{Protocol, Receive};
 use str0m::{Event, IceConnectionState, Input, Output as RtcOutput, Rtc};
 
 use crate::consumer::{Consumer, Written};
+use crate::feeder::{Fed, FedParams, FeederLink};
 use crate::pacer::{KeyframePacer, Pace};
 use crate::placement::{IdHash, home_of};
 use crate::producer::{Packet, Producer};
@@ -217,6 +219,10 @@ pub(crate) struct Forwarder {
     local: SocketAddr,
     timeouts: Timeouts,
     peers: HashMap<PeerId, Peer, IdHash>,
+    /// Feeders from outside WebRTC (`feeder.rs`), on their source's home shard.
+    feeders: HashMap<PeerId, Fed, IdHash>,
+    /// What fed packets are forwarded as (None only if str0m could not make them).
+    fed_params: Option<FedParams>,
     by_remote: HashMap<SocketAddr, PeerId>,
     sources: HashMap<SourceId, Source, IdHash>,
     work: VecDeque<Work>,
@@ -247,6 +253,8 @@ impl Forwarder {
             local,
             timeouts,
             peers: HashMap::default(),
+            feeders: HashMap::default(),
+            fed_params: FedParams::new(),
             by_remote: HashMap::new(),
             sources: HashMap::default(),
             work: VecDeque::new(),
@@ -434,18 +442,7 @@ impl Forwarder {
                         "a publisher was placed away from its source's shard".into(),
                     ));
                 }
-                let s = self.sources.entry(source).or_default();
-                let replaced = s.feeder.replace(id);
-                // The new feeder's stream starts over: its subscribers, here and
-                // on other shards, wait for its first keyframe.
-                let attached = s.attached.clone();
-                for shard in attached {
-                    self.tell_shard(shard, Control::Restart(source));
-                }
-                self.await_keyframe(source);
-                if let Some(old) = replaced {
-                    self.close_peer(old, CloseCause::Requested);
-                }
+                self.start_feeding(source, id);
                 Role::Publisher(Producer::new(source))
             }
             NewRole::Subscriber { source } => {
@@ -488,6 +485,61 @@ impl Forwarder {
             },
         );
         Ok(())
+    }
+
+    /// Places a feeder from outside WebRTC (`feeder.rs`) on its source's home
+    /// shard: it replaces the source's feeding peer, as a new publisher does.
+    pub(crate) fn add_feeder(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        source: SourceId,
+        link: Arc<FeederLink>,
+    ) -> Result<(), MediaRefusal> {
+        if !self.is_home(source) {
+            link.close();
+            return Err(MediaRefusal::Internal(
+                "a feeder was placed away from its source's shard".into(),
+            ));
+        }
+        self.feeders.insert(id, Fed::new(id, source, link));
+        self.start_feeding(source, id);
+        self.do_work(now);
+        Ok(())
+    }
+
+    /// A packet from a feeder, forwarded as a publisher's packet is. Packets of a
+    /// feeder that no longer feeds its source are dropped.
+    pub(crate) fn fed(&mut self, now: Instant, id: PeerId, packet: FedPacket) {
+        self.counters.packets_in += 1;
+        self.counters.bytes_in += packet.payload.len() as u64;
+        let (Some(fed), Some(params)) = (self.feeders.get_mut(&id), self.fed_params.as_ref())
+        else {
+            return;
+        };
+        let source = fed.source;
+        if self.sources.get(&source).and_then(|s| s.feeder) != Some(id) {
+            return;
+        }
+        let packet = fed.packet(now, params, packet);
+        self.forward(now, source, packet);
+        self.do_work(now);
+    }
+
+    /// `id` feeds `source` from now on (its entry made here, at its home); the
+    /// new feeder's stream starts over: its subscribers, here and on other
+    /// shards, wait for its first keyframe. The feeder it replaces is closed.
+    fn start_feeding(&mut self, source: SourceId, id: PeerId) {
+        let s = self.sources.entry(source).or_default();
+        let replaced = s.feeder.replace(id);
+        let attached = s.attached.clone();
+        for shard in attached {
+            self.tell_shard(shard, Control::Restart(source));
+        }
+        self.await_keyframe(source);
+        if let Some(old) = replaced {
+            self.close_peer(old, CloseCause::Requested);
+        }
     }
 
     /// The passing of time: peers' timers, postponed keyframe requests, the
@@ -579,6 +631,9 @@ impl Forwarder {
         for (_, mut peer) in self.peers.drain() {
             peer.rtc.disconnect();
         }
+        for (_, fed) in self.feeders.drain() {
+            fed.link.close();
+        }
     }
 
     fn await_keyframe(&mut self, source: SourceId) {
@@ -612,6 +667,17 @@ impl Forwarder {
     }
 
     fn close_peer(&mut self, id: PeerId, cause: CloseCause) {
+        if let Some(fed) = self.feeders.remove(&id) {
+            fed.link.close();
+            if let Some(s) = self.sources.get_mut(&fed.source)
+                && s.feeder == Some(id)
+            {
+                s.feeder = None;
+            }
+            self.out
+                .push_back(Output::Signal(MediaSignal::Closed(id, cause)));
+            return;
+        }
         let Some(mut peer) = self.peers.remove(&id) else {
             return;
         };
@@ -852,6 +918,13 @@ impl Forwarder {
             return;
         }
         let Some(feeder) = s.feeder else { return };
+        if let Some(fed) = self.feeders.get(&feeder) {
+            // An encoder cannot be asked: the request is a hint its owner may
+            // ignore, and subscribers wait for its next keyframe.
+            fed.link.want_keyframe();
+            s.pacer.sent(now);
+            return;
+        }
         let Some(peer) = self.peers.get_mut(&feeder) else {
             return;
         };

@@ -15,7 +15,9 @@
 //! SDP in, SDP out, ids, and [`MediaSignal`]s back.
 
 mod consumer;
+mod feeder;
 mod forwarder;
+pub mod h264;
 mod ingress;
 mod keyframe;
 mod outbox;
@@ -34,7 +36,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use onstage_stage::media::{MediaPlane, MediaRefusal, MediaSignal, PeerId, SourceId};
+use onstage_stage::media::{MediaPlane, MediaRefusal, MediaSignal, PeerId, SourceFeeder, SourceId};
 use str0m::change::SdpOffer;
 use str0m::crypto::CryptoProvider;
 use str0m::rtp::{Extension, ExtensionMap};
@@ -87,6 +89,9 @@ pub struct MediaServer {
 struct Inner {
     /// Each shard's input, by index.
     shards: Vec<mpsc::UnboundedSender<ShardInput>>,
+    /// Each shard's media input (bounded, shed when full), by index: feeders
+    /// push their packets here.
+    data: Vec<mpsc::Sender<shard::ShardData>>,
     loads: Arc<[ShardLoad]>,
     /// Tells the receive loop which shard a new peer's ICE ufrag belongs to.
     routing: mpsc::UnboundedSender<ingress::Routing>,
@@ -261,6 +266,7 @@ impl MediaServer {
         Ok(MediaServer {
             inner: Arc::new(Inner {
                 shards: shard_txs,
+                data: data_txs,
                 loads,
                 routing,
                 next_source: AtomicU64::new(1),
@@ -443,6 +449,34 @@ impl MediaPlane for MediaServer {
     fn request_keyframe(&self, source: SourceId) {
         let home = placement::home_of(source, self.inner.shards.len());
         let _ = self.inner.shards[home].send(ShardInput::Control(Control::RequestKeyframe(source)));
+    }
+
+    fn feed(&self, source: SourceId) -> Result<(PeerId, Box<dyn SourceFeeder>), MediaRefusal> {
+        let stopped = || MediaRefusal::Internal("the media plane has stopped".into());
+        let home = placement::home_of(source, self.inner.shards.len());
+        let id = placement::peer_id(self.inner.next_peer.fetch_add(1, Ordering::Relaxed), home);
+        let link = Arc::new(feeder::FeederLink::default());
+        let mut sources = self.lock_sources();
+        // An RTMP encoder's video is H.264; its audio is made Opus.
+        sources.insert(source, Some(VideoCodec::H264));
+        // Sent on the control queue before any packet on the media queue: the
+        // shard serves control first, so the feeder is placed before its packets.
+        self.inner.shards[home]
+            .send(ShardInput::AddFeeder {
+                id,
+                source,
+                link: link.clone(),
+            })
+            .map_err(|_| stopped())?;
+        Ok((
+            id,
+            Box::new(feeder::FeederHandle {
+                peer: id,
+                data: self.inner.data[home].clone(),
+                control: self.inner.shards[home].clone(),
+                link,
+            }),
+        ))
     }
 }
 

@@ -23,10 +23,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use onstage_stage::media::{MediaRefusal, MediaSignal, PeerId, SourceId};
+use onstage_stage::media::{FedPacket, MediaRefusal, MediaSignal, PeerId, SourceId};
 use str0m::Rtc;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::feeder::FeederLink;
 use crate::forwarder::{Control, Forwarder, NewRole, Output, Timeouts};
 use crate::ingress::Routing;
 use crate::outbox::Outbox;
@@ -53,6 +54,8 @@ pub(crate) enum ShardData {
     },
     /// From the source's home shard: a packet for this shard's subscribers of it.
     Packet { source: SourceId, packet: Packet },
+    /// From a feeder outside WebRTC (`feeder.rs`), for its source's home shard.
+    Fed { peer: PeerId, packet: FedPacket },
 }
 
 /// Everything else a shard is sent: never shed.
@@ -67,6 +70,12 @@ pub(crate) enum ShardInput {
         reply: oneshot::Sender<Result<(), MediaRefusal>>,
     },
     Control(Control),
+    /// A feeder from outside WebRTC for a source whose home is this shard.
+    AddFeeder {
+        id: PeerId,
+        source: SourceId,
+        link: Arc<FeederLink>,
+    },
     /// A recorder's tap on a source whose home is this shard: its packets go
     /// to `tx` too, dropped (and counted) when `tx` is full.
     Tap {
@@ -316,6 +325,7 @@ impl Shard {
             ShardData::Packet { source, packet } => {
                 self.forwarder.packet(Instant::now(), source, &packet)
             }
+            ShardData::Fed { peer, packet } => self.forwarder.fed(Instant::now(), peer, packet),
         }
         if self.forwarder.wants_kick() {
             self.forwarder.kick(Instant::now());
@@ -339,6 +349,11 @@ impl Shard {
                 let _ = reply.send(result);
             }
             ShardInput::Control(control) => self.forwarder.control(now, control),
+            ShardInput::AddFeeder { id, source, link } => {
+                if let Err(e) = self.forwarder.add_feeder(now, id, source, link) {
+                    tracing::error!(error = %e, "a feeder could not be placed");
+                }
+            }
             ShardInput::Tap { source, tx } => {
                 self.taps.insert(source, tx);
                 self.forwarder

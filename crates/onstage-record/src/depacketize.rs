@@ -266,120 +266,14 @@ pub fn opus_duration(packet: &[u8]) -> Option<u32> {
 }
 
 /// Width and height from an H.264 sequence parameter set (the NAL unit, header
-/// byte included), cropping applied.
+/// byte included), cropping applied: the media plane's reader
+/// (`onstage_media::h264`), in the sizes an init segment holds.
 pub fn sps_size(sps: &[u8]) -> Option<(u16, u16)> {
-    // Remove emulation prevention bytes.
-    let mut rbsp = Vec::with_capacity(sps.len());
-    let mut zeros = 0;
-    for &b in sps.get(1..)? {
-        if zeros >= 2 && b == 3 {
-            zeros = 0;
-            continue;
-        }
-        zeros = if b == 0 { zeros + 1 } else { 0 };
-        rbsp.push(b);
-    }
-    let mut r = Bits { data: &rbsp, at: 0 };
-    let profile = r.bits(8)?;
-    r.bits(16)?; // constraints, level
-    r.ue()?; // sps id
-    let mut chroma_format = 1;
-    if matches!(
-        profile,
-        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
-    ) {
-        chroma_format = r.ue()?;
-        if chroma_format == 3 {
-            r.bits(1)?;
-        }
-        r.ue()?;
-        r.ue()?;
-        r.bits(1)?;
-        if r.bits(1)? == 1 {
-            for i in 0..if chroma_format == 3 { 12 } else { 8 } {
-                if r.bits(1)? == 1 {
-                    let size = if i < 6 { 16 } else { 64 };
-                    let (mut last, mut next) = (8i64, 8i64);
-                    for _ in 0..size {
-                        if next != 0 {
-                            next = (last + r.se()? + 256) % 256;
-                        }
-                        if next != 0 {
-                            last = next;
-                        }
-                    }
-                }
-            }
-        }
-    }
-    r.ue()?; // log2_max_frame_num
-    let poc_type = r.ue()?;
-    if poc_type == 0 {
-        r.ue()?;
-    } else if poc_type == 1 {
-        r.bits(1)?;
-        r.se()?;
-        r.se()?;
-        for _ in 0..r.ue()? {
-            r.se()?;
-        }
-    }
-    r.ue()?; // max refs
-    r.bits(1)?;
-    let width_mbs = r.ue()? + 1;
-    let height_units = r.ue()? + 1;
-    let frame_mbs_only = r.bits(1)?;
-    if frame_mbs_only == 0 {
-        r.bits(1)?;
-    }
-    r.bits(1)?;
-    let (mut cl, mut cr, mut ct, mut cb) = (0, 0, 0, 0);
-    if r.bits(1)? == 1 {
-        cl = r.ue()?;
-        cr = r.ue()?;
-        ct = r.ue()?;
-        cb = r.ue()?;
-    }
-    let (sub_w, sub_h) = if chroma_format == 1 { (2, 2) } else { (1, 1) };
-    let width = width_mbs * 16 - sub_w * (cl + cr);
-    let height =
-        (2 - frame_mbs_only) * height_units * 16 - sub_h * (2 - frame_mbs_only) * (ct + cb);
-    Some((u16::try_from(width).ok()?, u16::try_from(height).ok()?))
-}
-
-struct Bits<'a> {
-    data: &'a [u8],
-    at: usize,
-}
-
-impl Bits<'_> {
-    fn bit(&mut self) -> Option<u32> {
-        let byte = *self.data.get(self.at / 8)?;
-        let bit = (byte >> (7 - self.at % 8)) & 1;
-        self.at += 1;
-        Some(u32::from(bit))
-    }
-    fn bits(&mut self, n: u32) -> Option<u32> {
-        let mut v = 0;
-        for _ in 0..n {
-            v = (v << 1) | self.bit()?;
-        }
-        Some(v)
-    }
-    fn ue(&mut self) -> Option<u32> {
-        let mut zeros = 0;
-        while self.bit()? == 0 {
-            zeros += 1;
-            if zeros > 31 {
-                return None;
-            }
-        }
-        Some((1u32 << zeros) - 1 + self.bits(zeros)?)
-    }
-    fn se(&mut self) -> Option<i64> {
-        let v = i64::from(self.ue()?);
-        Some(if v % 2 == 1 { (v + 1) / 2 } else { -(v / 2) })
-    }
+    let size = onstage_media::h264::picture_size(sps)?;
+    Some((
+        u16::try_from(size.width).ok()?,
+        u16::try_from(size.height).ok()?,
+    ))
 }
 
 #[cfg(test)]

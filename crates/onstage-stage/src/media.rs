@@ -96,4 +96,57 @@ pub trait MediaPlane: Send + Sync + 'static {
     /// Asks the source's publisher for a keyframe now (a replication starting);
     /// rate-limited like subscribers' requests. A source without a publisher ignores it.
     fn request_keyframe(&self, _source: SourceId) {}
+    /// A feeder for `source` that is not a WebRTC peer (an RTMP encoder): its
+    /// packets reach the source's subscribers as a publisher's do, replacing
+    /// (and closing) the peer that fed it before. The `PeerId` names the feeder
+    /// like a publisher's peer: `close_peer` closes it, and a `Closed` signal
+    /// follows its end. Subscribers of the source are offered H.264 video.
+    fn feed(&self, _source: SourceId) -> Result<(PeerId, Box<dyn SourceFeeder>), MediaRefusal> {
+        Err(MediaRefusal::Internal(
+            "this media plane cannot be fed from outside WebRTC".into(),
+        ))
+    }
+}
+
+/// What a fed packet carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FedKind {
+    /// Opus, 48 kHz RTP clock.
+    Audio,
+    /// H.264 (packetization mode 1), 90 kHz RTP clock.
+    Video,
+}
+
+/// One RTP-ready packet fed into a source by something that is not a WebRTC peer
+/// (an RTMP encoder's bridge): the payload as it goes on the wire, and what a
+/// subscriber's RTP header needs. Sequence numbers are the media plane's.
+#[derive(Clone, Debug)]
+pub struct FedPacket {
+    pub kind: FedKind,
+    /// RTP timestamp: 90 kHz for video, 48 kHz for audio, from one clock.
+    pub time: u32,
+    /// The last packet of a video access unit.
+    pub marker: bool,
+    /// The first packet of a keyframe (with its parameter sets), where a
+    /// subscriber's video may start.
+    pub keyframe_start: bool,
+    pub payload: std::sync::Arc<[u8]>,
+}
+
+/// Feeds one source from outside WebRTC (BEHAVIOUR §10): packets go to the
+/// source's home shard as its publisher's would. Dropping it is the publisher
+/// leaving: the media plane lets go of the feeder (subscribers stay until the
+/// source closes).
+pub trait SourceFeeder: Send + Sync {
+    /// Delivers a packet without waiting: `false` when it was dropped (the home
+    /// shard is behind, or the feeder was closed).
+    fn push(&self, packet: FedPacket) -> bool;
+    /// Whether a subscriber asked for a keyframe since the last call. An encoder
+    /// that cannot be asked may ignore it.
+    fn take_keyframe_request(&self) -> bool;
+    /// Whether the media plane closed the feeder (its source closed, or another
+    /// publisher replaced it).
+    fn is_closed(&self) -> bool;
+    /// Resolves when the media plane closes the feeder.
+    fn closed(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>;
 }

@@ -55,10 +55,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ONSTAGE_MEDIA_PORT", value_name = "PORT")]
     pub media_port: Option<u16>,
     /// TCP port of RTMP ingest (encoders publishing with an ingest configuration's
-    /// stream key, e.g. 1935); ingest is off unless set
+    /// stream key) [default: 1935; 0 turns plain RTMP off]
     #[arg(long, env = "ONSTAGE_RTMP_PORT", value_name = "PORT")]
     pub rtmp_port: Option<u16>,
-    /// TCP port of RTMPS ingest (e.g. 443 or 1936); off unless set
+    /// TCP port of RTMPS ingest (e.g. 443 or 1936); off unless set (or 0)
     #[arg(long, env = "ONSTAGE_RTMPS_PORT", value_name = "PORT")]
     pub rtmps_port: Option<u16>,
     /// PEM certificate chain of RTMPS [default: a self-signed development
@@ -141,6 +141,9 @@ pub enum LogFormat {
     Text,
     Json,
 }
+
+/// RTMP's usual port, where encoders look first (BEHAVIOUR §10.5).
+pub const DEFAULT_RTMP_PORT: u16 = 1935;
 
 /// The optional TOML file. Same names as the flags, with underscores.
 #[derive(Debug, Default, Deserialize)]
@@ -341,8 +344,13 @@ impl Settings {
                 .media_port
                 .or(file.media_port)
                 .unwrap_or(DEFAULT_MEDIA_PORT),
-            rtmp_port: args.rtmp_port.or(file.rtmp_port),
-            rtmps_port: args.rtmps_port.or(file.rtmps_port),
+            rtmp_port: Some(
+                args.rtmp_port
+                    .or(file.rtmp_port)
+                    .unwrap_or(DEFAULT_RTMP_PORT),
+            )
+            .filter(|p| *p != 0),
+            rtmps_port: args.rtmps_port.or(file.rtmps_port).filter(|p| *p != 0),
             rtmps_tls: match (
                 args.rtmps_cert.or(file.rtmps_cert),
                 args.rtmps_key.or(file.rtmps_key),
@@ -511,6 +519,21 @@ fn seconds(name: &str, value: Option<f64>, default: f64) -> anyhow::Result<std::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rtmp_listens_on_1935_unless_turned_off_and_rtmps_only_when_asked() {
+        let s = Settings::resolve(ServeArgs::default()).unwrap();
+        assert_eq!(s.rtmp_port, Some(1935));
+        assert_eq!(s.rtmps_port, None);
+        let off = Settings::resolve(ServeArgs {
+            rtmp_port: Some(0),
+            rtmps_port: Some(0),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!((off.rtmp_port, off.rtmps_port), (None, None));
+        assert_eq!(off.rtmp_url(), None);
+    }
 
     #[test]
     fn the_rtmp_endpoint_uses_the_public_host() {

@@ -10,11 +10,11 @@ use anyhow::Context;
 use clap::Parser;
 use onstage_api::server::HttpLimits;
 use onstage_api::{AccessKey, ApiState, Credentials};
-use onstage_ingest::server::{IngestServer, IngestSettings, StreamFeed, StreamSink};
+use onstage_ingest::live::LiveSink;
+use onstage_ingest::server::{IngestServer, IngestSettings};
 use onstage_media::{MediaConfig, MediaServer};
 use onstage_record::{Buckets, MediaRecorder, S3Settings, StorageSettings};
 use onstage_stage::live::{LiveConfig, LivePlane};
-use onstage_stage::model::IngestConfiguration;
 use onstage_stage::{ControlPlane, ControlPlaneConfig};
 use onstage_store::SqliteStore;
 use tracing_subscriber::EnvFilter;
@@ -45,26 +45,6 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
-    }
-}
-
-/// Ingest streams are accepted, checked and repacketized, but the media plane has no
-/// feeder for them yet: their frames end here.
-struct UnforwardedStreams;
-
-impl StreamSink for UnforwardedStreams {
-    fn start(&self, config: &IngestConfiguration, _secure: bool) -> Box<dyn StreamFeed> {
-        tracing::warn!(configuration = %config.arn, "ingest media is not forwarded to subscribers yet");
-        Box::new(UnforwardedStreams)
-    }
-}
-
-impl StreamFeed for UnforwardedStreams {
-    fn video(&mut self, _frame: onstage_ingest::bridge::VideoFrame) {}
-    fn end(&mut self, error: Option<onstage_stage::model::EventErrorCode>) {
-        if let Some(code) = error {
-            tracing::info!(%code, "ingest stream cut");
-        }
     }
 }
 
@@ -136,13 +116,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let ingest = IngestServer::new(
         control.clone(),
-        Arc::new(UnforwardedStreams),
+        Arc::new(LiveSink::new(live.clone())),
         IngestSettings::default(),
     );
     if let Some(bind) = settings.rtmp_bind() {
-        let listener = tokio::net::TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("binding RTMP ingest to {bind}"))?;
+        let listener = tokio::net::TcpListener::bind(bind).await.with_context(|| {
+            format!(
+                "binding RTMP ingest to {bind} (another port: --rtmp-port; none: --rtmp-port 0)"
+            )
+        })?;
         tokio::spawn(ingest.clone().serve_plain(listener));
         tracing::info!(%bind, "RTMP ingest listening");
     }
@@ -265,6 +247,12 @@ fn print_banner(
         ),
     }
     println!("  media (UDP)     {media}  (ICE host candidate)");
+    for url in [settings.rtmp_url(), settings.rtmps_url()]
+        .into_iter()
+        .flatten()
+    {
+        println!("  ingest          {url}<streamKey>");
+    }
     println!("  join page       {api}/join?token=<participant token>");
     println!("  JWKS            {api}/.well-known/jwks.json   metrics {api}/metrics");
     println!(

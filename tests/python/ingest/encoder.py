@@ -6,10 +6,12 @@ import subprocess
 
 
 def push_args(ffmpeg: str, url: str, *, seconds: float = 2.0, size: str = "640x360", bframes: int = 0,
-              profile: str = "baseline", realtime: bool = True) -> list[str]:
-    """ffmpeg pushing a test pattern and a 440 Hz tone as H.264 + AAC in FLV over RTMP."""
+              profile: str = "baseline", realtime: bool = True, colour: str | None = None) -> list[str]:
+    """ffmpeg pushing a test pattern (or a solid `colour`) and a 440 Hz tone as H.264 +
+    AAC in FLV over RTMP."""
+    video = f"color=c={colour}:s={size}:r=30" if colour else f"testsrc=size={size}:rate=30"
     return [ffmpeg, "-nostdin", "-v", "error", *(["-re"] if realtime else []),
-            "-f", "lavfi", "-i", f"testsrc=size={size}:rate=30",
+            "-f", "lavfi", "-i", video,
             "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000",
             "-t", str(seconds), "-c:v", "libx264", "-profile:v", profile, "-bf", str(bframes),
             "-g", "30", "-pix_fmt", "yuv420p", "-preset", "ultrafast",

@@ -1,8 +1,8 @@
 """RTMP ingest with a real encoder (Debian's ffmpeg) against `onstage serve
 --rtmp-port` (BEHAVIOUR §10.5–§10.6): what is accepted and what is refused.
 
-Media reaching subscribers is not built yet (the media plane has no feeder for an
-ingest stream); these tests cover the RTMP server, the stream key and the limits."""
+These tests cover the RTMP server, the stream key and the limits; media reaching
+subscribers and the ingest participant's record are test_ingest_media.py's."""
 
 import subprocess
 import time

@@ -126,7 +126,7 @@ class PinnedServer:
             sys.exit(f"no onstage binary at {self.binary}: `cargo build --release -p onstage` or set ONSTAGE_BIN")
         self.args = ([] if self.cpus is None else ["taskset", "-c", self.cpus]) + [
             str(self.binary), "serve", "--listen", f"127.0.0.1:{self.port}",
-            "--media-port", str(self.media_port), "--data-dir", str(self.data_dir)]
+            "--media-port", str(self.media_port), "--data-dir", str(self.data_dir), "--rtmp-port", "0"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("ONSTAGE_")}
         # `taskset -c` execs the server, so the pid we get is the server's.
         self.proc = subprocess.Popen(self.args, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,

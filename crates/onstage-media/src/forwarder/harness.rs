@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use onstage_stage::media::{CloseCause, MediaSignal, PeerId, SourceId};
+use onstage_stage::media::{CloseCause, FedPacket, MediaSignal, PeerId, SourceId};
 use str0m::change::SdpAnswer;
 use str0m::format::Codec;
 use str0m::media::{Direction as MediaDirection, MediaKind, Mid};
@@ -16,6 +16,7 @@ use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, Input, Output as RtcOutput, Rtc, RtcConfig};
 
 use super::{Control, Forwarder, NewRole, Output, Timeouts};
+use crate::feeder::FeederLink;
 use crate::placement::{home_of, peer_id};
 use crate::{Direction, PeerConfig, VideoCodec, answer_offer, local_ufrag};
 
@@ -71,6 +72,8 @@ pub(super) struct Net {
     pub(super) tapped: Vec<(SourceId, bool)>,
     pub(super) untapped: Vec<SourceId>,
     next_peer: u64,
+    /// The video codecs a new peer's answer accepts (VP8 unless a test says).
+    pub(super) video_codecs: Vec<VideoCodec>,
     /// Datagrams from clients, on their way to the forwarders.
     up: VecDeque<(usize, Vec<u8>)>,
 }
@@ -113,6 +116,7 @@ impl Net {
             learned: Vec::new(),
             packets_between_shards: 0,
             next_peer: 1,
+            video_codecs: vec![VideoCodec::Vp8],
             up: VecDeque::new(),
         }
     }
@@ -187,7 +191,7 @@ impl Net {
         let (server_rtc, answer) = answer_offer(
             &self.config,
             &offer.to_sdp_string(),
-            &[VideoCodec::Vp8],
+            &self.video_codecs,
             direction,
             self.now,
         )
@@ -492,6 +496,27 @@ impl Net {
             MediaSignal::Closed(p, cause) if *p == peer => Some(*cause),
             _ => None,
         })
+    }
+
+    /// A feeder from outside WebRTC for `source`, on its home shard.
+    pub(super) fn feed(&mut self, source: SourceId) -> (PeerId, Arc<FeederLink>) {
+        let shard = home_of(source, self.forwarders.len());
+        let peer = peer_id(self.next_peer, shard);
+        self.next_peer += 1;
+        let link = Arc::new(FeederLink::default());
+        self.forwarders[shard]
+            .add_feeder(self.now, peer, source, link.clone())
+            .expect("the feeder placed");
+        self.settle();
+        (peer, link)
+    }
+
+    /// A packet from feeder `peer` of `source`, then everything it sets moving.
+    pub(super) fn push_fed(&mut self, source: SourceId, peer: PeerId, packet: FedPacket) {
+        let now = self.now;
+        let shard = home_of(source, self.forwarders.len());
+        self.forwarders[shard].fed(now, peer, packet);
+        self.settle();
     }
 
     pub(super) fn control(&mut self, shard: usize, control: Control) {

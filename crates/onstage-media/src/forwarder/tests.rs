@@ -2,12 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-use onstage_stage::media::{CloseCause, MediaRefusal, MediaSignal, SourceId};
+use onstage_stage::media::{
+    CloseCause, FedKind, FedPacket, MediaRefusal, MediaSignal, PeerId, SourceId,
+};
 use str0m::Rtc;
 use str0m::media::MediaKind;
 
 use super::harness::{Net, Received};
 use super::{Control, Forwarder, MAX_ADDRESSES_PER_PEER, NewRole, Output, Timeouts};
+use crate::VideoCodec;
 use crate::placement::peer_id;
 
 const MS: Duration = Duration::from_millis(1);
@@ -510,4 +513,132 @@ fn a_tapped_source_outputs_each_packet_once_more_until_it_closes() {
     assert_eq!(net.video_received(subscriber).len(), 3 + 3 + 2);
     net.control(home, Control::CloseSource(SourceId(1)));
     assert_eq!(net.untapped, [SourceId(1)]);
+}
+
+/// A fed (RTMP-bridged) video packet: the frame's number after a byte that says
+/// whether it starts a keyframe.
+fn fed_video(frame: u32, index: u8, key: bool, last: bool) -> FedPacket {
+    let mut payload = vec![if key && index == 0 { 24 } else { 28 }, index];
+    payload.extend_from_slice(&frame.to_be_bytes());
+    payload.resize(500, 0x5a);
+    FedPacket {
+        kind: FedKind::Video,
+        time: frame * 3000,
+        marker: last,
+        keyframe_start: key && index == 0,
+        payload: payload.into(),
+    }
+}
+
+fn fed_frame(net: &mut Net, source: SourceId, feeder: PeerId, frame: u32, key: bool) {
+    for i in 0..3u8 {
+        net.push_fed(source, feeder, fed_video(frame, i, key, i == 2));
+    }
+    net.push_fed(
+        source,
+        feeder,
+        FedPacket {
+            kind: FedKind::Audio,
+            time: frame * 1600,
+            marker: false,
+            keyframe_start: false,
+            payload: vec![0xfc; 60].into(),
+        },
+    );
+    net.run_for(33 * MS);
+}
+
+fn fed_frame_number(r: &Received) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&r.payload[2..6]);
+    u32::from_be_bytes(b)
+}
+
+#[test]
+fn fed_packets_reach_subscribers_on_every_shard_from_a_keyframe() {
+    let mut net = Net::new(2);
+    net.video_codecs = vec![VideoCodec::H264];
+    let source = SourceId(1);
+    let (feeder, link) = net.feed(source);
+    let here = net.subscribe(source, 1);
+    let there = net.subscribe(source, 0);
+    net.connect();
+    fed_frame(&mut net, source, feeder, 1, false);
+    fed_frame(&mut net, source, feeder, 2, false);
+    for c in [here, there] {
+        assert!(net.video_received(c).is_empty(), "video before a keyframe");
+    }
+    net.run_for(150 * MS);
+    assert!(
+        link.take_keyframe_request(),
+        "a waiting subscriber's keyframe request reaches the feeder"
+    );
+    fed_frame(&mut net, source, feeder, 3, true);
+    fed_frame(&mut net, source, feeder, 4, false);
+    for c in [here, there] {
+        let video = net.video_received(c);
+        assert_eq!(video.len(), 6, "client {c}");
+        assert_eq!(video[0].payload[0], 24, "video begins at the keyframe");
+        assert_eq!(fed_frame_number(&video[0]), 3);
+        assert_eq!(fed_frame_number(&video[5]), 4);
+        assert_eq!(video[0].payload.len(), 500, "the payload unchanged");
+        assert_one_stream(&video);
+        let audio = net.clients[c]
+            .received
+            .iter()
+            .filter(|r| r.kind == MediaKind::Audio)
+            .count();
+        assert_eq!(audio, 4, "client {c}: audio starts anywhere");
+    }
+}
+
+#[test]
+fn closing_a_feeder_keeps_subscribers_and_closing_the_source_ends_them() {
+    let mut net = Net::new(1);
+    net.video_codecs = vec![VideoCodec::H264];
+    let source = SourceId(1);
+    let (feeder, link) = net.feed(source);
+    let sub = net.subscribe(source, 0);
+    net.connect();
+    fed_frame(&mut net, source, feeder, 1, true);
+    assert_eq!(net.video_received(sub).len(), 3);
+    // The feeder's owner goes (its handle dropped): the publisher left.
+    net.control(0, Control::ClosePeer(feeder));
+    assert_eq!(net.closed(feeder), Some(CloseCause::Requested));
+    assert!(link.is_closed());
+    let sub_peer = net.clients[sub].peer;
+    assert_eq!(
+        net.closed(sub_peer),
+        None,
+        "the subscriber waits for a new feeder"
+    );
+    // A new feeder of the same source: its subscribers restart at its keyframe.
+    let (again, _link) = net.feed(source);
+    fed_frame(&mut net, source, again, 10, false);
+    assert_eq!(net.video_received(sub).len(), 3);
+    fed_frame(&mut net, source, again, 11, true);
+    let video = net.video_received(sub);
+    assert_eq!(video.len(), 6);
+    assert_one_stream(&video);
+    // A stale feeder's packets go nowhere.
+    fed_frame(&mut net, source, feeder, 2, true);
+    assert_eq!(net.video_received(sub).len(), 6);
+    net.control(0, Control::CloseSource(source));
+    assert_eq!(net.closed(sub_peer), Some(CloseCause::SourceClosed));
+    assert_eq!(net.closed(again), Some(CloseCause::Requested));
+    assert!(
+        _link.is_closed(),
+        "the feeder's owner learns the source closed"
+    );
+}
+
+#[test]
+fn fed_packets_of_a_tapped_source_reach_the_tap() {
+    let mut net = Net::new(1);
+    let source = SourceId(1);
+    let (feeder, _link) = net.feed(source);
+    net.control(0, Control::Tap { source, on: true });
+    fed_frame(&mut net, source, feeder, 1, true);
+    assert_eq!(net.tapped.len(), 4);
+    assert!(net.tapped[0].1, "the first packet starts a keyframe");
 }

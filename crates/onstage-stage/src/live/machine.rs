@@ -41,8 +41,9 @@ use std::sync::Arc;
 use crate::ids::{Arn, IdSource};
 use crate::media::{CloseCause, PeerId, SourceId};
 use crate::model::{
-    Attributes, ClientAttributes, EventName, Participant, ParticipantEvent, ParticipantProtocol,
-    ParticipantState, RecordingState, ReplicationState, ReplicationType, StopReason,
+    Attributes, ClientAttributes, EventErrorCode, EventName, Participant, ParticipantEvent,
+    ParticipantProtocol, ParticipantState, RecordingState, ReplicationState, ReplicationType,
+    StopReason,
 };
 use crate::store::LiveWrite;
 use crate::time_fmt::UnixMillis;
@@ -291,6 +292,168 @@ pub struct StageMachine {
     next_order: u64,
     /// Set when the stage is being deleted: everything is refused.
     closed: bool,
+    /// Participants published by an RTMP(S) encoder (BEHAVIOUR §10), while on the stage.
+    ingest: HashMap<String, IngestOrigin>,
+}
+
+/// Where an ingest participant's stream comes from: its record says so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestOrigin {
+    pub protocol: ParticipantProtocol,
+    pub configuration_arn: String,
+}
+
+// ----- ingest (BEHAVIOUR §10) ------------------------------------------------------
+
+impl StageMachine {
+    /// An RTMP(S) stream accepted into the slot [`StageMachine::admit`] gave its
+    /// configuration's participant: a publish like a WHIP publisher's (`JOINED`,
+    /// `PUBLISH_STARTED`), whose feeder `peer` is not a WebRTC peer, recorded with
+    /// its protocol and configuration.
+    pub fn ingest_accepted(
+        &mut self,
+        joiner: &Joiner,
+        origin: IngestOrigin,
+        conn: ConnectionId,
+        peer: PeerId,
+        source: SourceId,
+        now: UnixMillis,
+    ) -> Effects {
+        self.ingest.insert(joiner.participant_id.clone(), origin);
+        self.publish_accepted(joiner, conn, peer, source, now)
+    }
+
+    /// An ingest stream failed or was cut with `code` (a B-frame, a limit, a key
+    /// refused): a `PUBLISH_ERROR` with the code, in the running session only (as
+    /// any refusal; on an idle stage the server's log has it).
+    pub fn ingest_error(
+        &self,
+        participant_id: &str,
+        code: EventErrorCode,
+        now: UnixMillis,
+    ) -> Effects {
+        let mut fx = Effects::default();
+        if let Some(session_id) = &self.session {
+            let mut event = self.event(participant_id, EventName::PublishError, None, now);
+            event.error_code = Some(code);
+            fx.writes.push(LiveWrite::AppendEvent {
+                session_id: session_id.clone(),
+                event,
+            });
+        }
+        fx
+    }
+}
+
+#[cfg(test)]
+mod ingest_tests {
+    use super::*;
+    use crate::ids::{Account, ResourceKind, SequentialIds};
+    use crate::token::Capabilities;
+
+    const T0: UnixMillis = 1_700_000_000_000;
+
+    fn stage() -> StageMachine {
+        let account = Account {
+            id: "000000000000".into(),
+            region: "us-east-1".into(),
+        };
+        StageMachine::new(
+            Arn::new(&account, ResourceKind::Stage, "stageINGEST1"),
+            StageLimits {
+                max_publishers: 12,
+                max_subscribers: 10,
+            },
+            Arc::new(SequentialIds::new()),
+        )
+    }
+
+    fn encoder() -> Joiner {
+        Joiner {
+            participant_id: "ingestPid".into(),
+            user_id: Some("studio".into()),
+            attributes: [("room".to_owned(), "a".to_owned())].into(),
+            capabilities: Capabilities {
+                allow_publish: true,
+                allow_subscribe: false,
+            },
+            client: ClientAttributes::default(),
+        }
+    }
+
+    fn records(fx: &Effects) -> Vec<Participant> {
+        fx.writes
+            .iter()
+            .filter_map(|w| match w {
+                LiveWrite::UpsertParticipant { participant, .. } => Some((**participant).clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_ingest_stream_joins_as_a_publisher_recorded_with_its_protocol_and_configuration() {
+        let mut m = stage();
+        let j = encoder();
+        let Ok(Admission::Publish { source: None }) = m.admit(&j, Action::Publish, None, false)
+        else {
+            panic!("a fresh publish");
+        };
+        let origin = IngestOrigin {
+            protocol: ParticipantProtocol::Rtmps,
+            configuration_arn: "arn:aws:ivs:us-east-1:000000000000:ingest-configuration/c1".into(),
+        };
+        let fx = m.ingest_accepted(
+            &j,
+            origin.clone(),
+            ConnectionId(1),
+            PeerId(7),
+            SourceId(3),
+            T0,
+        );
+        assert_eq!(fx.event_names(), ["JOINED", "PUBLISH_STARTED"]);
+        for r in records(&fx) {
+            assert_eq!(r.protocol, ParticipantProtocol::Rtmps);
+            assert_eq!(
+                r.ingest_configuration_arn.as_deref(),
+                Some(origin.configuration_arn.as_str())
+            );
+            assert_eq!(r.user_id.as_deref(), Some("studio"));
+        }
+        assert_eq!(m.publishing_source("ingestPid"), Some(SourceId(3)));
+
+        // Cut for a B-frame: the error event, then the publish ends as any.
+        let fx = m.ingest_error("ingestPid", EventErrorCode::BFramePresent, T0 + 10);
+        assert_eq!(fx.event_names(), ["PUBLISH_ERROR"]);
+        let LiveWrite::AppendEvent { event, .. } = &fx.writes[0] else {
+            panic!("an event");
+        };
+        assert_eq!(event.error_code, Some(EventErrorCode::BFramePresent));
+        let fx = m.connection_closed(ConnectionId(1), T0 + 10);
+        assert_eq!(fx.event_names(), ["PUBLISH_STOPPED", "LEFT"]);
+        assert_eq!(fx.close_sources, vec![SourceId(3)]);
+        let left = records(&fx);
+        assert_eq!(
+            left.last().map(|r| r.protocol),
+            Some(ParticipantProtocol::Rtmps)
+        );
+        assert!(m.is_idle());
+
+        // The same participant id publishing later over WHIP is recorded as WHIP.
+        let fx = m.publish_accepted(&j, ConnectionId(2), PeerId(8), SourceId(4), T0 + 20);
+        assert!(records(&fx).iter().all(
+            |r| r.protocol == ParticipantProtocol::Whip && r.ingest_configuration_arn.is_none()
+        ));
+    }
+
+    #[test]
+    fn an_ingest_error_on_an_idle_stage_records_nothing() {
+        let m = stage();
+        assert!(
+            m.ingest_error("ingestPid", EventErrorCode::InvalidProtocol, T0)
+                .is_empty()
+        );
+    }
 }
 
 /// Checks BEHAVIOUR §6's preconditions 3–5 of StartParticipantReplication, in order, on
@@ -374,6 +537,7 @@ impl StageMachine {
             sources_in_session: BTreeSet::new(),
             next_order: 0,
             closed: false,
+            ingest: HashMap::new(),
         }
     }
 
@@ -1413,6 +1577,7 @@ impl StageMachine {
         fx.writes
             .push(self.append(&session_id, pid, EventName::Left, None, now));
         self.participants.remove(pid);
+        self.ingest.remove(pid);
         self.end_session_if_empty(now, fx);
     }
 
@@ -1500,8 +1665,11 @@ impl StageMachine {
                 client: p.client.clone(),
                 recording_state: RecordingState::Disabled,
                 recording: None,
-                protocol: ParticipantProtocol::Whip,
-                ingest_configuration_arn: None,
+                protocol: self
+                    .ingest
+                    .get(pid)
+                    .map_or(ParticipantProtocol::Whip, |i| i.protocol),
+                ingest_configuration_arn: self.ingest.get(pid).map(|i| i.configuration_arn.clone()),
                 replication_type,
                 replication_state,
                 source_stage_arn,

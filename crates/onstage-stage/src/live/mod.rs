@@ -40,9 +40,10 @@ use crate::model::{Attributes, ClientAttributes, EventErrorCode, EventName};
 use crate::token::{Capabilities, TokenRejection};
 
 pub use machine::{
-    Admission, ConnectionId, CrossStage, Effects, EventsClose, StageLimits, StageMachine,
+    Admission, ConnectionId, CrossStage, Effects, EventsClose, IngestOrigin, StageLimits,
+    StageMachine,
 };
-pub use plane::{Accepted, EventsSubscription, EventsUpdate, LiveConfig, LivePlane};
+pub use plane::{Accepted, EventsSubscription, EventsUpdate, IngestStream, LiveConfig, LivePlane};
 pub use replication::{FeedOrigin, LocalReplicaFeeds, ReplicaFeeds};
 
 /// At most this many publishers per stage (IVS's quota), replicas included.

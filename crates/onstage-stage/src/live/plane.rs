@@ -31,10 +31,12 @@ use rand::Rng;
 use rand::distr::Alphanumeric;
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot, watch};
 
+use super::machine::IngestOrigin;
 use crate::clock::Clock;
 use crate::error::{DomainError, StoreError};
 use crate::ids::{Account, Arn, IdSource};
-use crate::media::{CloseCause, MediaPlane, MediaSignal, PeerId};
+use crate::media::{CloseCause, MediaPlane, MediaSignal, PeerId, SourceFeeder};
+use crate::model::{ClientAttributes, EventErrorCode, IngestConfiguration, ParticipantProtocol};
 use crate::model::{EventName, RecordingPlace};
 use crate::recording::{Recorder, RecordingSignal};
 use crate::service::{
@@ -43,6 +45,7 @@ use crate::service::{
 };
 use crate::store::LiveWrite;
 use crate::time_fmt::UnixMillis;
+use crate::token::Capabilities;
 use crate::token::{ParticipantClaims, TokenIssuer};
 
 use super::client;
@@ -1596,5 +1599,195 @@ impl LiveStages for LivePlane {
             }
         })
         .await;
+    }
+}
+
+// ----- ingest (BEHAVIOUR §10) ------------------------------------------------------
+
+/// An RTMP(S) stream on its stage: the ingest participant's publish. Its feeder
+/// takes the stream's packets; [`LivePlane::ingest_ended`] ends it.
+pub struct IngestStream {
+    pub stage: Arn,
+    pub participant_id: String,
+    pub configuration: Arn,
+    /// Shared with whatever produces packets off the caller's task (the audio
+    /// transcoder's thread); let go of everywhere when the stream ends.
+    pub feeder: Arc<dyn SourceFeeder>,
+    conn: ConnectionId,
+}
+
+impl LivePlane {
+    /// An encoder's stream was accepted for `config` (which has a stage): its
+    /// participant joins the stage's running session (or a new one) and publishes
+    /// into a new source fed by the returned stream (`JOINED`,
+    /// `PUBLISH_STARTED`, the record with `protocol` and
+    /// `ingestConfigurationArn`), and the configuration is `ACTIVE`. Refused as a
+    /// WHIP publish would be (a revoked participant id, the publisher quota, the
+    /// stage being deleted), with the error event recorded.
+    pub async fn ingest_started(
+        &self,
+        config: &IngestConfiguration,
+        protocol: ParticipantProtocol,
+    ) -> Result<IngestStream, Refusal> {
+        let stage = config
+            .stage_arn
+            .as_deref()
+            .and_then(Arn::parse)
+            .ok_or_else(|| Refusal::internal("the ingest configuration has no stage"))?;
+        let joiner = Joiner {
+            participant_id: config.participant_id.clone(),
+            user_id: config.user_id.clone(),
+            attributes: config.attributes.clone(),
+            capabilities: Capabilities {
+                allow_publish: true,
+                allow_subscribe: false,
+            },
+            client: ClientAttributes::default(),
+        };
+        let origin = IngestOrigin {
+            protocol,
+            configuration_arn: config.arn.to_string(),
+        };
+        let (slot, mut inner) = self.lock_stage(&stage).await;
+        let result = self.ingest_locked(&slot, &mut inner, &joiner, origin).await;
+        let session = inner.machine.session_id().map(str::to_owned);
+        self.release(&stage, &slot, inner).await;
+        let (conn, feeder) = result?;
+        if let Some(session) = session
+            && let Err(e) = self
+                .control
+                .ingest_stream_changed(&config.arn, Some((&stage, &session)), self.now())
+                .await
+        {
+            tracing::error!(configuration = %config.arn, error = %e, "could not record the ingest stream as live");
+        }
+        Ok(IngestStream {
+            stage,
+            participant_id: joiner.participant_id,
+            configuration: config.arn.clone(),
+            feeder: Arc::from(feeder),
+            conn,
+        })
+    }
+
+    async fn ingest_locked(
+        &self,
+        slot: &StageSlot,
+        inner: &mut StageInner,
+        joiner: &Joiner,
+        origin: IngestOrigin,
+    ) -> Result<(ConnectionId, Box<dyn SourceFeeder>), Refusal> {
+        let pid = &joiner.participant_id;
+        let revoked = self
+            .control
+            .store()
+            .is_participant_revoked(inner.machine.stage(), pid)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not check revocations");
+                Refusal::internal("internal error")
+            });
+        let admission =
+            revoked.and_then(|revoked| inner.machine.admit(joiner, Action::Publish, None, revoked));
+        let source = match admission {
+            Ok(Admission::Publish { source }) => source,
+            Ok(_) => return Err(Refusal::internal("not a publish admission")),
+            Err(refusal) => {
+                return Err(self
+                    .refuse_locked(slot, inner, pid, Action::Publish, None, refusal)
+                    .await);
+            }
+        };
+        let (source, fresh) = match source {
+            Some(existing) => (existing, false),
+            None => (self.media.new_source(), true),
+        };
+        let (peer, feeder) = match self.media.feed(source) {
+            Ok(fed) => fed,
+            Err(refused) => {
+                if fresh {
+                    self.media.close_source(source);
+                }
+                let refusal = Refusal::from_media(refused);
+                return Err(self
+                    .refuse_locked(slot, inner, pid, Action::Publish, None, refusal)
+                    .await);
+            }
+        };
+        let conn = ConnectionId(self.next_connection.fetch_add(1, Ordering::Relaxed));
+        let fx = inner
+            .machine
+            .ingest_accepted(joiner, origin, conn, peer, source, self.now());
+        let stage = inner.machine.stage().clone();
+        let (_resource, early_close) = self.register(&stage, conn, peer);
+        if self.execute(slot, inner, fx).await.is_err() {
+            return Err(self.unrecorded(slot, inner, conn).await);
+        }
+        if let Some(cause) = early_close {
+            let fx = inner.machine.peer_closed(peer, cause, self.now());
+            let _ = self.execute(slot, inner, fx).await;
+        }
+        Ok((conn, feeder))
+    }
+
+    /// The stream ended: the encoder stopped (`error` None) or it was cut for
+    /// `error` (recorded as a `PUBLISH_ERROR` with that code first). The
+    /// participant stops publishing and leaves as a WHIP publisher would (a
+    /// replicated one keeps its source for the reconnect window), and the
+    /// configuration is `INACTIVE`. A stream the stage already ended
+    /// (DisconnectParticipant, DeleteStage) only updates the configuration.
+    pub async fn ingest_ended(&self, stream: IngestStream, error: Option<EventErrorCode>) {
+        if let Some((slot, mut inner)) = self.lock_existing_stage(&stream.stage).await {
+            let now = self.now();
+            if let Some(code) = error
+                && inner.machine.is_connected(&stream.participant_id)
+            {
+                let fx = inner
+                    .machine
+                    .ingest_error(&stream.participant_id, code, now);
+                let _ = self.execute(&slot, &mut inner, fx).await;
+            }
+            let fx = inner.machine.connection_closed(stream.conn, now);
+            let _ = self.execute(&slot, &mut inner, fx).await;
+            self.release(&stream.stage, &slot, inner).await;
+        }
+        // Let go of the feeder once the machine has, so its close is an echo.
+        drop(stream.feeder);
+        if let Err(e) = self
+            .control
+            .ingest_stream_changed(&stream.configuration, None, self.now())
+            .await
+        {
+            tracing::error!(configuration = %stream.configuration, error = %e, "could not record the ingest stream's end");
+        }
+    }
+
+    /// An encoder was refused after its key named `configuration`
+    /// (plain RTMP where RTMPS is required, the key already live): a
+    /// `PUBLISH_ERROR` with `code` for its participant, when its stage has a
+    /// running session (DECISIONS.md).
+    pub async fn ingest_refused(&self, configuration: &Arn, code: EventErrorCode) {
+        let account = Account {
+            id: configuration.account.clone(),
+            region: configuration.region.clone(),
+        };
+        let Ok(config) = self
+            .control
+            .get_ingest_configuration(&account, &configuration.to_string())
+            .await
+        else {
+            return;
+        };
+        let Some(stage) = config.stage_arn.as_deref().and_then(Arn::parse) else {
+            return;
+        };
+        let Some((slot, mut inner)) = self.lock_existing_stage(&stage).await else {
+            return;
+        };
+        let fx = inner
+            .machine
+            .ingest_error(&config.participant_id, code, self.now());
+        let _ = self.execute(&slot, &mut inner, fx).await;
+        self.release(&stage, &slot, inner).await;
     }
 }

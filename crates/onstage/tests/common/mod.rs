@@ -78,6 +78,13 @@ impl Server {
             .arg(media_port.to_string())
             .arg("--data-dir")
             .arg(data_dir)
+            // RTMP ingest listens on 1935 by default; tests run servers side by
+            // side, so only those that ask for RTMP get it.
+            .args(if extra_args.contains(&"--rtmp-port") {
+                &[][..]
+            } else {
+                &["--rtmp-port", "0"][..]
+            })
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file handle"))

@@ -1,6 +1,8 @@
 //! The picture size of an H.264 sequence parameter set (ITU-T H.264 §7.3.2.1.1),
 //! and the slice type of a slice header (§7.3.3), read with Exp-Golomb codes after
-//! removing emulation-prevention bytes.
+//! removing emulation-prevention bytes. One reader for every part of onstage that
+//! looks into H.264: the ingest bridge (limits, B-frames) and the recorder (the
+//! init segment's size).
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PictureSize {
