@@ -266,3 +266,35 @@ def test_delete_stage_cuts_the_encoder(ingest, ffmpeg, arun):
     m = media()
     arun(m.wait_until(lambda: ivs.get_ingest_configuration(arn=config["arn"])
                       ["ingestConfiguration"]["state"] == "INACTIVE", 10, what="INACTIVE"))
+
+
+def test_more_than_720p_is_recorded_as_a_publish_error(ingest, ffmpeg, arun):
+    ivs = ingest.client
+    stage, config = make_config(ingest, "RTMP")
+    pid = config["participantId"]
+    p = push(ffmpeg, ingest.url(config["streamKey"]), seconds=5, size="1920x1080", realtime=False)
+    assert p.returncode != 0, "a 1080p stream must be cut"
+    m = media()
+    sessions = ivs.list_stage_sessions(stageArn=stage["arn"])["stageSessions"]
+    assert sessions, "the encoder's participant joined its stage"
+    session = sessions[0]["sessionId"]
+    arun(m.error_event(ivs, stage["arn"], session, pid, "PUBLISH_ERROR", "RESOLUTION_EXCEEDED",
+                       timeout=10))
+    names = [e["name"] for e in reversed(m.participant_events(ivs, stage["arn"], session, pid))]
+    assert names[-2:] == ["PUBLISH_STOPPED", "LEFT"], names
+
+
+def test_more_than_8_5_mbps_is_recorded_as_a_publish_error(ingest, ffmpeg, arun):
+    ivs = ingest.client
+    stage, config = make_config(ingest, "RTMP")
+    pid = config["participantId"]
+    p = push(ffmpeg, ingest.url(config["streamKey"]), seconds=6, noisy=True, realtime=False)
+    assert p.returncode != 0, "a stream over 8.5 Mbps must be cut"
+    m = media()
+    sessions = ivs.list_stage_sessions(stageArn=stage["arn"])["stageSessions"]
+    assert sessions, "the encoder's participant joined its stage"
+    session = sessions[0]["sessionId"]
+    arun(m.error_event(ivs, stage["arn"], session, pid, "PUBLISH_ERROR", "BITRATE_EXCEEDED",
+                       timeout=10))
+    names = [e["name"] for e in reversed(m.participant_events(ivs, stage["arn"], session, pid))]
+    assert names[-2:] == ["PUBLISH_STOPPED", "LEFT"], names
