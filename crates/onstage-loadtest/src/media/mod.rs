@@ -4,7 +4,8 @@
 //! Why it exists: browser-grade clients (aiortc, Chromium) cost far more CPU per
 //! peer than the SFU they talk to, so they cannot load one core of a server past
 //! a few dozen subscribers. This tool's peers are str0m `Rtc`s like the
-//! server's own, fed synthetic frames ([`synth`]) instead of an encoder's, and
+//! server's own, fed synthetic frames ([`synth`]) instead of an encoder's (or
+//! a real encoder's H.264 file, looped: [`h264file`], `--video-file`), and
 //! its subscribers stop at RTP (no depacketizing, no decoding), many per socket
 //! and thread ([`shard`], [`net`]).
 //!
@@ -15,6 +16,7 @@
 //! leave, check the participant list and delete the rooms. Signaling goes
 //! through a [`target::Target`], so the same load runs against onstage or Janus.
 
+mod h264file;
 mod http;
 mod janus;
 mod net;
@@ -40,9 +42,10 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use self::h264file::H264File;
 use self::net::LoopbackAddresses;
 use self::peer::{PeerFactory, local_addr};
-use self::report::{ChurnResult, MediaReport, Reading, SecondSample, Step, Window};
+use self::report::{ChurnResult, MediaReport, PublisherTime, Reading, SecondSample, Step, Window};
 use self::shard::{NewPeer, NewRole, Shard};
 use self::stats::{Failures, Percentiles, Totals};
 use self::synth::{VideoCodec, VideoShape};
@@ -130,8 +133,24 @@ pub struct MediaArgs {
     /// Bytes of each 20 ms audio frame (Opus at ~64 kbit/s: 160).
     #[arg(long, default_value_t = 160, value_parser = clap::value_parser!(u32).range(40..=1200))]
     pub audio_bytes: u32,
-    #[arg(long, value_enum, default_value = "vp8")]
-    pub codec: VideoCodec,
+    /// Video codec of the synthetic publishers [default: vp8; h264 with --video-file].
+    #[arg(long, value_enum)]
+    pub codec: Option<VideoCodec>,
+    /// Publish the access units of this H.264 Annex B file, looped, instead of
+    /// synthetic frames (a stream a recorder can decode): its frame rate comes
+    /// from the file's SPS (else --fps); --bitrate and --keyframe-interval do
+    /// not apply. E.g. `ffmpeg -f lavfi -i testsrc2=s=1280x720:r=30 -t 10
+    /// -c:v libx264 -profile:v baseline -bf 0 -g 60 -b:v 2500k -f h264 FILE`.
+    #[arg(long)]
+    pub video_file: Option<PathBuf>,
+    /// onstage target: create a storage configuration for this bucket and
+    /// every stage of the run with automatic participant recording into it.
+    #[arg(long)]
+    pub record_bucket: Option<String>,
+    /// With --record-bucket: a thumbnail every this many seconds (1-86400,
+    /// SEQUENTIAL); without it, thumbnails are off.
+    #[arg(long, requires = "record_bucket", value_parser = clap::value_parser!(u32).range(1..=86400))]
+    pub record_thumbnail_interval: Option<u32>,
     /// Publishers pace video as libwebrtc does, at this many times --bitrate
     /// (a keyframe then takes ~100 ms to send); 0 sends each frame as one burst.
     #[arg(long, default_value_t = 2.5)]
@@ -226,6 +245,11 @@ struct Plan {
     bitrate: u64,
     fps: u32,
     codec: VideoCodec,
+    /// The H.264 file published instead of synthetic frames.
+    video_file: Option<PathBuf>,
+    /// Stages record every publisher into this bucket.
+    record_bucket: Option<String>,
+    record_thumbnail_interval_seconds: Option<u32>,
     pacing_factor: f64,
     delta_frame_bytes: usize,
     keyframe_bytes: usize,
@@ -234,7 +258,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn from_args(a: &MediaArgs) -> anyhow::Result<Plan> {
+    fn from_args(a: &MediaArgs, shape: &VideoShape) -> anyhow::Result<Plan> {
         let (stages, publishers, subscribers, replications, churn, meeting) = match a.scenario {
             None => (1, 1, 10, 0, 0.0, false),
             Some(Scenario::Fanout) => (1, 1, 50, 0, 0.0, false),
@@ -242,7 +266,6 @@ impl Plan {
             Some(Scenario::Replication) => (1, 1, 20, 5, 0.0, false),
             Some(Scenario::Churn) => (1, 1, 20, 0, 10.0, false),
         };
-        let shape = VideoShape::new(a.codec, a.bitrate, a.fps, a.keyframe_interval);
         let plan = Plan {
             stages: a.stages.unwrap_or(stages),
             publishers: a.publishers.unwrap_or(publishers),
@@ -254,9 +277,12 @@ impl Plan {
             churn_hold_seconds: a.churn_hold.as_secs_f64(),
             steps: a.step_subscribers.clone(),
             duration_seconds: a.duration.as_secs_f64(),
-            bitrate: a.bitrate,
-            fps: a.fps,
-            codec: a.codec,
+            bitrate: shape.bits_per_second,
+            fps: shape.fps,
+            codec: shape.codec,
+            video_file: a.video_file.clone(),
+            record_bucket: a.record_bucket.clone(),
+            record_thumbnail_interval_seconds: a.record_thumbnail_interval,
             pacing_factor: a.pacing_factor,
             delta_frame_bytes: shape.delta_bytes,
             keyframe_bytes: shape.key_bytes,
@@ -269,6 +295,9 @@ impl Plan {
                     .map_or(1, |n| u32::try_from(n.get()).unwrap_or(64).min(64))
             }),
         };
+        if plan.record_bucket.is_some() && a.target != TargetKind::Onstage {
+            bail!("--record-bucket needs the onstage target");
+        }
         if plan.stages == 0 || plan.publishers == 0 {
             bail!("--stages and --publishers must be at least 1");
         }
@@ -301,6 +330,7 @@ struct PublisherPeer {
     shard: usize,
     local: Ipv4Addr,
     publisher_id: String,
+    connected_at: Instant,
     session: Box<dyn Session>,
 }
 
@@ -315,6 +345,8 @@ struct Ctx {
     /// Subscriber peers that should be connected now (for the progress line).
     wanted_subscribers: AtomicU64,
     shape: VideoShape,
+    /// The real stream publishers send, if any.
+    file: Option<Arc<H264File>>,
     audio_bytes: usize,
     pacing_factor: f64,
 }
@@ -357,6 +389,7 @@ async fn publish(ctx: &Ctx, room: &Room, index: u32, user: &str) -> anyhow::Resu
             shape: ctx.shape,
             audio_bytes: ctx.audio_bytes,
             pacing_factor: ctx.pacing_factor,
+            file: ctx.file.clone(),
         },
         on_connected: Some(tell),
     })?;
@@ -367,6 +400,7 @@ async fn publish(ctx: &Ctx, room: &Room, index: u32, user: &str) -> anyhow::Resu
     Ok(PublisherPeer {
         shard,
         local,
+        connected_at: Instant::now(),
         publisher_id: published.publisher_id,
         session: published.session,
     })
@@ -657,15 +691,56 @@ async fn measure(ctx: &Ctx, monitor: &Arc<Mutex<Monitor>>, period: Duration) -> 
     Window::between(&start, &end, &m.seconds)
 }
 
+/// The video every publisher sends: synthetic frames of the codec, or a file's.
+fn video_source(args: &MediaArgs) -> anyhow::Result<(VideoShape, Option<Arc<H264File>>)> {
+    let Some(path) = &args.video_file else {
+        let codec = args.codec.unwrap_or(VideoCodec::Vp8);
+        let shape = VideoShape::new(codec, args.bitrate, args.fps, args.keyframe_interval);
+        return Ok((shape, None));
+    };
+    if args.codec == Some(VideoCodec::Vp8) {
+        bail!("--codec vp8 cannot send --video-file, an H.264 stream");
+    }
+    let file = H264File::read(path)?;
+    let fps = file.fps.unwrap_or(f64::from(args.fps));
+    let (delta_bytes, key_bytes, gop) = file.shape();
+    let shape = VideoShape {
+        codec: VideoCodec::H264,
+        bits_per_second: file.bits_per_second(fps),
+        // The frame clock ticks in whole frames per second (29.97 → 30).
+        fps: (fps.round() as u32).max(1),
+        gop,
+        delta_bytes,
+        key_bytes,
+    };
+    eprintln!(
+        "video file {}: {} frames at {fps} fps, {} kbit/s, a keyframe every {gop} frames",
+        path.display(),
+        file.frames.len(),
+        shape.bits_per_second / 1000,
+    );
+    Ok((shape, Some(file)))
+}
+
 pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
-    let plan = Plan::from_args(&args)?;
+    let (shape, file) = video_source(&args)?;
+    let plan = Plan::from_args(&args, &shape)?;
     let target: Box<dyn Target> = match args.target {
-        TargetKind::Onstage => Box::new(onstage::Onstage::new(
-            &args.endpoint,
-            &args.access_key_id,
-            &args.secret_access_key,
-            &args.region,
-        )?),
+        TargetKind::Onstage => {
+            let mut onstage = onstage::Onstage::new(
+                &args.endpoint,
+                &args.access_key_id,
+                &args.secret_access_key,
+                &args.region,
+            )?;
+            if let Some(bucket) = &args.record_bucket {
+                onstage
+                    .record_into(bucket, args.record_thumbnail_interval)
+                    .await
+                    .context("could not set up recording")?;
+            }
+            Box::new(onstage)
+        }
         TargetKind::Janus => {
             if args.janus_url.is_none() {
                 // Janus needs the benchmark namespace (see `janus`); entering it
@@ -679,7 +754,7 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
                 cpus: args.janus_cpus.clone(),
                 debug_level: args.janus_debug_level,
                 event_loops: args.janus_event_loops,
-                codec: args.codec,
+                codec: shape.codec,
             };
             Box::new(janus::JanusTarget::connect(&settings).await?)
         }
@@ -694,7 +769,6 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
     let shards = (0..plan.sockets as usize)
         .map(|i| Shard::start(i, args.socket_buffer, failures.clone()))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let shape = VideoShape::new(args.codec, args.bitrate, args.fps, args.keyframe_interval);
     let ctx = Arc::new(Ctx {
         target,
         factory: PeerFactory::new()?,
@@ -710,6 +784,7 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
         next_shard: AtomicUsize::new(0),
         wanted_subscribers: AtomicU64::new(0),
         shape,
+        file,
         audio_bytes: args.audio_bytes as usize,
         pacing_factor: args.pacing_factor,
     });
@@ -775,7 +850,12 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
             }
         }
     }
+    let mut publisher_times = Vec::new();
     for p in publishers.drain(..) {
+        publisher_times.push(PublisherTime {
+            publisher_id: p.publisher_id.clone(),
+            seconds: p.connected_at.elapsed().as_secs_f64(),
+        });
         ctx.shards[p.shard].remove(p.local);
         if let Err(e) = p.session.leave().await {
             ctx.failures
@@ -813,6 +893,7 @@ pub async fn run(args: MediaArgs) -> anyhow::Result<MediaReport> {
         failures: failures.snapshot(),
         churn,
         connected_after_leaving,
+        publishers: publisher_times,
     };
     report.print();
     if let Some(path) = &args.json {

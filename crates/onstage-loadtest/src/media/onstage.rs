@@ -26,6 +26,9 @@ pub struct Onstage {
     signer: Signer,
     /// Each stage's WHIP endpoint, by stage ARN.
     whip: Mutex<HashMap<String, Url>>,
+    /// Every stage's `autoParticipantRecordingConfiguration`, with the storage
+    /// configuration this run created (deleted at the end); none without recording.
+    recording: Option<(Value, String)>,
 }
 
 impl Onstage {
@@ -39,7 +42,42 @@ impl Onstage {
             api: api::Target::parse(endpoint)?,
             signer: Signer::new(access_key_id, secret_access_key, region, "ivs"),
             whip: Mutex::new(HashMap::new()),
+            recording: None,
         })
+    }
+
+    /// Makes every stage created from now on record its publishers into
+    /// `bucket` (a storage configuration made here), with a thumbnail every
+    /// `thumbnail_interval` seconds if given.
+    pub async fn record_into(
+        &mut self,
+        bucket: &str,
+        thumbnail_interval: Option<u32>,
+    ) -> anyhow::Result<()> {
+        let created = self
+            .call(
+                "CreateStorageConfiguration",
+                json!({ "name": format!("load-{}", api::unix_now()), "s3": { "bucketName": bucket } }),
+            )
+            .await?;
+        let Some(arn) = created
+            .pointer("/storageConfiguration/arn")
+            .and_then(Value::as_str)
+        else {
+            bail!(
+                "CreateStorageConfiguration answered without storageConfiguration.arn: {created}"
+            );
+        };
+        let thumbnails = match thumbnail_interval {
+            Some(seconds) => json!({
+                "recordingMode": "INTERVAL", "storage": ["SEQUENTIAL"], "targetIntervalSeconds": seconds,
+            }),
+            None => json!({ "recordingMode": "DISABLED" }),
+        };
+        let settings =
+            json!({ "storageConfigurationArn": arn, "thumbnailConfiguration": thumbnails });
+        self.recording = Some((settings, arn.to_owned()));
+        Ok(())
     }
 
     async fn call(&self, operation: &str, body: Value) -> anyhow::Result<Value> {
@@ -162,7 +200,11 @@ impl Target for Onstage {
     }
 
     async fn create_room(&self, name: &str, _publishers: u32) -> anyhow::Result<Room> {
-        let created = self.call("CreateStage", json!({ "name": name })).await?;
+        let mut request = json!({ "name": name });
+        if let Some((settings, _)) = &self.recording {
+            request["autoParticipantRecordingConfiguration"] = settings.clone();
+        }
+        let created = self.call("CreateStage", request).await?;
         let arn = created.pointer("/stage/arn").and_then(Value::as_str);
         let whip = created
             .pointer("/stage/endpoints/whip")
@@ -266,6 +308,14 @@ impl Target for Onstage {
             }),
         )
         .await?;
+        Ok(())
+    }
+
+    async fn shutdown(&self) -> anyhow::Result<()> {
+        if let Some((_, arn)) = &self.recording {
+            self.call("DeleteStorageConfiguration", json!({ "arn": arn }))
+                .await?;
+        }
         Ok(())
     }
 

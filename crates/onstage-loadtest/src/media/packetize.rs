@@ -1,4 +1,5 @@
-//! RTP packetization of the synthetic frames, done here rather than by str0m so
+//! RTP packetization of the synthetic frames (and of a real H.264 stream's
+//! access units, [`h264_access_unit`]), done here rather than by str0m so
 //! that every packet can carry a [`Stamp`] and so that the packets are the ones
 //! a browser would send.
 //!
@@ -22,7 +23,11 @@
 //! The marker bit is set on a video frame's last packet; all packets of a frame
 //! share its RTP timestamp (the caller's); no payload exceeds [`MAX_PAYLOAD`].
 //!
-//! Every packet's payload carries a stamp right after the descriptor or codec
+//! A real stream's slices are sent byte for byte (single NAL unit or FU-A), so
+//! only the SEI NAL unit put in front of each of its frames carries a stamp:
+//! latency and frame counts then come from one packet per video frame.
+//!
+//! Every synthetic packet's payload carries a stamp right after the descriptor or codec
 //! header (a VP8 frame's first packet: after the descriptor and the payload
 //! header). Its send time is written when the packet is handed to str0m, by
 //! [`OutPacket::stamp_sent`], so that a subscriber measures each packet's own
@@ -60,14 +65,17 @@ pub struct OutPacket {
     pub payload: Vec<u8>,
     /// The last packet of a video frame.
     pub marker: bool,
-    /// Where the stamp starts in `payload`.
-    pub stamp_at: usize,
+    /// Where the stamp starts in `payload`; `None` for the packets of a real
+    /// stream's slices, which carry none (see [`h264_access_unit`]).
+    pub stamp_at: Option<usize>,
 }
 
 impl OutPacket {
-    /// Writes the send time into the packet's stamp.
+    /// Writes the send time into the packet's stamp, if it has one.
     pub fn stamp_sent(&mut self, sent_ns: u64) {
-        Stamp::set_sent_ns(&mut self.payload[self.stamp_at..], sent_ns);
+        if let Some(at) = self.stamp_at.and_then(|at| self.payload.get_mut(at..)) {
+            Stamp::set_sent_ns(at, sent_ns);
+        }
     }
 }
 
@@ -102,7 +110,7 @@ pub fn audio_frame(size: usize, stamp: &Stamp) -> OutPacket {
     OutPacket {
         payload,
         marker: false,
-        stamp_at: 1,
+        stamp_at: Some(1),
     }
 }
 
@@ -150,7 +158,7 @@ fn vp8_frame(
         out.push(OutPacket {
             payload,
             marker: false,
-            stamp_at,
+            stamp_at: Some(stamp_at),
         });
     }
 }
@@ -174,7 +182,7 @@ fn h264_frame(out: &mut Vec<OutPacket>, keyframe: bool, size: usize, stamp: &Sta
         out.push(OutPacket {
             payload,
             marker: false,
-            stamp_at: 1,
+            stamp_at: Some(1),
         });
         return;
     }
@@ -200,13 +208,20 @@ fn h264_frame(out: &mut Vec<OutPacket>, keyframe: bool, size: usize, stamp: &Sta
         out.push(OutPacket {
             payload,
             marker: false,
-            stamp_at: 2,
+            stamp_at: Some(2),
         });
     }
 }
 
-/// A STAP-A (RFC 6184 §5.7.1) with the SPS, the PPS and an SEI carrying the stamp.
+/// A STAP-A (RFC 6184 §5.7.1) with the synthetic SPS and PPS and an SEI carrying the stamp.
 fn stap_a_parameter_sets(stamp: &Stamp) -> OutPacket {
+    let (sei, stamp_in_sei) = stamp_sei(stamp);
+    stap_a(&[&SPS[..], &PPS[..], &sei[..]], 2, stamp_in_sei)
+}
+
+/// An SEI NAL unit (user data unregistered) whose payload is `stamp`, and
+/// where in it the stamp starts. Decoders skip it; a subscriber finds it.
+fn stamp_sei(stamp: &Stamp) -> (Vec<u8>, usize) {
     let mut sei = Vec::with_capacity(3 + SEI_UUID.len() + STAMP_LEN + 1);
     sei.push(NAL_SEI); // nal_ref_idc 0
     sei.push(SEI_USER_DATA_UNREGISTERED);
@@ -215,13 +230,20 @@ fn stap_a_parameter_sets(stamp: &Stamp) -> OutPacket {
     let stamp_in_sei = sei.len();
     stamp.write(&mut sei);
     sei.push(0x80); // rbsp_trailing_bits
-    // NRI of an aggregation packet: the highest of its NAL units' (the SPS's 3).
-    let mut payload = vec![0x60 | NAL_STAP_A];
-    let mut stamp_at = 0;
-    for nal in [&SPS[..], &PPS[..], &sei[..]] {
+    (sei, stamp_in_sei)
+}
+
+/// One STAP-A of `nals`; the stamp is at `stamp_in` bytes into NAL unit
+/// `stamp_nal`.
+fn stap_a(nals: &[&[u8]], stamp_nal: usize, stamp_in: usize) -> OutPacket {
+    // NRI of an aggregation packet: the highest of its NAL units'.
+    let nri = nals.iter().map(|n| n[0] & 0x60).max().unwrap_or(0);
+    let mut payload = vec![nri | NAL_STAP_A];
+    let mut stamp_at = None;
+    for (i, nal) in nals.iter().enumerate() {
         payload.extend_from_slice(&(nal.len() as u16).to_be_bytes());
-        if nal[0] & 0x1F == NAL_SEI {
-            stamp_at = payload.len() + stamp_in_sei;
+        if i == stamp_nal {
+            stamp_at = Some(payload.len() + stamp_in);
         }
         payload.extend_from_slice(nal);
     }
@@ -229,6 +251,85 @@ fn stap_a_parameter_sets(stamp: &Stamp) -> OutPacket {
         payload,
         marker: false,
         stamp_at,
+    }
+}
+
+/// Appends the packets of one access unit of a real H.264 stream (see
+/// `h264file`) to `out`: first the stamp, as an SEI NAL unit — in one STAP-A
+/// with the parameter sets before a keyframe, alone otherwise — then each
+/// slice as it is, a single NAL unit packet or FU-A fragments. Only that
+/// first packet carries a stamp: the slices' bytes are the encoder's. The
+/// marker goes on the last packet.
+pub fn h264_access_unit(
+    out: &mut Vec<OutPacket>,
+    parameter_sets: &[Vec<u8>],
+    slices: &[Vec<u8>],
+    stamp: &Stamp,
+) {
+    let first = out.len();
+    let (sei, stamp_in_sei) = stamp_sei(stamp);
+    let mut head: Vec<&[u8]> = parameter_sets.iter().map(Vec::as_slice).collect();
+    let stamp_nal = head.len();
+    head.push(&sei);
+    let stap_len: usize = 1 + head.iter().map(|n| 2 + n.len()).sum::<usize>();
+    if head.len() > 1 && stap_len <= MAX_PAYLOAD && head.iter().all(|n| !n.is_empty()) {
+        out.push(stap_a(&head, stamp_nal, stamp_in_sei));
+    } else {
+        for nal in &head[..stamp_nal] {
+            nal_unit(out, nal);
+        }
+        out.push(OutPacket {
+            payload: sei,
+            marker: false,
+            stamp_at: Some(stamp_in_sei),
+        });
+    }
+    for slice in slices {
+        nal_unit(out, slice);
+    }
+    if out.len() > first
+        && let Some(last) = out.last_mut()
+    {
+        last.marker = true;
+    }
+}
+
+/// One NAL unit as a single NAL unit packet (RFC 6184 §5.6) when it fits,
+/// else as FU-A fragments (§5.8) of even sizes.
+fn nal_unit(out: &mut Vec<OutPacket>, nal: &[u8]) {
+    let Some((&header, body)) = nal.split_first() else {
+        return;
+    };
+    if nal.len() <= MAX_PAYLOAD {
+        out.push(OutPacket {
+            payload: nal.to_vec(),
+            marker: false,
+            stamp_at: None,
+        });
+        return;
+    }
+    let indicator = (header & 0xE0) | NAL_FU_A;
+    let parts: Vec<usize> = even_split(body.len(), MAX_PAYLOAD - 2).collect();
+    let last = parts.len() - 1;
+    let mut at = 0;
+    for (i, &part) in parts.iter().enumerate() {
+        let mut fu_header = header & 0x1F;
+        if i == 0 {
+            fu_header |= 0x80;
+        }
+        if i == last {
+            fu_header |= 0x40;
+        }
+        let mut payload = Vec::with_capacity(2 + part);
+        payload.push(indicator);
+        payload.push(fu_header);
+        payload.extend_from_slice(&body[at..at + part]);
+        at += part;
+        out.push(OutPacket {
+            payload,
+            marker: false,
+            stamp_at: None,
+        });
     }
 }
 
@@ -398,6 +499,63 @@ mod tests {
         assert_eq!(nals[0][0], 0x41);
         assert!(!nals[0].windows(3).any(|w| w == [0, 0, 1]));
         check_common(&mut big);
+    }
+
+    #[test]
+    fn real_access_units_keep_their_slices_and_carry_one_stamp() {
+        let sps = vec![0x67, 0x42, 0xc0, 0x1f, 0xd9];
+        let pps = vec![0x68, 0xcb, 0x8c, 0xb2];
+        // An IDR slice of 5,000 bytes with every byte value in it.
+        let idr: Vec<u8> = std::iter::once(0x65)
+            .chain((0..4_999u32).map(|i| (i * 7) as u8))
+            .collect();
+        let mut out = Vec::new();
+        h264_access_unit(
+            &mut out,
+            &[sps.clone(), pps.clone()],
+            std::slice::from_ref(&idr),
+            &STAMP,
+        );
+        assert_eq!(out[0].payload[0], 0x60 | NAL_STAP_A);
+        let nals = h264_nal_units(&out);
+        assert_eq!(nals[0], sps);
+        assert_eq!(nals[1], pps);
+        assert_eq!(nals[2][0], NAL_SEI);
+        assert_eq!(nals[3], idr, "the slice arrives byte for byte");
+        assert_eq!(nals.len(), 4);
+        assert!(out.iter().all(|p| p.payload.len() <= MAX_PAYLOAD));
+        assert_eq!(
+            out.iter().map(|p| p.marker).collect::<Vec<_>>(),
+            (0..out.len())
+                .map(|i| i == out.len() - 1)
+                .collect::<Vec<_>>()
+        );
+        out[0].stamp_sent(77);
+        assert_eq!(
+            Stamp::find(&out[0].payload),
+            Some(Stamp {
+                sent_ns: 77,
+                ..STAMP
+            })
+        );
+        assert!(out[1..].iter().all(|p| p.stamp_at.is_none()));
+
+        // A delta frame: the stamp's SEI alone, then the slice as one packet.
+        let p = vec![0x41, 0x9a, 0x02, 0x00, 0x00, 0x03, 0x01];
+        let mut out = Vec::new();
+        h264_access_unit(&mut out, &[], std::slice::from_ref(&p), &STAMP);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].payload[0], NAL_SEI);
+        assert_eq!(out[1].payload, p);
+        assert!(out[1].marker && !out[0].marker);
+        out[0].stamp_sent(5);
+        assert_eq!(
+            Stamp::find(&out[0].payload),
+            Some(Stamp {
+                sent_ns: 5,
+                ..STAMP
+            })
+        );
     }
 
     #[test]

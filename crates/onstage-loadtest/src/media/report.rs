@@ -279,6 +279,15 @@ pub struct MediaReport {
     /// Participants still CONNECTED a few seconds after every peer left (None
     /// when the target cannot list participants).
     pub connected_after_leaving: Option<u64>,
+    /// Each publisher's id on the target and how long it published: from its
+    /// connection to its leave request (what a recording of it should last).
+    pub publishers: Vec<PublisherTime>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PublisherTime {
+    pub publisher_id: String,
+    pub seconds: f64,
 }
 
 impl MediaReport {

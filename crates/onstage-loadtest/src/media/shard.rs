@@ -24,6 +24,7 @@ use str0m::rtp::{RtpPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Output, Rtc};
 use tokio::sync::oneshot;
 
+use super::h264file::{FileCursor, H264File};
 use super::net::{RecvBatch, SharedSocket};
 use super::packetize::{self, OutPacket};
 use super::stats::{Failures, StreamStats, Totals};
@@ -70,6 +71,8 @@ pub enum NewRole {
         audio_bytes: usize,
         /// Video leaves at this many times the bitrate; 0 sends a frame's packets at once.
         pacing_factor: f64,
+        /// A real H.264 stream to send instead of synthetic frames.
+        file: Option<Arc<H264File>>,
     },
     Subscriber {
         /// When its subscribe request was sent, for the join time.
@@ -192,6 +195,8 @@ struct Publisher {
     audio_pt: Option<Pt>,
     video_pt: Option<Pt>,
     shape: VideoShape,
+    /// Where the frames of a real stream come from; synthetic frames without it.
+    file: Option<FileCursor>,
     audio_bytes: usize,
     /// Frame clocks, started when the peer connects.
     started: Option<Instant>,
@@ -413,6 +418,7 @@ impl Worker {
                 shape,
                 audio_bytes,
                 pacing_factor,
+                file,
             } => {
                 let mut jiggle = Jiggle::new(0x9E37_79B9_7F4A_7C15 ^ u64::from(index));
                 // Random first sequence numbers as senders pick them, low enough
@@ -430,6 +436,7 @@ impl Worker {
                     audio_pt: None,
                     video_pt: None,
                     shape,
+                    file: file.map(FileCursor::new),
                     audio_bytes,
                     started: None,
                     next_video: now,
@@ -826,30 +833,50 @@ fn write_due_packets(
     let interval = p.shape.frame_interval();
     let mut made = 0;
     while p.next_video <= now && made < MAX_CATCH_UP_FRAMES {
-        let keyframe_due = p.video_frames == 0 || p.frames_since_key + 1 >= p.shape.gop;
         let answer_request = p.keyframe_requested
             && p.last_key
                 .is_none_or(|t| now.duration_since(t) >= KEYFRAME_ANSWER_INTERVAL);
-        let keyframe = keyframe_due || answer_request;
-        let size = if keyframe {
-            p.jiggle.vary(p.shape.key_bytes, 5)
-        } else {
-            p.jiggle.vary(p.shape.delta_bytes, 15)
-        };
         let stamp = Stamp {
             publisher: p.index,
             frame: p.video_frames,
             sent_ns: 0,
         };
         packets.clear();
-        packetize::video_frame(
-            packets,
-            p.shape.codec,
-            keyframe,
-            size,
-            &stamp,
-            p.video_frames as u16,
-        );
+        let keyframe = if let Some(cursor) = &mut p.file {
+            // A real stream answers a request with its next IDR.
+            if answer_request {
+                cursor.skip_to_keyframe();
+            }
+            match cursor.take() {
+                Some(frame) => {
+                    packetize::h264_access_unit(
+                        packets,
+                        &frame.parameter_sets,
+                        &frame.slices,
+                        &stamp,
+                    );
+                    frame.keyframe
+                }
+                None => false,
+            }
+        } else {
+            let keyframe_due = p.video_frames == 0 || p.frames_since_key + 1 >= p.shape.gop;
+            let keyframe = keyframe_due || answer_request;
+            let size = if keyframe {
+                p.jiggle.vary(p.shape.key_bytes, 5)
+            } else {
+                p.jiggle.vary(p.shape.delta_bytes, 15)
+            };
+            packetize::video_frame(
+                packets,
+                p.shape.codec,
+                keyframe,
+                size,
+                &stamp,
+                p.video_frames as u16,
+            );
+            keyframe
+        };
         // 90 kHz from the frame's scheduled time; RTP timestamps wrap.
         let rtp_time = (p.next_video.duration_since(started).as_micros() as u64 * 9 / 100) as u32;
         if p.paced.is_empty() {
