@@ -11,6 +11,10 @@ pub const AUDIO_TRACK: u32 = 2;
 
 pub const VIDEO_TIMESCALE: u32 = 90_000;
 pub const AUDIO_TIMESCALE: u32 = 48_000;
+/// Samples a player drops from the start of the decoded Opus (`dOps`
+/// pre-skip): 312 at 48 kHz, libopus's encoder lookahead (6.5 ms), the value
+/// an encoder's OpusHead states. WebRTC carries no OpusHead to read it from.
+pub const OPUS_PRE_SKIP: u16 = 312;
 
 /// What the init segment says of the video track.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -308,7 +312,7 @@ fn opus_sample_entry(w: &mut Writer) {
     let dops = w.open(b"dOps");
     w.u8(0); // version
     w.u8(2); // output channels
-    w.u16(0); // pre-skip: WebRTC's Opus streams carry none
+    w.u16(OPUS_PRE_SKIP);
     w.u32(AUDIO_TIMESCALE); // input sample rate
     w.u16(0); // output gain
     w.u8(0); // channel mapping family 0
@@ -394,7 +398,18 @@ mod tests {
         let kinds: Vec<_> = boxes(&init).into_iter().map(|(k, _)| k).collect();
         assert_eq!(kinds, ["ftyp", "moov"]);
         assert!(init.windows(4).any(|w| w == b"avcC"));
-        assert!(init.windows(4).any(|w| w == b"dOps"));
+        let dops = init
+            .windows(4)
+            .position(|w| w == b"dOps")
+            .expect("an Opus sample entry");
+        // version, output channels, then the pre-skip (RFC 7845 §5.1, ISO Opus-in-MP4 §4.3.2).
+        let fields = &init[dops + 4..dops + 12];
+        assert_eq!(fields[..2], [0, 2]);
+        assert_eq!(u16::from_be_bytes([fields[2], fields[3]]), OPUS_PRE_SKIP);
+        assert_eq!(
+            u32::from_be_bytes([fields[4], fields[5], fields[6], fields[7]]),
+            48_000
+        );
         assert_eq!(video.codec_string(), "avc1.42e01f");
     }
 
