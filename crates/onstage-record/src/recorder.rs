@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use onstage_media::{MediaPacket, MediaServer, TapCodec};
 use onstage_stage::Clock;
@@ -30,8 +30,29 @@ use crate::thumbnail::{self, Jpeg, Keyframe, Plan, Schedule, ThumbnailError};
 /// stream and its audio).
 pub const TAP_CAPACITY: usize = 1024;
 
-/// How often the recorder asks for a keyframe while it waits for one.
-const KEYFRAME_ASK_EVERY: Duration = Duration::from_secs(1);
+/// How often the recorder asks for a keyframe while it waits for one, in
+/// milliseconds of the recorder's clock.
+const KEYFRAME_ASK_EVERY_MS: UnixMillis = 1_000;
+
+/// When the recorder last asked for a keyframe: it asks at most once per
+/// [`KEYFRAME_ASK_EVERY_MS`] of its clock (time is an input).
+#[derive(Default)]
+struct KeyframeAsks {
+    last: Option<UnixMillis>,
+}
+
+impl KeyframeAsks {
+    /// Whether to ask now; if so, the ask is noted.
+    fn ask(&mut self, now: UnixMillis) -> bool {
+        let ask = self
+            .last
+            .is_none_or(|at| now.saturating_sub(at) >= KEYFRAME_ASK_EVERY_MS);
+        if ask {
+            self.last = Some(now);
+        }
+        ask
+    }
+}
 
 enum Command {
     Resume(SourceId),
@@ -163,7 +184,7 @@ struct Media {
     video: Option<(u64, VideoDepacketizer)>,
     last_video_seq: Option<(u64, u64)>,
     out: Vec<Object>,
-    asked: Option<Instant>,
+    asked: KeyframeAsks,
     thumbs: Option<Thumbs>,
 }
 
@@ -172,7 +193,7 @@ struct Thumbs {
     plan: Plan,
     schedule: Schedule,
     /// The recording's start on the recorder's clock; interval marks count from it.
-    since: Instant,
+    since: UnixMillis,
     /// The stream's last H.264 parameter sets (a keyframe may come without).
     sps: Option<Vec<u8>>,
     pps: Option<Vec<u8>>,
@@ -187,8 +208,13 @@ struct Thumbs {
 }
 
 impl Thumbs {
-    fn due(&self) -> bool {
-        !self.busy && self.job.is_none() && self.schedule.due(self.since.elapsed())
+    /// Time since the recording started, at `now`.
+    fn elapsed(&self, now: UnixMillis) -> Duration {
+        Duration::from_millis(u64::try_from(now.saturating_sub(self.since)).unwrap_or(0))
+    }
+
+    fn due(&self, now: UnixMillis) -> bool {
+        !self.busy && self.job.is_none() && self.schedule.due(self.elapsed(now))
     }
 }
 
@@ -228,11 +254,11 @@ impl Recording {
             video: None,
             last_video_seq: None,
             out: Vec::new(),
-            asked: None,
+            asked: KeyframeAsks::default(),
             thumbs: Plan::from_settings(&self.job.settings.thumbnail).map(|plan| Thumbs {
                 plan,
                 schedule: Schedule::new(plan.interval),
-                since: Instant::now(),
+                since: self.clock.now(),
                 sps: None,
                 pps: None,
                 job: None,
@@ -350,6 +376,7 @@ impl Recording {
                 .writer
                 .audio(p.feed, p.time, &p.payload, &mut media.out),
             TapCodec::H264 | TapCodec::Vp8 if p.video => {
+                let now = self.clock.now();
                 let codec = if p.codec == TapCodec::H264 {
                     VideoCodec::H264
                 } else {
@@ -374,8 +401,12 @@ impl Recording {
                         if frame.pps.is_some() {
                             t.pps.clone_from(&frame.pps);
                         }
-                        if frame.keyframe && t.due() {
-                            t.schedule.take(t.since.elapsed());
+                        // An IDR seen before any parameter set (the tap began
+                        // inside its access unit) cannot be decoded: wait for the next.
+                        let decodable =
+                            codec == VideoCodec::Vp8 || (t.sps.is_some() && t.pps.is_some());
+                        if frame.keyframe && decodable && t.due(now) {
+                            t.schedule.take(t.elapsed(now));
                             t.job = Some(Keyframe::from_frame(
                                 codec,
                                 &frame,
@@ -386,13 +417,8 @@ impl Recording {
                     }
                     media.writer.video(p.feed, codec, frame, &mut media.out);
                 }
-                let thumbnail_due = media.thumbs.as_ref().is_some_and(Thumbs::due);
-                if (media.writer.wants_keyframe() || thumbnail_due)
-                    && media
-                        .asked
-                        .is_none_or(|at| at.elapsed() >= KEYFRAME_ASK_EVERY)
-                {
-                    media.asked = Some(Instant::now());
+                let thumbnail_due = media.thumbs.as_ref().is_some_and(|t| t.due(now));
+                if (media.writer.wants_keyframe() || thumbnail_due) && media.asked.ask(now) {
                     self.media.request_keyframe(source);
                 }
             }
@@ -474,5 +500,23 @@ impl Recording {
         );
         let _ = self.put(bucket, "events/recording-failed.json", doc).await;
         let _ = self.signals.send(RecordingSignal::Failed(self.id, message));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyframe_asks_are_paced_on_the_clock_given() {
+        let mut asks = KeyframeAsks::default();
+        assert!(asks.ask(10_000), "the first ask goes");
+        assert!(!asks.ask(10_000));
+        assert!(!asks.ask(10_999), "within a second of the last");
+        assert!(asks.ask(11_000));
+        assert!(!asks.ask(11_500));
+        // A clock that went back (a step of the wall clock) does not ask again early.
+        assert!(!asks.ask(9_000));
+        assert!(asks.ask(12_000));
     }
 }

@@ -1,7 +1,8 @@
 //! Where recordings go: a storage configuration's bucket, as a directory under the
 //! data directory (the default: nothing to set up) or a bucket of any
 //! S3-compatible service. Both are an `object_store::ObjectStore`; an upload is
-//! retried before the recording gives up.
+//! retried before the recording gives up, waiting on the server's [`Clock`]
+//! between tries (so tests run the backoff in virtual time).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, PutOptions, PutPayload};
+use onstage_stage::Clock;
 
 /// An S3-compatible service.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,13 +70,16 @@ const BACKOFF: [Duration; 3] = [
 /// The buckets recordings write to, opened once each.
 pub struct Buckets {
     settings: StorageSettings,
+    /// What retries wait on.
+    clock: Arc<dyn Clock>,
     open: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
 }
 
 impl Buckets {
-    pub fn new(settings: StorageSettings) -> Self {
+    pub fn new(settings: StorageSettings, clock: Arc<dyn Clock>) -> Self {
         Buckets {
             settings,
+            clock,
             open: Mutex::new(HashMap::new()),
         }
     }
@@ -94,6 +99,7 @@ impl Buckets {
             return Ok(Bucket {
                 name: name.to_owned(),
                 store: store.clone(),
+                clock: self.clock.clone(),
             });
         }
         let open_error = |e: &dyn std::fmt::Display| StorageError::Open {
@@ -137,6 +143,7 @@ impl Buckets {
         Ok(Bucket {
             name: name.to_owned(),
             store,
+            clock: self.clock.clone(),
         })
     }
 }
@@ -146,6 +153,7 @@ impl Buckets {
 pub struct Bucket {
     name: String,
     store: Arc<dyn ObjectStore>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Bucket {
@@ -183,7 +191,9 @@ impl Bucket {
                     last = e.to_string();
                     tracing::debug!(bucket = %self.name, key, attempt, error = %e, "upload failed");
                     if let Some(wait) = BACKOFF.get(attempt as usize) {
-                        tokio::time::sleep(*wait).await;
+                        let wait = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                        let until = self.clock.now().saturating_add(wait);
+                        self.clock.sleep_until(until).await;
                     }
                 }
             }
@@ -199,14 +209,106 @@ impl Bucket {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use onstage_stage::clock::{Sleep, SystemClock};
+    use onstage_stage::time_fmt::UnixMillis;
+    use tokio::sync::watch;
+
     use super::*;
+
+    /// Virtual time: `now` moves only when the test moves it; each wait is
+    /// recorded (how long, from when it was asked).
+    struct TestClock {
+        now: AtomicI64,
+        moved: watch::Sender<UnixMillis>,
+        waits: Mutex<Vec<i64>>,
+    }
+
+    impl TestClock {
+        fn new() -> Arc<Self> {
+            Arc::new(TestClock {
+                now: AtomicI64::new(1_000_000),
+                moved: watch::Sender::new(1_000_000),
+                waits: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn advance(&self, ms: i64) {
+            let now = self.now.fetch_add(ms, Ordering::SeqCst) + ms;
+            self.moved.send_replace(now);
+        }
+
+        fn waits(&self) -> Vec<i64> {
+            self.waits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        }
+    }
+
+    impl Clock for TestClock {
+        fn now(&self) -> UnixMillis {
+            self.now.load(Ordering::SeqCst)
+        }
+
+        fn sleep_until(&self, at: UnixMillis) -> Sleep {
+            self.waits
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(at - self.now());
+            let mut moved = self.moved.subscribe();
+            Box::pin(async move {
+                let _ = moved.wait_for(|now| *now >= at).await;
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_upload_is_tried_four_times_over_virtual_seconds() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = TestClock::new();
+        let buckets = Buckets::new(
+            StorageSettings::Local {
+                root: dir.path().to_owned(),
+            },
+            clock.clone(),
+        );
+        let bucket = buckets.bucket("b").expect("opens");
+        // A file where a directory must be: every upload under it fails.
+        bucket.put("a", b"x".to_vec()).await.expect("stored");
+        let upload = tokio::spawn(async move { bucket.put("a/b.json", b"{}".to_vec()).await });
+        let wall = std::time::Instant::now();
+        for (n, ms) in [200, 1_000, 3_000].into_iter().enumerate() {
+            // Wait (in real time, briefly) until the upload sleeps on the clock.
+            while clock.waits().len() <= n {
+                tokio::task::yield_now().await;
+                assert!(wall.elapsed() < Duration::from_secs(10), "no retry wait");
+            }
+            assert!(!upload.is_finished(), "gave up after {} attempts", n + 1);
+            clock.advance(ms);
+        }
+        let result = upload.await.expect("the upload's task");
+        assert!(
+            matches!(result, Err(StorageError::Put { attempts: 4, .. })),
+            "{result:?}"
+        );
+        assert_eq!(clock.waits(), [200, 1_000, 3_000]);
+        assert!(
+            wall.elapsed() < Duration::from_secs(2),
+            "waited on the wall clock"
+        );
+    }
 
     #[tokio::test]
     async fn a_local_bucket_is_a_directory() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let buckets = Buckets::new(StorageSettings::Local {
-            root: dir.path().to_owned(),
-        });
+        let buckets = Buckets::new(
+            StorageSettings::Local {
+                root: dir.path().to_owned(),
+            },
+            Arc::new(SystemClock),
+        );
         let bucket = buckets.bucket("my-bucket").expect("opens");
         bucket
             .put("a/b/c.json", b"{}".to_vec())

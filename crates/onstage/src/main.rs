@@ -106,7 +106,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     live.attach_recorder(
         MediaRecorder::new(
             media,
-            Arc::new(Buckets::new(storage)),
+            Arc::new(Buckets::new(storage, control.clock().clone())),
             control.clock().clone(),
             recording_signals,
         ),

@@ -509,3 +509,38 @@ def test_media_types_none_writes_thumbnails_only(server, ivs, token_for, arun):
     ended = json.loads((base / "events/recording-ended.json").read_text())
     assert ended["recording_status"] == "RECORDING_ENDED"
     assert set(ended["media"]) == {"thumbnails"}
+
+
+def test_audio_only_records_audio_and_thumbnails_of_the_video(server, ivs, token_for, arun):
+    """mediaTypes AUDIO_ONLY (BEHAVIOUR §9.4, §9.8): the HLS holds the Opus track only,
+    decodes whole and lasts what was published; the thumbnails still come from the
+    publisher's video, at its size."""
+    bucket = f"rec-audio-only-{next(_n)}"
+    stage = recording_stage(ivs, bucket, mediaTypes=["AUDIO_ONLY"],
+                            **thumbnail_config(["SEQUENTIAL", "LATEST"], 2))
+    tok = token_for(stage, "audio-only")
+    arun(publish_for(stage, tok["token"], 8.0), timeout=60)
+    p, base = recorded_prefix(server, ivs, stage, tok, bucket)
+    assert sorted(f.name for f in (base / "media").iterdir()) == ["hls", "latest_thumbnail", "thumbnails"]
+    hls = base / "media/hls"
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name",
+                            "-of", "json", str(hls / "high/playlist.m3u8")],
+                           capture_output=True, text=True, timeout=60)
+    assert [s["codec_name"] for s in json.loads(probe.stdout)["streams"]] == ["opus"], probe.stdout
+    dec = subprocess.run(["ffmpeg", "-v", "error", "-i", str(hls / "multivariant.m3u8"), "-f", "null", "-"],
+                         capture_output=True, text=True, timeout=120)
+    assert dec.returncode == 0 and dec.stderr.strip() == "", dec.stderr[-2000:]
+    ended = json.loads((base / "events/recording-ended.json").read_text())
+    assert ended["recording_status"] == "RECORDING_ENDED"
+    duration = ffprobe_duration(hls / "high/playlist.m3u8")
+    assert abs(duration - ended["media"]["hls"]["duration_ms"] / 1000) < 0.5, (duration, ended)
+    assert abs(duration - 8.0) < 3.0, duration
+    multivariant = (hls / "multivariant.m3u8").read_text()
+    assert "opus" in multivariant and "RESOLUTION" not in multivariant, multivariant
+    assert "resolution_width" not in ended["media"]["hls"]["renditions"][0], ended
+    numbered = sorted(int(f.stem) for f in (base / "media/thumbnails/high").glob("*.jpg"))
+    assert numbered == list(range(len(numbered))) and len(numbered) >= 3, numbered
+    for n in numbered:
+        assert jpeg_size(base / f"media/thumbnails/high/{n}.jpg") == (320, 240)
+    assert jpeg_size(base / "media/latest_thumbnail/high/thumb.jpg") == (320, 240)
+    assert ended["media"]["thumbnails"]["renditions"][0]["resolution_width"] == 320
