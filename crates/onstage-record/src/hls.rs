@@ -523,4 +523,50 @@ mod tests {
             w.recorded_seconds()
         );
     }
+
+    #[test]
+    fn after_a_loss_the_recording_resumes_at_the_next_keyframe_without_a_hole() {
+        let mut w = HlsWriter::new(
+            Tracks {
+                video: true,
+                audio: false,
+            },
+            2,
+        );
+        let mut out = Vec::new();
+        // 30 fps for 3 s, a keyframe every second; a frame is lost after the 40th,
+        // so the deltas up to the next keyframe cannot be decoded and are not kept.
+        for i in 0..90u32 {
+            if i == 41 {
+                w.video_lost();
+            }
+            w.video(1, VideoCodec::H264, frame(i * 3000, i % 30 == 0), &mut out);
+        }
+        w.finish(&mut out);
+        let playlist = String::from_utf8_lossy(&out.last().expect("playlist").bytes).into_owned();
+        // The frame before the loss lasts until the keyframe after it: the timeline
+        // has no hole, and the segments still start on keyframes.
+        assert!(
+            (playlist_seconds(&playlist) - 3.0).abs() < 1e-9,
+            "{playlist}"
+        );
+        assert!(playlist.contains("#EXTINF:2.000,\n1.m4s"), "{playlist}");
+        assert!(playlist.contains("#EXTINF:1.000,\n2.m4s"), "{playlist}");
+        // The first segment holds frames 0 to 40 only.
+        let first = out
+            .iter()
+            .find(|o| o.path == "high/1.m4s")
+            .expect("the first segment");
+        let trun = first
+            .bytes
+            .windows(4)
+            .position(|b| b == b"trun")
+            .expect("a trun box");
+        let samples = u32::from_be_bytes(
+            first.bytes[trun + 8..trun + 12]
+                .try_into()
+                .expect("four bytes"),
+        );
+        assert_eq!(samples, 41);
+    }
 }
